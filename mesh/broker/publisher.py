@@ -1,0 +1,260 @@
+"""The origin side of the bus: an XPUB socket for media and a ROUTER socket for snapshots.
+
+- Media goes out on XPUB with an explicit send high-water mark: a subscriber that does not read
+  loses messages (it sees a ``seq`` gap) and never slows the origin or the other subscribers.
+- XPUB (verbose) tells us when a subscription arrives; we greet it at once with a heartbeat on
+  the topic, which is how an edge knows its subscription is active and may ask for a snapshot.
+- The ROUTER socket answers snapshot requests from each channel's :class:`SnapshotWindow`.
+
+Entries pushed in one event-loop tick are sent as one batch per topic at the end of the tick, so
+bursts cost one ZeroMQ send instead of many and nothing waits longer than the current tick.
+One task owns each socket's receive side; sends happen in the loop thread only.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import msgpack
+import zmq
+import zmq.asyncio
+
+from .. import metrics
+from . import wire
+from .wire import CONFIG, EOS, HEARTBEAT, MEDIA, Entry
+from .window import SnapshotWindow
+
+log = logging.getLogger("mesh.bus")
+
+MAX_BATCH_ENTRIES = 256
+MAX_BATCH_BYTES = 1 << 20
+SNAPSHOT_REQUEST_MAX_BYTES = 4096
+
+
+def snapshot_reply(ok: bool, topic: bytes, last_seq: int = -1, epoch: int = 0,
+                   error: str = "") -> bytes:
+    return msgpack.packb({"v": wire.VERSION, "ok": ok, "t": topic, "last": last_seq, "e": epoch,
+                          "err": error}, use_bin_type=True)
+
+
+class Channel:
+    """One topic's sender: numbers entries, keeps the snapshot window, batches within a tick."""
+
+    def __init__(self, publisher: "BusPublisher", stream_id: str, rendition: str, epoch: int,
+                 first_seq: int, window: SnapshotWindow):
+        self.publisher = publisher
+        self.stream_id = stream_id
+        self.rendition = rendition
+        self.topic = wire.topic_for(stream_id, rendition)
+        self.epoch = epoch
+        self.next_seq = first_seq
+        self.window = window
+        self.closed = False
+        self._pending: list[Entry] = []
+        self._pending_bytes = 0
+
+    def _push(self, entry: Entry) -> Entry:
+        if self.closed:
+            raise RuntimeError(f"channel {self.topic!r} is closed")
+        self.next_seq += 1
+        if entry.kind != HEARTBEAT:
+            self.window.add(entry)
+        self._pending.append(entry)
+        self._pending_bytes += len(entry.payload)
+        if len(self._pending) >= MAX_BATCH_ENTRIES or self._pending_bytes >= MAX_BATCH_BYTES:
+            self.flush()
+        else:
+            self.publisher._mark_dirty(self)
+        return entry
+
+    def media(self, track: int, pts: int, dts: int, flags: int, seg: int,
+              payload: bytes | memoryview) -> Entry:
+        return self._push(Entry(self.next_seq, MEDIA, track, pts, dts, flags, seg, payload,
+                                None, self.epoch))
+
+    def config(self, params: dict[str, Any]) -> Entry:
+        return self._push(Entry(self.next_seq, CONFIG, 0, 0, 0, 0, 0, b"", params, self.epoch))
+
+    def eos(self, reason: str = "finished") -> Entry:
+        return self._push(Entry(self.next_seq, EOS, 0, 0, 0, 0, 0, b"", {"reason": reason},
+                                self.epoch))
+
+    def heartbeat(self) -> Entry:
+        return self._push(Entry(self.next_seq, HEARTBEAT, 0, 0, 0, 0, 0, b"", None, self.epoch))
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        pending, self._pending, self._pending_bytes = self._pending, [], 0
+        self.publisher._send(wire.encode(self.topic, self.epoch, pending), pending)
+
+    def snapshot(self) -> tuple[int, list[Entry]]:
+        self.flush()
+        return self.next_seq - 1, self.window.snapshot()
+
+
+class BusPublisher:
+    def __init__(self, ctx: zmq.asyncio.Context, *, bind: str = "127.0.0.1", port: int = 0,
+                 snapshot_port: int = 0, advertise_host: str = "127.0.0.1", hwm: int = 20_000,
+                 window_segments: int = 6, window_bytes: int = 64 << 20,
+                 heartbeat_interval_s: float = 1.0):
+        self.ctx = ctx
+        self.bind, self.port, self.snapshot_port = bind, port, snapshot_port
+        self.advertise_host = advertise_host
+        self.hwm = hwm
+        self.window_segments, self.window_bytes = window_segments, window_bytes
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.channels: dict[bytes, Channel] = {}
+        self._seq: dict[bytes, int] = {}  # per topic, kept across epochs so seq stays contiguous
+        self._dirty: set[Channel] = set()
+        self._flush_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.messages_sent = 0
+        self.entries_sent = 0
+        self.snapshots_served = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._xpub = self.ctx.socket(zmq.XPUB)
+        self._xpub.setsockopt(zmq.SNDHWM, self.hwm)
+        self._xpub.setsockopt(zmq.LINGER, 0)
+        self._xpub.setsockopt(zmq.XPUB_VERBOSE, 1)
+        self.port = self._bind(self._xpub, self.port)
+        self._router = self.ctx.socket(zmq.ROUTER)
+        self._router.setsockopt(zmq.SNDHWM, 64)
+        self._router.setsockopt(zmq.RCVHWM, 256)
+        self._router.setsockopt(zmq.LINGER, 0)
+        self._router.setsockopt(zmq.MAXMSGSIZE, SNAPSHOT_REQUEST_MAX_BYTES)
+        self.snapshot_port = self._bind(self._router, self.snapshot_port)
+        # A blocking twin of the XPUB for sends from the loop thread without per-send futures.
+        self._sender = zmq.Socket.shadow(self._xpub.underlying)
+        self._tasks = [asyncio.create_task(self._serve_subscriptions(), name="bus-xpub"),
+                       asyncio.create_task(self._serve_snapshots(), name="bus-snapshots"),
+                       asyncio.create_task(self._heartbeats(), name="bus-heartbeats")]
+        log.info("bus publishing on %s, snapshots on %s", self.endpoint, self.snapshot_endpoint)
+
+    def _bind(self, sock: zmq.Socket, port: int) -> int:
+        if port:
+            sock.bind(f"tcp://{self.bind}:{port}")
+            return port
+        return sock.bind_to_random_port(f"tcp://{self.bind}")
+
+    @property
+    def endpoint(self) -> str:
+        return f"tcp://{self.advertise_host}:{self.port}"
+
+    @property
+    def snapshot_endpoint(self) -> str:
+        return f"tcp://{self.advertise_host}:{self.snapshot_port}"
+
+    async def stop(self) -> None:
+        self.flush()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        self._xpub.close(linger=0)
+        self._router.close(linger=0)
+
+    # -- channels --------------------------------------------------------------------------
+    def open_channel(self, stream_id: str, rendition: str, epoch: int) -> Channel:
+        """A fresh channel (new window) for a stream; replaces one of an older epoch."""
+        topic = wire.topic_for(stream_id, rendition)
+        old = self.channels.get(topic)
+        if old is not None:
+            old.flush()
+            old.closed = True
+        channel = Channel(self, stream_id, rendition, epoch, self._seq.get(topic, 0),
+                          SnapshotWindow(self.window_segments, self.window_bytes))
+        self.channels[topic] = channel
+        return channel
+
+    def close_channel(self, channel: Channel) -> None:
+        channel.flush()
+        channel.closed = True
+        self._seq[channel.topic] = channel.next_seq
+        if self.channels.get(channel.topic) is channel:
+            del self.channels[channel.topic]
+
+    # -- sending ---------------------------------------------------------------------------
+    def _mark_dirty(self, channel: Channel) -> None:
+        self._dirty.add(channel)
+        if not self._flush_scheduled and self._loop is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, set()
+        for channel in dirty:
+            channel.flush()
+
+    def _send(self, frames: list[Any], entries: list[Entry]) -> None:
+        self._seq[frames[0]] = entries[-1].seq + 1
+        try:
+            self._sender.send_multipart(frames, copy=False)
+        except zmq.ZMQError as exc:  # the socket is closing; nothing to deliver to
+            log.debug("bus send failed: %s", exc)
+            return
+        self.messages_sent += 1
+        self.entries_sent += len(entries)
+
+    # -- tasks -----------------------------------------------------------------------------
+    async def _serve_subscriptions(self) -> None:
+        while True:
+            msg = await self._xpub.recv()
+            if not msg or msg[0] != 1:
+                continue  # unsubscribe
+            prefix = bytes(msg[1:])
+            for topic, channel in list(self.channels.items()):
+                if topic.startswith(prefix) and prefix:
+                    channel.heartbeat()
+                    channel.flush()
+
+    async def _serve_snapshots(self) -> None:
+        while True:
+            frames = await self._router.recv_multipart()
+            try:
+                reply = self._answer_snapshot(frames)
+            except wire.WireError as exc:
+                metrics.reject("bus", exc.reason, "snapshot request: %s", exc)
+                ident = frames[0] if frames else b""
+                reply = [ident, b"", snapshot_reply(False, b"", error=str(exc))]
+            try:
+                self._router.send_multipart(reply, flags=zmq.NOBLOCK, copy=False)
+            except zmq.ZMQError:
+                pass  # the requester went away or is not reading; it will retry
+
+    def _answer_snapshot(self, frames: list[bytes]) -> list[Any]:
+        if len(frames) != 3 or frames[1] != b"":
+            raise wire.WireError("snapshot", "snapshot request is not [identity, '', request]")
+        ident, _, body = frames
+        try:
+            request = msgpack.unpackb(body, raw=False, max_bin_len=512, max_str_len=512,
+                                      max_array_len=8, max_map_len=8)
+        except Exception:
+            raise wire.WireError("snapshot", "snapshot request is not msgpack") from None
+        if type(request) is not dict or request.get("v") != wire.VERSION \
+                or type(request.get("t")) is not bytes:
+            raise wire.WireError("snapshot", "snapshot request lacks v/t")
+        topic = request["t"]
+        wire.parse_topic(topic)
+        channel = self.channels.get(topic)
+        if channel is None:
+            return [ident, b"", snapshot_reply(False, topic, error="no such stream on this origin")]
+        last, entries = channel.snapshot()
+        self.snapshots_served += 1
+        head = snapshot_reply(True, topic, last, channel.epoch)
+        if not entries:
+            return [ident, b"", head]
+        return [ident, b"", head, *wire.encode(topic, channel.epoch, entries)]
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval_s)
+            for channel in list(self.channels.values()):
+                channel.heartbeat()
+            self.flush()

@@ -1,0 +1,71 @@
+"""The publisher's bounded per-topic window of recent segments, served to late joiners. Pure.
+
+It keeps the latest config, the packets of the last ``max_segments`` complete segments and those of
+the open one, within ``max_bytes``. A snapshot is the config followed by that window in ``seq``
+order, so a cold edge can list a full playlist at once instead of waiting for new segments.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+from .wire import CONFIG, EOS, MEDIA, Entry
+
+
+class SnapshotWindow:
+    def __init__(self, max_segments: int = 6, max_bytes: int = 64 << 20):
+        if max_segments < 1:
+            raise ValueError("max_segments must be at least 1")
+        self.max_segments = max_segments
+        self.max_bytes = max_bytes
+        self.base_config: Entry | None = None  # the config in force at the start of the window
+        self.eos: Entry | None = None
+        self._segments: deque[list[Entry]] = deque()  # the last one is open
+        self._sizes: deque[int] = deque()
+        self.bytes = 0
+        self.last_seq = -1
+
+    def add(self, entry: Entry) -> None:
+        self.last_seq = entry.seq
+        kind = entry.kind
+        if kind == MEDIA:
+            if entry.seg_start or not self._segments:
+                self._segments.append([])
+                self._sizes.append(0)
+            self._segments[-1].append(entry)
+            self._sizes[-1] += len(entry.payload)
+            self.bytes += len(entry.payload)
+            self._trim()
+        elif kind == CONFIG:
+            if self._segments:
+                self._segments[-1].append(entry)  # a mid-stream change stays in seq order
+            else:
+                self.base_config = entry
+        elif kind == EOS:
+            self.eos = entry
+
+    def _trim(self) -> None:
+        # Complete segments beyond the bound go; so do old ones while over the byte budget
+        # (never the open segment). A config inside a dropped segment becomes the base.
+        while len(self._segments) - 1 > self.max_segments or \
+                (self.bytes > self.max_bytes and len(self._segments) > 1):
+            dropped = self._segments.popleft()
+            self.bytes -= self._sizes.popleft()
+            for entry in dropped:
+                if entry.kind == CONFIG:
+                    self.base_config = entry
+
+    @property
+    def complete_segments(self) -> int:
+        """Segments a snapshot would hand over whole (the open one counts once the stream ended)."""
+        if not self._segments:
+            return 0
+        return len(self._segments) - (0 if self.eos is not None else 1)
+
+    def snapshot(self) -> list[Entry]:
+        """The base config, then every kept entry in ``seq`` order, then the end of stream if any."""
+        out: list[Entry] = [self.base_config] if self.base_config is not None else []
+        for segment in self._segments:
+            out.extend(segment)
+        if self.eos is not None:
+            out.append(self.eos)
+        return out

@@ -1,0 +1,234 @@
+"""The ``mesh`` command. Thin: parse options, build the config, call into the package.
+
+(It lives at ``mesh/cli.py`` rather than a top-level ``cli.py``: an installed top-level module
+named ``cli`` would collide with any other package that ships one.)
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .config import DEFAULT_DATA_DIR, ConfigError, NodeConfig, load_config
+
+DEFAULT_MONGO = "mongodb://127.0.0.1:27017/"
+
+
+def default_config_path() -> Path:
+    """Where `mesh mode` writes and `mesh node` reads when --config is not given."""
+    if os.environ.get("MESH_CONFIG"):
+        return Path(os.environ["MESH_CONFIG"])
+    if os.geteuid() == 0:
+        return Path("/etc/mesh/mesh.toml")
+    return Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "mesh" / "mesh.toml"
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    for noisy in ("pymongo", "aiohttp.access", "numba"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def fail(message: str, code: int = 2) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def mongo_uri(explicit: str | None) -> str:
+    """--mongo, else MESH_MONGO, else the config file's, else a local `mesh db`."""
+    if explicit:
+        return explicit
+    if os.environ.get("MESH_MONGO"):
+        return os.environ["MESH_MONGO"]
+    path = default_config_path()
+    if path.exists():
+        try:
+            cfg = load_config(path, env={}, role="standalone")
+            if cfg.mongo:
+                return cfg.mongo
+        except ConfigError:
+            pass
+    return DEFAULT_MONGO
+
+
+def run_registry(uri: str, job: Any) -> Any:
+    """Run ``await job(registry)`` against the database at ``uri`` with one-line errors."""
+    from .registry import Registry, RegistryError
+
+    async def go() -> Any:
+        registry = Registry(uri, node_dead_after_s=float(os.environ.get("MESH_NODE_DEAD_AFTER_S", 4.0)))
+        try:
+            await registry.connect()
+            return await job(registry)
+        finally:
+            await registry.close()
+
+    try:
+        return asyncio.run(go())
+    except RegistryError as exc:
+        fail(str(exc))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100, "terminal_width": 100})
+@click.version_option(__version__, prog_name="mesh")
+def main() -> None:
+    """mesh: a live-video streaming cluster.
+
+    Publishers push RTMP to origin nodes; edge nodes pull each stream over a ZeroMQ bus and serve
+    HLS; MongoDB records the nodes and which origin owns each stream.
+
+    \b
+    Quick start (one machine, embedded database, nginx in front):
+      mesh cluster up --publish          then open the printed player URL
+    Single node:
+      mesh node --role standalone        RTMP on :1935, HLS on :5080
+      mesh publish --url rtmp://127.0.0.1:1935/LiveApp/cam1
+    """
+
+
+# -- node ---------------------------------------------------------------------------------------
+@main.command()
+@click.option("--role", type=click.Choice(["origin", "edge", "standalone"]), default=None,
+              help="origin: ingests and publishes on the bus; edge: serves HLS pulled from origins; "
+                   "standalone: both in one process.  [default: standalone]")
+@click.option("--mongo", metavar="URI", default=None,
+              help="The cluster database, e.g. mongodb://user:pass@10.0.0.5:27017/. Without it a "
+                   "standalone node starts an embedded one; origins and edges need it.")
+@click.option("--node-id", default=None, help="Unique node name [default: ROLE-HOSTNAME-HTTPPORT].")
+@click.option("--host", default=None, help="Address other nodes and clients use to reach this node "
+                                           "[default: 127.0.0.1].")
+@click.option("--bind", default=None, help="Address to listen on [default: 127.0.0.1; 0.0.0.0 for all].")
+@click.option("--http-port", type=int, default=None, help="HLS, REST and pages [default: 5080; 0 = any].")
+@click.option("--rtmp-port", type=int, default=None, help="RTMP ingest (origins) [default: 1935; 0 = any].")
+@click.option("--bus-port", type=int, default=None,
+              help="ZeroMQ PUB port (origins); snapshots use the next port [default: 5560; 0 = any].")
+@click.option("--app", default=None, help="Application name in URLs [default: LiveApp].")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="TOML config file (see deploy/mesh.toml) [default: the file `mesh mode` writes, "
+                   "if it exists].")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False),
+              help=f"Where the embedded database keeps its files [default: {DEFAULT_DATA_DIR}].")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
+def node(config_path: str | None, **flags: Any) -> None:
+    """Run one node until SIGTERM/Ctrl-C.
+
+    Every option can also come from the config file or from MESH_<OPTION> environment variables
+    (e.g. MESH_MONGO, MESH_HTTP_PORT); flags win over the environment, which wins over the file.
+    """
+    path = config_path or (str(default_config_path()) if default_config_path().exists() else None)
+    try:
+        cfg = load_config(path, **flags)
+    except ConfigError as exc:
+        fail(str(exc))
+    setup_logging(cfg.log_level)
+    from .nodes.node import run_node
+
+    sys.exit(asyncio.run(run_node(cfg)))
+
+
+# -- db -----------------------------------------------------------------------------------------
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=27017, show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False), default=str(DEFAULT_DATA_DIR / "db"),
+              show_default=True, help="Where the database keeps its files.")
+@click.option("--user", default=None, help="Create this user and require authentication.")
+@click.option("--password", default=None, help="Password for --user.")
+def db(host: str, port: int, data_dir: str, user: str | None, password: str | None) -> None:
+    """Run the embedded MongoDB-wire database (SecantusDB) until Ctrl-C/SIGTERM.
+
+    Any real MongoDB 4.2+ works in its place; this one needs nothing but pip.
+    """
+    from .embedded_db import EmbeddedDb, EmbeddedDbError
+
+    if bool(user) != bool(password):
+        fail("--user and --password go together")
+    setup_logging("warning")
+    server = EmbeddedDb(data_dir, host=host, port=port, users={user: password} if user else None)
+    try:
+        uri = server.start()
+    except EmbeddedDbError as exc:
+        fail(str(exc))
+    click.echo(f"mesh db ready: {uri}")
+    click.echo(f"  data     {Path(data_dir).resolve()}")
+    click.echo("  use it   mesh node --role origin --mongo " + uri)
+    sys.stdout.flush()
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        code = server.wait()
+        fail(f"the database exited on its own with code {code}; see {server.log_path}", 1)
+    except KeyboardInterrupt:
+        click.echo("mesh db stopping", err=True)
+        server.stop()
+
+
+# -- cluster ------------------------------------------------------------------------------------
+@main.group()
+def cluster() -> None:
+    """Look at or start a cluster."""
+
+
+@cluster.command("nodes")
+@click.option("--mongo", metavar="URI", default=None, help=f"[default: MESH_MONGO or {DEFAULT_MONGO}]")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def cluster_nodes(mongo: str | None, as_json: bool) -> None:
+    """List the nodes of the cluster, alive or dead (judged on the database server's clock)."""
+    from .console import ago, size, table
+    from .http.cluster import node_json
+
+    views = run_registry(mongo_uri(mongo), lambda r: r.list_nodes())
+    if as_json:
+        click.echo(json.dumps([node_json(v) for v in views], indent=2, default=str))
+        return
+    if not views:
+        click.echo("no nodes registered")
+        return
+    rows = []
+    for v in views:
+        load = v.doc.get("load") or {}
+        address = v.doc.get("http_url") or v.host
+        rows.append([v.node_id, v.role, address, "alive" if v.alive else "dead", ago(v.age_s),
+                     f"{load.get('cpu', '')}%" if load.get("cpu") is not None else "",
+                     size(load.get("memory")), load.get("streams", ""), load.get("viewers", "")])
+    click.echo(table(["node", "role", "address", "status", "last seen", "cpu", "memory",
+                      "streams", "viewers"], rows))
+
+
+@main.command()
+@click.option("--mongo", metavar="URI", default=None, help=f"[default: MESH_MONGO or {DEFAULT_MONGO}]")
+@click.option("--app", default=None, help="Only this application's streams.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def streams(mongo: str | None, app: str | None, as_json: bool) -> None:
+    """List streams: status, origin node, epoch, segments."""
+    from .console import since, table
+
+    async def job(registry: Any) -> Any:
+        return await registry.list_streams(app=app), await registry.server_time()
+
+    docs, now = run_registry(mongo_uri(mongo), job)
+    if as_json:
+        click.echo(json.dumps(docs, indent=2, default=str))
+        return
+    if not docs:
+        click.echo("no streams")
+        return
+    rows = [[d["_id"], d.get("app", ""), d["status"], d.get("origin_node", ""), d.get("epoch", 0),
+             d.get("media_sequence", 0), since(d.get("updated_at"), now)] for d in docs]
+    click.echo(table(["stream", "app", "status", "origin", "epoch", "segments", "updated"], rows))
+
+
+def entry() -> None:  # pragma: no cover - console-script shim
+    main()

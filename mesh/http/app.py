@@ -1,0 +1,92 @@
+"""The node's HTTP layer (aiohttp): one application, routes added by the node's parts.
+
+aiohttp rather than our own HTTP code: it is a well-kept asyncio server with keep-alive, request
+size limits and a router; mesh adds JSON errors, CORS for browser players and counters.
+Every error a client causes gets a JSON body ``{"error": ...}`` and a ``bad_input`` count.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from .. import metrics
+
+log = logging.getLogger("mesh.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+MAX_BODY_BYTES = 64 << 10
+MAX_QUERY_BYTES = 2048
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(text=json.dumps(data, default=str), status=status,
+                        content_type="application/json", headers=headers)
+
+
+def json_error(status: int, message: str, reason: str = "request") -> web.Response:
+    if 400 <= status < 500:
+        metrics.reject("http", reason, "%d %s", status, message)
+    return json_response({"error": message}, status=status)
+
+
+class HttpError(Exception):
+    """Raised by handlers to answer with a JSON error."""
+
+    def __init__(self, status: int, message: str, reason: str = "request"):
+        super().__init__(message)
+        self.status, self.message, self.reason = status, message, reason
+
+
+@web.middleware
+async def errors_and_cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if len(request.query_string) > MAX_QUERY_BYTES:
+        return json_error(414, f"query string longer than {MAX_QUERY_BYTES} bytes", "query")
+    try:
+        response = await handler(request)
+    except HttpError as exc:
+        response = json_error(exc.status, exc.message, exc.reason)
+    except web.HTTPNotFound:
+        response = json_error(404, f"no such resource: {request.path[:200]}", "notfound")
+    except web.HTTPMethodNotAllowed as exc:
+        response = json_error(405, f"method {request.method} not allowed here; use "
+                                   f"{', '.join(sorted(exc.allowed_methods))}", "method")
+    except web.HTTPRequestEntityTooLarge:
+        response = json_error(413, f"request body larger than {MAX_BODY_BYTES} bytes", "body")
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("error handling %s %s", request.method, request.path[:200])
+        response = json_response({"error": "internal error; see the node's log"}, status=500)
+    response.headers.setdefault("Access-Control-Allow-Origin", "*")
+    return response
+
+
+def make_app() -> web.Application:
+    return web.Application(middlewares=[errors_and_cors], client_max_size=MAX_BODY_BYTES)
+
+
+class HttpServer:
+    """Owns the aiohttp runner and its listening socket."""
+
+    def __init__(self, app: web.Application, host: str, port: int):
+        self.app, self.host, self.port = app, host, port
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
+                                     shutdown_timeout=2.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True, backlog=1024)
+        await site.start()
+        server = site._server
+        if server is not None and server.sockets:  # port 0: learn the one the OS gave us
+            self.port = server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

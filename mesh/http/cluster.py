@@ -1,0 +1,75 @@
+"""Cluster REST endpoints, shaped like Ant Media's so its users feel at home, plus health and metrics.
+
+- ``GET /rest/v2/cluster/node-count`` → ``{"number": N}``
+- ``GET /rest/v2/cluster/nodes/{offset}/{size}`` → list of nodes with ``status`` alive|dead
+- ``GET /healthz`` → this node's own health
+- ``GET /metrics`` → Prometheus text
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import prometheus_client
+from aiohttp import web
+
+from ..registry import NodeView, Registry
+from .app import HttpError, json_response
+
+MAX_PAGE = 1000
+
+
+def page_args(request: web.Request) -> tuple[int, int]:
+    try:
+        offset = int(request.match_info["offset"])
+        size = int(request.match_info["size"])
+    except ValueError:
+        raise HttpError(400, "offset and size must be whole numbers, e.g. /0/50", "path") from None
+    if offset < 0 or size < 0 or offset > 10**9:
+        raise HttpError(400, "offset and size must be 0 or more", "path")
+    return offset, min(size, MAX_PAGE)
+
+
+def node_json(view: NodeView) -> dict[str, Any]:
+    doc = view.doc
+    load = doc.get("load") if isinstance(doc.get("load"), dict) else {}
+    return {
+        "id": view.node_id,
+        "role": view.role,
+        "host": view.host,
+        "status": "alive" if view.alive else "dead",
+        "lastUpdateTime": int(view.last_seen.timestamp() * 1000) if view.last_seen else None,
+        "lastSeenAgoS": round(view.age_s, 1) if view.age_s is not None else None,
+        "cpu": load.get("cpu"),
+        "memory": load.get("memory"),
+        "streams": load.get("streams"),
+        "viewers": load.get("viewers"),
+        "ingestKbps": load.get("ingest_kbps"),
+        "egressKbps": load.get("egress_kbps"),
+        "httpUrl": doc.get("http_url"),
+        "rtmpUrl": doc.get("rtmp_url") or None,
+        "busEndpoint": doc.get("bus_endpoint") or None,
+        "version": doc.get("version"),
+    }
+
+
+def add_cluster_routes(app: web.Application, registry: Registry,
+                       health: Callable[[], dict[str, Any]]) -> None:
+    async def node_count(request: web.Request) -> web.Response:
+        return json_response({"number": await registry.count_nodes()})
+
+    async def nodes(request: web.Request) -> web.Response:
+        offset, size = page_args(request)
+        return json_response([node_json(v) for v in await registry.list_nodes(offset, size)])
+
+    async def healthz(request: web.Request) -> web.Response:
+        report = health()
+        return json_response(report, status=200 if report.get("status") == "ok" else 503)
+
+    async def metrics(request: web.Request) -> web.Response:
+        body = prometheus_client.generate_latest()
+        return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+
+    app.router.add_get("/rest/v2/cluster/node-count", node_count)
+    app.router.add_get("/rest/v2/cluster/nodes/{offset}/{size}", nodes)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)

@@ -1,0 +1,202 @@
+"""A mesh node: one OS process, one asyncio loop, parts chosen by role.
+
+The node owns what every role shares: the registry connection (and, for a standalone node
+without ``--mongo``, the embedded database), the ZeroMQ context, the HTTP server with the cluster
+endpoints, node registration and the heartbeat. Role parts (:mod:`.origin`, :mod:`.edge`) plug in
+through the small :class:`Part` interface.
+
+Stop order (SIGTERM, what systemd sends): stop ingest and tell subscribers the streams ended, flush
+the bus, stop serving HTTP, mark the node gone in the registry, close the database.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import zmq.asyncio
+
+from .. import __version__
+from ..config import NodeConfig
+from ..embedded_db import EmbeddedDb, free_port
+from ..http.app import HttpServer, make_app
+from ..http.cluster import add_cluster_routes
+from ..registry import NodeInfo, Registry, RegistryError
+
+log = logging.getLogger("mesh.node")
+
+
+class Part(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def load(self) -> dict[str, Any]: ...
+
+
+class Node:
+    def __init__(self, cfg: NodeConfig):
+        self.cfg = cfg
+        self.node_id = cfg.resolved_node_id()
+        self.role = cfg.role
+        self.embedded: EmbeddedDb | None = None
+        self.registry: Registry | None = None
+        self.zmq: zmq.asyncio.Context | None = None
+        self.app = make_app()
+        self.http = HttpServer(self.app, cfg.bind, cfg.http_port)
+        self.parts: list[Part] = []
+        self.info = NodeInfo(self.node_id, self.role, cfg.host, version=__version__)
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._cpu_mark = (time.monotonic(), time.process_time())
+        self.started = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.cfg
+        uri = cfg.mongo
+        if not uri:
+            data = Path(cfg.data_dir) / f"db-{self.node_id}"
+            self.embedded = EmbeddedDb(data, port=free_port())
+            uri = self.embedded.start()  # in the loop thread on purpose: see EmbeddedDb
+        self.registry = Registry(uri, cfg.db_name, node_dead_after_s=cfg.node_dead_after_s)
+        await self.registry.connect()
+        self.zmq = zmq.asyncio.Context()
+        add_cluster_routes(self.app, self.registry, self.health)
+        from .roles import parts_for_role  # role parts import heavier modules (PyAV, Numba)
+        self.parts = parts_for_role(self)
+        for part in self.parts:
+            await part.start()
+        await self.http.start()
+        self.info.http_url = f"http://{cfg.host}:{self.http.port}"
+        await self.registry.register_node(self.info)
+        self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="node-heartbeat")
+        self.started.set()
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            await asyncio.gather(self._heartbeat_task, return_exceptions=True)
+        for part in reversed(self.parts):
+            try:
+                await asyncio.wait_for(part.stop(), 10)
+            except Exception:
+                log.exception("stopping %s failed", part.name)
+        await self.http.stop()
+        if self.registry is not None:
+            try:
+                await asyncio.wait_for(self.registry.deregister(self.node_id), 5)
+            except Exception as exc:
+                log.warning("could not mark %s gone in the registry: %s", self.node_id, exc)
+            await self.registry.close()
+        if self.zmq is not None:
+            self.zmq.term()
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)
+
+    async def run(self, on_ready: Callable[["Node"], None] | None = None) -> None:
+        """Start, report readiness, serve until SIGTERM/SIGINT, stop in order."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await self.start()
+            if on_ready:
+                on_ready(self)
+            await stop.wait()
+            log.info("node %s stopping", self.node_id)
+        finally:
+            await self.stop()
+
+    # -- heartbeat and load ----------------------------------------------------------------
+    def load(self) -> dict[str, Any]:
+        now, cpu = time.monotonic(), time.process_time()
+        then, cpu_then = self._cpu_mark
+        self._cpu_mark = (now, cpu)
+        figures: dict[str, Any] = {
+            "cpu": round(100.0 * (cpu - cpu_then) / max(now - then, 1e-6), 1),
+            "memory": _rss_bytes(),
+        }
+        for part in self.parts:
+            for key, value in part.load().items():
+                figures[key] = figures.get(key, 0) + value if isinstance(value, (int, float)) else value
+        return figures
+
+    async def _heartbeat(self) -> None:
+        assert self.registry is not None
+        beats = 0
+        failing = False
+        while True:
+            try:
+                await self.registry.heartbeat(self.node_id, self.load())
+                if self.role != "edge" and beats % 5 == 0:
+                    await self.registry.mark_orphans()
+                if failing:
+                    log.info("registry reachable again")
+                failing = False
+            except Exception as exc:  # the DB being away must not stop media
+                if not failing:
+                    log.warning("heartbeat to the registry failed (%s); media keeps flowing, "
+                                "retrying every %.0f s", exc, self.cfg.heartbeat_interval_s)
+                failing = True
+            beats += 1
+            await asyncio.sleep(self.cfg.heartbeat_interval_s)
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok" if self.started.is_set() and not self._stopping else "starting",
+                "node": self.node_id, "role": self.role, "version": __version__,
+                "parts": [p.name for p in self.parts]}
+
+    def listening(self) -> list[tuple[str, str]]:
+        rows = [("http", f"http://{self.cfg.host}:{self.http.port}/")]
+        for part in self.parts:
+            rows.extend(getattr(part, "listening", lambda: [])())
+        db = self.embedded.uri + " (embedded)" if self.embedded else _hide_password(self.cfg.mongo)
+        rows.append(("db", db))
+        return rows
+
+
+def _hide_password(uri: str) -> str:
+    if "@" not in uri or "://" not in uri:
+        return uri
+    scheme, rest = uri.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def print_ready(node: Node) -> None:
+    print(f"mesh node {node.node_id} ({node.role}) ready", flush=True)
+    for name, value in node.listening():
+        print(f"  {name:<9}{value}", flush=True)
+    sys.stdout.flush()
+
+
+async def run_node(cfg: NodeConfig) -> int:
+    node = Node(cfg)
+    try:
+        await node.run(print_ready)
+    except RegistryError as exc:
+        log.error("%s", exc)
+        return 2
+    return 0

@@ -1,0 +1,333 @@
+"""The registry: the only code that talks to MongoDB.
+
+Two collections (DESIGN §4):
+
+- ``nodes``: one document per node, heartbeated about every second with ``$currentDate``. Liveness
+  is judged on the **database server's clock**: readers ask the server for its time (``hello``'s
+  ``localTime``) and compare it with ``last_seen``, so clock skew between hosts cannot mark a live
+  node dead. TTL indexes are never relied on (SecantusDB sweeps them once a minute).
+- ``streams``: the authoritative origin map. A publish *claims* its stream with one atomic
+  conditional update that succeeds only if the stream is not broadcasting, is already ours, or its
+  owner is dead; it increments ``epoch``, the fencing token every bus packet carries. Later writes
+  by an origin are conditioned on its epoch, so a deposed origin learns it lost the stream
+  (:class:`Fenced`) instead of overwriting its successor.
+
+Change streams are not used: a plain ``mongod`` has no replica set.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+from urllib.parse import urlsplit
+
+import pymongo
+import pymongo.errors
+from pymongo import AsyncMongoClient, ReturnDocument
+
+from . import metrics
+
+log = logging.getLogger("mesh.registry")
+
+BROADCASTING = "broadcasting"
+CREATED = "created"
+FINISHED = "finished"
+TERMINATED = "terminated_unexpectedly"
+STREAM_STATUSES = (CREATED, BROADCASTING, FINISHED, TERMINATED)
+
+
+class RegistryError(RuntimeError):
+    """The database cannot be used; the message is one line that says what to do."""
+
+
+class StreamBusy(RuntimeError):
+    """Another live origin owns the stream."""
+
+    def __init__(self, stream_id: str, origin: str, epoch: int):
+        self.stream_id, self.origin, self.epoch = stream_id, origin, epoch
+        super().__init__(f"stream {stream_id} is already being published on {origin} (epoch {epoch}); "
+                         f"stop that publisher or use another stream id")
+
+
+class Fenced(RuntimeError):
+    """This origin no longer owns the stream (a newer epoch claimed it)."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    stream_id: str
+    epoch: int
+    media_sequence: int  # number of the first segment this origin will cut
+    discontinuity_sequence: int
+    takeover: bool  # the previous owner was another (dead) node mid-broadcast
+
+
+@dataclass
+class NodeInfo:
+    node_id: str
+    role: str
+    host: str
+    http_url: str = ""
+    bus_endpoint: str = ""
+    snapshot_endpoint: str = ""
+    rtmp_url: str = ""
+    version: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class NodeView:
+    """A node as readers see it, liveness judged on the server's clock."""
+
+    node_id: str
+    role: str
+    host: str
+    alive: bool
+    last_seen: dt.datetime | None
+    age_s: float | None
+    doc: dict[str, Any]
+
+
+def _redact(uri: str) -> str:
+    parts = urlsplit(uri)
+    host = parts.hostname or "?"
+    return f"{host}:{parts.port or 27017}"
+
+
+def _user(uri: str) -> str:
+    return urlsplit(uri).username or ""
+
+
+def _aware(value: Any) -> dt.datetime | None:
+    if not isinstance(value, dt.datetime):
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+class Registry:
+    """Async access to the ``nodes`` and ``streams`` collections."""
+
+    def __init__(self, uri: str, db_name: str = "mesh", *, node_dead_after_s: float = 4.0,
+                 timeout_s: float = 5.0):
+        self.uri = uri
+        self.node_dead_after_s = node_dead_after_s
+        self._timeout_ms = int(timeout_s * 1000)
+        self._client: AsyncMongoClient = AsyncMongoClient(
+            uri, serverSelectionTimeoutMS=self._timeout_ms, connectTimeoutMS=self._timeout_ms,
+            tz_aware=True, appname="mesh")
+        self._db = self._client[db_name]
+        self.nodes = self._db["nodes"]
+        self.streams = self._db["streams"]
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def connect(self) -> None:
+        """Check the server answers and the credentials work; create indexes. One clear line on failure."""
+        try:
+            await self._db.command("ping")
+            await self.nodes.create_index([("role", 1), ("last_seen", -1)])
+            await self.streams.create_index([("status", 1), ("origin_node", 1)])
+            await self.streams.create_index([("app", 1), ("updated_at", -1)])
+        except pymongo.errors.OperationFailure as exc:
+            if exc.code in (18, 13) or "auth" in str(exc).lower():
+                who = f"user {_user(self.uri)!r}" if _user(self.uri) else "an anonymous client"
+                raise RegistryError(
+                    f"MongoDB at {_redact(self.uri)} refused {who} (authentication failed); "
+                    f"check the user and password in --mongo / MESH_MONGO") from None
+            raise RegistryError(f"MongoDB at {_redact(self.uri)} refused a command: "
+                                f"{exc.details.get('errmsg', exc) if exc.details else exc}") from None
+        except pymongo.errors.ConfigurationError as exc:
+            raise RegistryError(f"MongoDB URI is not usable: {exc}") from None
+        except pymongo.errors.PyMongoError:
+            raise RegistryError(
+                f"cannot reach MongoDB at {_redact(self.uri)} within {self._timeout_ms / 1000:.0f} s; "
+                f"is it running? start one with `mesh db` or fix --mongo / MESH_MONGO") from None
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def server_time(self) -> dt.datetime:
+        """The database server's clock (``hello``'s ``localTime``), timezone-aware UTC."""
+        reply = await self._db.command("hello")
+        now = _aware(reply.get("localTime"))
+        if now is None:  # a server that does not report its time: fall back to ours, say so once
+            log.warning("database server did not report localTime; judging liveness on this host's clock")
+            return dt.datetime.now(dt.timezone.utc)
+        return now
+
+    # -- nodes -----------------------------------------------------------------------------
+    async def register_node(self, info: NodeInfo) -> None:
+        doc = {
+            "role": info.role, "host": info.host, "http_url": info.http_url,
+            "bus_endpoint": info.bus_endpoint, "snapshot_endpoint": info.snapshot_endpoint,
+            "rtmp_url": info.rtmp_url, "version": info.version, "stopped": False, **info.extra,
+        }
+        await self.nodes.update_one(
+            {"_id": info.node_id},
+            {"$set": doc, "$currentDate": {"last_seen": True, "started_at": True}},
+            upsert=True)
+
+    async def heartbeat(self, node_id: str, load: dict[str, Any]) -> None:
+        await self.nodes.update_one(
+            {"_id": node_id},
+            {"$set": {"load": load, "stopped": False}, "$currentDate": {"last_seen": True}})
+
+    async def deregister(self, node_id: str) -> None:
+        """Mark the node gone now (readers see it dead at once) and hand its streams back."""
+        await self.nodes.update_one({"_id": node_id},
+                                    {"$set": {"stopped": True}, "$currentDate": {"stopped_at": True}})
+
+    def _judge(self, doc: dict[str, Any], now: dt.datetime) -> NodeView | None:
+        node_id, role, host = doc.get("_id"), doc.get("role"), doc.get("host")
+        if not all(isinstance(v, str) for v in (node_id, role, host)):
+            metrics.reject("db", "node_doc", "node document %r lacks id/role/host", doc.get("_id"))
+            return None
+        seen = _aware(doc.get("last_seen"))
+        age = (now - seen).total_seconds() if seen else None
+        alive = bool(seen) and not doc.get("stopped") and age is not None and age <= self.node_dead_after_s
+        return NodeView(node_id, role, host, alive, seen, age, doc)
+
+    async def list_nodes(self, offset: int = 0, size: int = 1000) -> list[NodeView]:
+        now = await self.server_time()
+        cursor = self.nodes.find({}).sort("_id", 1).skip(max(0, offset)).limit(max(0, size))
+        views = [self._judge(doc, now) for doc in await cursor.to_list(None)]
+        return [v for v in views if v is not None]
+
+    async def count_nodes(self) -> int:
+        return await self.nodes.count_documents({})
+
+    async def alive_node_ids(self) -> set[str]:
+        now = await self.server_time()
+        cutoff = now - dt.timedelta(seconds=self.node_dead_after_s)
+        cursor = self.nodes.find({"last_seen": {"$gte": cutoff}, "stopped": {"$ne": True}}, {"_id": 1})
+        return {doc["_id"] for doc in await cursor.to_list(None)}
+
+    async def get_node(self, node_id: str) -> NodeView | None:
+        doc = await self.nodes.find_one({"_id": node_id})
+        return self._judge(doc, await self.server_time()) if doc else None
+
+    # -- streams ---------------------------------------------------------------------------
+    async def create_stream(self, stream_id: str, app: str, settings: dict[str, Any]) -> dict[str, Any]:
+        """Record a stream before it goes live (REST create). Existing streams keep their state."""
+        return await self.streams.find_one_and_update(
+            {"_id": stream_id},
+            [{"$set": {
+                "app": app, "settings": settings,
+                "status": {"$ifNull": ["$status", CREATED]},
+                "epoch": {"$ifNull": ["$epoch", 0]},
+                "media_sequence": {"$ifNull": ["$media_sequence", 0]},
+                "discontinuity_sequence": {"$ifNull": ["$discontinuity_sequence", 0]},
+                "created_at": {"$ifNull": ["$created_at", "$$NOW"]},
+                "updated_at": "$$NOW",
+            }}],
+            upsert=True, return_document=ReturnDocument.AFTER)
+
+    async def claim_stream(self, stream_id: str, app: str, node: NodeInfo,
+                           renditions: Iterable[dict[str, Any]] = ()) -> Claim:
+        """Atomically become the origin of ``stream_id`` or raise :class:`StreamBusy`."""
+        alive_others = sorted((await self.alive_node_ids()) - {node.node_id})
+        owner_free = {"$or": [
+            {"status": {"$ne": BROADCASTING}},
+            {"origin_node": node.node_id},
+            {"origin_node": {"$nin": alive_others}},
+        ]}
+        prior_epoch = {"$ifNull": ["$epoch", 0]}
+        takeover = {"$and": [{"$eq": ["$status", BROADCASTING]},
+                             {"$ne": ["$origin_node", node.node_id]}]}
+        update = [{"$set": {
+            "app": app,
+            "previous_origin": {"$cond": [takeover, "$origin_node", None]},
+            "status": BROADCASTING,
+            "origin_node": node.node_id,
+            "bus_endpoint": node.bus_endpoint,
+            "snapshot_endpoint": node.snapshot_endpoint,
+            "renditions": list(renditions),
+            "epoch": {"$add": [prior_epoch, 1]},
+            "media_sequence": {"$ifNull": ["$media_sequence", 0]},
+            # Every epoch after the first starts with a discontinuity: players see one, never a reset.
+            "discontinuity_sequence": {"$cond": [
+                {"$gt": [{"$ifNull": ["$media_sequence", 0]}, 0]},
+                {"$add": [{"$ifNull": ["$discontinuity_sequence", 0]}, 1]},
+                {"$ifNull": ["$discontinuity_sequence", 0]}]},
+            "settings": {"$ifNull": ["$settings", {}]},
+            "created_at": {"$ifNull": ["$created_at", "$$NOW"]},
+            "started_at": "$$NOW",
+            "updated_at": "$$NOW",
+            "finished_at": None,
+        }}]
+        try:
+            doc = await self.streams.find_one_and_update(
+                {"_id": stream_id, **owner_free}, update, upsert=True,
+                return_document=ReturnDocument.AFTER)
+        except pymongo.errors.DuplicateKeyError:
+            current = await self.streams.find_one({"_id": stream_id}) or {}
+            raise StreamBusy(stream_id, str(current.get("origin_node", "?")),
+                             int(current.get("epoch") or 0)) from None
+        return Claim(stream_id, int(doc["epoch"]), int(doc["media_sequence"]),
+                     int(doc["discontinuity_sequence"]), doc.get("previous_origin") is not None)
+
+    async def _fenced_update(self, stream_id: str, node_id: str, epoch: int,
+                             update: dict[str, Any]) -> None:
+        result = await self.streams.update_one(
+            {"_id": stream_id, "origin_node": node_id, "epoch": epoch}, update)
+        if result.matched_count == 0:
+            raise Fenced(f"stream {stream_id}: epoch {epoch} of {node_id} was superseded")
+
+    async def advance_media_sequence(self, stream_id: str, node_id: str, epoch: int,
+                                     next_sequence: int, extra: dict[str, Any] | None = None) -> None:
+        """Record the number of the next segment (called as each segment closes)."""
+        await self._fenced_update(stream_id, node_id, epoch, {
+            "$max": {"media_sequence": next_sequence},
+            "$set": dict(extra or {}),
+            "$currentDate": {"updated_at": True}})
+
+    async def set_stream_status(self, stream_id: str, node_id: str, epoch: int, status: str,
+                                next_sequence: int | None = None) -> None:
+        if status not in STREAM_STATUSES:
+            raise ValueError(f"unknown stream status {status}")
+        update: dict[str, Any] = {"$set": {"status": status}, "$currentDate": {"updated_at": True}}
+        if status in (FINISHED, TERMINATED):
+            update["$currentDate"]["finished_at"] = True
+        if next_sequence is not None:
+            update["$max"] = {"media_sequence": next_sequence}
+        await self._fenced_update(stream_id, node_id, epoch, update)
+
+    async def get_stream(self, stream_id: str) -> dict[str, Any] | None:
+        doc = await self.streams.find_one({"_id": stream_id})
+        if doc is None:
+            return None
+        return (await self._present([doc]))[0]
+
+    async def list_streams(self, offset: int = 0, size: int = 1000, app: str | None = None,
+                           ) -> list[dict[str, Any]]:
+        query = {"app": app} if app else {}
+        cursor = self.streams.find(query).sort("_id", 1).skip(max(0, offset)).limit(max(0, size))
+        return await self._present(await cursor.to_list(None))
+
+    async def count_streams(self, app: str | None = None) -> int:
+        return await self.streams.count_documents({"app": app} if app else {})
+
+    async def _present(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Validate stream documents and show a dead origin's streams as terminated_unexpectedly."""
+        good = []
+        for doc in docs:
+            if not isinstance(doc.get("_id"), str) or doc.get("status") not in STREAM_STATUSES \
+                    or not isinstance(doc.get("epoch", 0), int):
+                metrics.reject("db", "stream_doc", "stream document %r is malformed", doc.get("_id"))
+                continue
+            good.append(doc)
+        if any(d["status"] == BROADCASTING for d in good):
+            alive = await self.alive_node_ids()
+            for doc in good:
+                if doc["status"] == BROADCASTING and doc.get("origin_node") not in alive:
+                    doc["status"] = TERMINATED
+        return good
+
+    async def mark_orphans(self) -> int:
+        """Persist terminated_unexpectedly for broadcasting streams whose origin is dead."""
+        alive = sorted(await self.alive_node_ids())
+        cutoff = await self.server_time() - dt.timedelta(seconds=self.node_dead_after_s)
+        result = await self.streams.update_many(
+            {"status": BROADCASTING, "origin_node": {"$nin": alive}, "updated_at": {"$lt": cutoff}},
+            {"$set": {"status": TERMINATED}, "$currentDate": {"finished_at": True}})
+        return result.modified_count

@@ -1,0 +1,287 @@
+"""The bus with real ZeroMQ sockets on 127.0.0.1 (OS-assigned ports)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+import zmq.asyncio
+
+from mesh.broker import wire
+from mesh.broker.publisher import BusPublisher, snapshot_reply
+from mesh.broker.subscriber import BusSubscriber
+from mesh.broker.tracker import Gap
+from mesh.broker.wire import CONFIG, EOS, FLAG_KEY, FLAG_SEG_START, MEDIA
+from mesh.metrics import bad_input_count
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEG = 10  # packets per segment in these tests
+
+
+def publish_segment(channel: Any, seg: int, size: int = 100, flush_each: bool = False) -> list[int]:
+    """Publish one segment of SEG packets; returns their seq numbers."""
+    seqs = []
+    for i in range(SEG):
+        flags = FLAG_KEY | FLAG_SEG_START if i == 0 else 0
+        n = seg * SEG + i
+        seqs.append(channel.media(0, n * 3000, n * 3000, flags, seg, bytes([n % 251]) * size).seq)
+        if flush_each:
+            channel.flush()
+    return seqs
+
+
+class Collector:
+    """A sink that records deliveries and lets the test await a condition on them."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self.changed = asyncio.Event()
+
+    def __call__(self, deliveries: list[Any]) -> None:
+        self.items.extend(deliveries)
+        self.changed.set()
+
+    def media(self) -> list[wire.Entry]:
+        return [d for d in self.items if not isinstance(d, Gap) and d.kind == MEDIA]
+
+    async def until(self, predicate, timeout: float = 10.0) -> None:
+        async def wait() -> None:
+            while not predicate(self):
+                self.changed.clear()
+                await self.changed.wait()
+        await asyncio.wait_for(wait(), timeout)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_late_subscriber_gets_snapshot_then_live_without_gap_or_duplicate() -> None:
+    async def go() -> None:
+        ctx = zmq.asyncio.Context()
+        pub = BusPublisher(ctx, window_segments=3)
+        await pub.start()
+        ch = pub.open_channel("cam1", "src", epoch=4)
+        ch.config({"video": {"width": 640}})
+        published = []
+        for seg in range(6):
+            published += publish_segment(ch, seg)
+        published.append(ch.media(0, 0, 0, FLAG_KEY | FLAG_SEG_START, 6, b"open").seq)  # open segment
+        pub.flush()
+
+        sub = BusSubscriber(ctx)
+        got = Collector()
+        s = sub.subscribe(pub.endpoint, pub.snapshot_endpoint, "cam1", "src", got)
+        await asyncio.wait_for(s.snapshot_ready.wait(), 10)
+        for seg in range(7, 10):
+            published += publish_segment(ch, seg)
+            await asyncio.sleep(0)
+        ch.eos()
+        await got.until(lambda c: any(d.kind == EOS for d in c.items if not isinstance(d, Gap)))
+
+        assert got.items[0].kind == CONFIG and got.items[0].extra == {"video": {"width": 640}}
+        media = got.media()
+        seqs = [e.seq for e in media]
+        assert seqs == sorted(set(seqs)), "no duplicates, in order"
+        assert seqs == published[published.index(seqs[0]):], "everything from the snapshot on, no gap"
+        # 3 complete segments (3, 4, 5) + the open one from the snapshot, then live 7..9
+        assert [e.seg for e in media if e.seg_start] == [3, 4, 5, 6, 7, 8, 9]
+        assert all(e.epoch == 4 for e in media)
+        assert not any(isinstance(d, Gap) for d in got.items) and s.tracker.lost == 0
+        await sub.stop()
+        await pub.stop()
+        ctx.term()
+
+    run(go())
+
+
+def test_topics_cam1_and_cam10_never_mix() -> None:
+    async def go() -> None:
+        ctx = zmq.asyncio.Context()
+        pub = BusPublisher(ctx)
+        await pub.start()
+        ch1 = pub.open_channel("cam1", "src", 1)
+        ch10 = pub.open_channel("cam10", "src", 1)
+        sub = BusSubscriber(ctx)
+        got1, got10 = Collector(), Collector()
+        s1 = sub.subscribe(pub.endpoint, pub.snapshot_endpoint, "cam1", "src", got1)
+        s10 = sub.subscribe(pub.endpoint, pub.snapshot_endpoint, "cam10", "src", got10)
+        ch1.heartbeat()
+        ch10.heartbeat()
+        pub.flush()
+        await asyncio.wait_for(asyncio.gather(s1.snapshot_ready.wait(), s10.snapshot_ready.wait()), 10)
+        for seg in range(3):
+            for i in range(SEG):
+                ch1.media(0, i, i, FLAG_SEG_START if i == 0 else 0, seg, b"one")
+                ch10.media(0, i, i, FLAG_SEG_START if i == 0 else 0, seg, b"ten!")
+            await asyncio.sleep(0)
+        ch1.eos()
+        ch10.eos()
+        done = lambda c: any(not isinstance(d, Gap) and d.kind == EOS for d in c.items)  # noqa: E731
+        await got1.until(done)
+        await got10.until(done)
+        assert {bytes(e.payload) for e in got1.media()} == {b"one"}
+        assert {bytes(e.payload) for e in got10.media()} == {b"ten!"}
+        assert len(got1.media()) == len(got10.media()) == 3 * SEG
+        await sub.stop()
+        await pub.stop()
+        ctx.term()
+
+    run(go())
+
+
+class Probe:
+    """tests/tools/bus_probe.py in its own process; its stdout is read continuously."""
+
+    def __init__(self, endpoint: str, snapshot: str, stream: str, hwm: int):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.tools.bus_probe", endpoint, snapshot, stream, str(hwm)],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self.cond = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self.cond:
+                self.lines.append(line.strip())
+                self.cond.notify_all()
+        with self.cond:
+            self.cond.notify_all()
+
+    def wait_for(self, predicate, timeout: float = 20.0) -> None:
+        with self.cond:
+            assert self.cond.wait_for(lambda: predicate(self.lines) or self.proc.poll() is not None,
+                                      timeout), f"probe timed out; last lines {self.lines[-5:]}"
+
+    def records(self) -> list[dict[str, Any]]:
+        with self.cond:
+            return [json.loads(x) for x in self.lines if x.startswith("{")]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+@pytest.mark.integration
+def test_stalled_subscriber_does_not_slow_others_and_resyncs_after_a_gap() -> None:
+    async def go() -> None:
+        ctx = zmq.asyncio.Context()
+        pub = BusPublisher(ctx, hwm=50)
+        await pub.start()
+        ch = pub.open_channel("cam1", "src", 1)
+        ch.config({"v": 1})
+        pub.flush()
+
+        fast_sub = BusSubscriber(ctx)
+        fast = Collector()
+        s = fast_sub.subscribe(pub.endpoint, pub.snapshot_endpoint, "cam1", "src", fast)
+        probe = Probe(pub.endpoint, pub.snapshot_endpoint, "cam1", hwm=20)
+        try:
+            await asyncio.to_thread(probe.wait_for, lambda lines: "ready" in lines)
+            await asyncio.wait_for(s.snapshot_ready.wait(), 10)
+            probe.proc.send_signal(signal.SIGSTOP)  # the slow subscriber stops reading entirely
+
+            # ~40 MB, one 16 KiB message per send: far beyond the stalled peer's HWMs and socket
+            # buffers. Pace on the fast subscriber only, so it is never the one dropping.
+            segments = 250
+            published = []
+            for seg in range(segments):
+                published += publish_segment(ch, seg, size=16384, flush_each=True)
+                want = (seg + 1) * SEG
+                await fast.until(lambda c: len(c.media()) >= want, timeout=20)
+            sent_while_stalled = pub.messages_sent
+
+            assert [e.seq for e in fast.media()] == published
+            assert s.tracker.lost == 0 and s.tracker.gaps == 0
+
+            probe.proc.send_signal(signal.SIGCONT)
+            for seg in range(segments, segments + 3):
+                publish_segment(ch, seg, size=16384, flush_each=True)
+                await asyncio.sleep(0.01)
+            ch.eos()
+            pub.flush()
+            await asyncio.to_thread(probe.wait_for,
+                                    lambda lines: any('"kind": 2' in x for x in lines))
+        finally:
+            probe.stop()
+        assert sent_while_stalled >= segments * SEG
+
+        records = probe.records()
+        gaps = [i for i, r in enumerate(records) if "gap" in r]
+        assert gaps, "the stalled subscriber must report the loss"
+        assert sum(records[i]["gap"] for i in gaps) > 0
+        # After each gap, delivery resumes exactly at a segment start and stays contiguous.
+        for i in gaps:
+            nxt = next(r for r in records[i + 1:] if r.get("kind") == MEDIA)
+            assert nxt["start"], f"resumed mid-segment: {nxt}"
+        after = [r for r in records[gaps[-1] + 1:] if r.get("kind") == MEDIA]
+        assert after, "delivery resumed after the gap"
+        seg_counts: dict[int, int] = {}
+        for r in after:
+            seg_counts[r["seg"]] = seg_counts.get(r["seg"], 0) + 1
+        assert all(n == SEG for n in seg_counts.values()), "only whole segments after a resync"
+        await fast_sub.stop()
+        await pub.stop()
+        ctx.term()
+
+    run(go())
+
+
+def test_garbage_frames_are_counted_and_dropped() -> None:
+    async def go() -> None:
+        ctx = zmq.asyncio.Context()
+        raw_pub = ctx.socket(zmq.PUB)
+        raw_pub.setsockopt(zmq.LINGER, 0)
+        port = raw_pub.bind_to_random_port("tcp://127.0.0.1")
+        router = ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        snap_port = router.bind_to_random_port("tcp://127.0.0.1")
+        sub = BusSubscriber(ctx)
+        got = Collector()
+        s = sub.subscribe(f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{snap_port}", "cam1", "src", got)
+
+        before = bad_input_count("bus")
+        garbage = [
+            [b"s/cam1/src/"],
+            [b"s/cam1/src/", b"\xc1\xc1", b""],
+            [b"s/cam1/src/", msgpack.packb({"v": 1, "e": 1, "h": [[0, 0, 0, 0, 0, 0, 0, 99]]}), b"x"],
+            [b"s/cam1/src/", msgpack.packb({"v": 9}), b""],
+        ]
+        good = wire.encode(b"s/cam1/src/", 1, [wire.Entry(0, MEDIA, flags=3, payload=b"ok", epoch=1)])
+        # Keep sending until the subscription is live and the good message has been taken.
+        request = None
+        while request is None:
+            for frames in garbage:
+                await raw_pub.send_multipart(frames)
+            await raw_pub.send_multipart(good)
+            try:
+                request = await asyncio.wait_for(router.recv_multipart(), 0.2)
+            except asyncio.TimeoutError:
+                pass
+        await router.send_multipart([request[0], b"", snapshot_reply(True, b"s/cam1/src/", 0, 1)])
+        await asyncio.wait_for(s.snapshot_ready.wait(), 10)
+        for frames in garbage:
+            await raw_pub.send_multipart(frames)
+        await raw_pub.send_multipart(wire.encode(
+            b"s/cam1/src/", 1, [wire.Entry(1, MEDIA, flags=3, payload=b"after", epoch=1)]))
+        await got.until(lambda c: any(bytes(e.payload) == b"after" for e in c.media()))
+        assert bad_input_count("bus") >= before + 2 * len(garbage)
+        assert [bytes(e.payload) for e in got.media()] == [b"after"]
+        await sub.stop()
+        raw_pub.close()
+        router.close()
+        ctx.term()
+
+    run(go())

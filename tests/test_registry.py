@@ -1,0 +1,189 @@
+"""Registry against the embedded server over the real MongoDB wire protocol (pymongo)."""
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mesh.embedded_db import free_port
+from mesh.registry import (BROADCASTING, FINISHED, TERMINATED, Fenced, NodeInfo, Registry,
+                           RegistryError, StreamBusy)
+
+from .procs import node_env, wait_until
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def open_registry(mongo: str, db_name: str, dead_after: float = 4.0) -> Registry:
+    reg = Registry(mongo, db_name, node_dead_after_s=dead_after)
+    await reg.connect()
+    return reg
+
+
+def node(node_id: str) -> NodeInfo:
+    return NodeInfo(node_id, "origin", "127.0.0.1", bus_endpoint=f"tcp://127.0.0.1:1/{node_id}",
+                    snapshot_endpoint=f"tcp://127.0.0.1:2/{node_id}")
+
+
+def test_claim_race_exactly_one_wins(mongo: str, db_name: str) -> None:
+    async def go() -> None:
+        # Two independent clients (two connection pools), as two origins would be.
+        a, b = await open_registry(mongo, db_name), await open_registry(mongo, db_name)
+        await a.register_node(node("origin-a"))
+        await b.register_node(node("origin-b"))
+        for i in range(25):
+            results = await asyncio.gather(
+                a.claim_stream(f"race{i}", "LiveApp", node("origin-a")),
+                b.claim_stream(f"race{i}", "LiveApp", node("origin-b")),
+                return_exceptions=True)
+            wins = [r for r in results if not isinstance(r, BaseException)]
+            busy = [r for r in results if isinstance(r, StreamBusy)]
+            assert len(wins) == 1 and len(busy) == 1, results
+            doc = await a.get_stream(f"race{i}")
+            winner = "origin-a" if results[0] is wins[0] else "origin-b"
+            assert doc["origin_node"] == winner and doc["epoch"] == 1
+            assert busy[0].origin == winner and f"race{i}" in str(busy[0])
+        await a.close()
+        await b.close()
+
+    run(go())
+
+
+def test_reclaim_by_owner_and_epoch_increments(mongo: str, db_name: str) -> None:
+    async def go() -> None:
+        reg = await open_registry(mongo, db_name)
+        await reg.register_node(node("o1"))
+        first = await reg.claim_stream("cam1", "LiveApp", node("o1"))
+        assert (first.epoch, first.media_sequence, first.discontinuity_sequence) == (1, 0, 0)
+        await reg.advance_media_sequence("cam1", "o1", 1, 7)
+        await reg.set_stream_status("cam1", "o1", 1, FINISHED, next_sequence=8)
+        assert (await reg.get_stream("cam1"))["status"] == FINISHED
+        again = await reg.claim_stream("cam1", "LiveApp", node("o1"))
+        # A new session continues numbering and starts with a discontinuity, never a reset.
+        assert (again.epoch, again.media_sequence, again.discontinuity_sequence) == (2, 8, 1)
+        with pytest.raises(Fenced):
+            await reg.advance_media_sequence("cam1", "o1", 1, 9)  # the old epoch is fenced off
+        await reg.close()
+
+    run(go())
+
+
+def test_takeover_only_after_owner_is_dead(mongo: str, db_name: str) -> None:
+    async def go() -> None:
+        reg = await open_registry(mongo, db_name, dead_after=2.0)
+        await reg.register_node(node("o1"))
+        await reg.register_node(node("o2"))
+        await reg.claim_stream("cam2", "LiveApp", node("o1"))
+        await reg.advance_media_sequence("cam2", "o1", 1, 12)
+        with pytest.raises(StreamBusy) as busy:
+            await reg.claim_stream("cam2", "LiveApp", node("o2"))
+        assert busy.value.origin == "o1" and busy.value.epoch == 1
+        # o1 stops heartbeating; o2 keeps going. Wait on the registry's own judgement.
+        deadline = time.monotonic() + 10
+        while "o1" in await reg.alive_node_ids():
+            await reg.heartbeat("o2", {})
+            assert time.monotonic() < deadline, "o1 never judged dead"
+            await asyncio.sleep(0.2)
+        assert (await reg.get_stream("cam2"))["status"] == TERMINATED  # as readers see it
+        claim = await reg.claim_stream("cam2", "LiveApp", node("o2"))
+        assert claim.takeover and claim.epoch == 2
+        assert claim.media_sequence == 12 and claim.discontinuity_sequence == 1
+        doc = await reg.get_stream("cam2")
+        assert doc["origin_node"] == "o2" and doc["status"] == BROADCASTING
+        assert doc["previous_origin"] == "o1"
+        with pytest.raises(Fenced):
+            await reg.set_stream_status("cam2", "o1", 1, FINISHED)  # the deposed owner cannot write
+        await reg.close()
+
+    run(go())
+
+
+def test_deregistered_node_is_dead_at_once(mongo: str, db_name: str) -> None:
+    async def go() -> None:
+        reg = await open_registry(mongo, db_name)
+        await reg.register_node(node("o9"))
+        assert "o9" in await reg.alive_node_ids()
+        await reg.deregister("o9")
+        views = {v.node_id: v for v in await reg.list_nodes()}
+        assert not views["o9"].alive
+        await reg.close()
+
+    run(go())
+
+
+def test_malformed_node_document_is_skipped_and_counted(mongo: str, db_name: str) -> None:
+    from mesh.metrics import bad_input_count
+
+    async def go() -> None:
+        reg = await open_registry(mongo, db_name)
+        await reg.register_node(node("good"))
+        await reg.nodes.insert_one({"_id": "bad", "role": 7})
+        await reg.streams.insert_one({"_id": "junk", "status": "dancing"})
+        before = bad_input_count("db")
+        assert [v.node_id for v in await reg.list_nodes()] == ["good"]
+        assert await reg.list_streams() == []
+        assert bad_input_count("db") == before + 2
+        await reg.close()
+
+    run(go())
+
+
+@pytest.mark.integration
+def test_sigkilled_node_is_dead_within_5s(node_factory, mongo: str, db_name: str) -> None:
+    proc = node_factory("origin")
+
+    async def alive() -> set[str]:
+        reg = await open_registry(mongo, db_name)
+        try:
+            return await reg.alive_node_ids()
+        finally:
+            await reg.close()
+
+    assert proc.node_id in run(alive())
+    proc.kill()
+    killed_at = time.monotonic()
+    wait_until(lambda: proc.node_id not in run(alive()), timeout_s=8, interval_s=0.2,
+               message="the killed node to be judged dead")
+    assert time.monotonic() - killed_at <= 5.0
+
+
+def test_auth_with_user_and_password(auth_mongo) -> None:
+    user, password, host, port = auth_mongo
+
+    async def go() -> None:
+        reg = await open_registry(f"mongodb://{user}:{password}@{host}:{port}/", "authtest")
+        await reg.register_node(node("secure"))
+        assert "secure" in await reg.alive_node_ids()
+        await reg.close()
+
+    run(go())
+
+
+def test_wrong_password_is_one_clear_error(auth_mongo) -> None:
+    user, _, host, port = auth_mongo
+    with pytest.raises(RegistryError) as err:
+        run(open_registry(f"mongodb://{user}:wrong@{host}:{port}/", "authtest"))
+    message = str(err.value)
+    assert "authentication failed" in message and user in message and "wrong" not in message
+    # The CLI prints that one line, not a traceback.
+    out = subprocess.run([sys.executable, "-m", "mesh", "cluster", "nodes", "--mongo",
+                          f"mongodb://{user}:wrong@{host}:{port}/"],
+                         capture_output=True, text=True, env=node_env(), timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip().startswith("error: MongoDB at") and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_unreachable_database_is_one_clear_error() -> None:
+    port = free_port()
+    out = subprocess.run([sys.executable, "-m", "mesh", "streams", "--mongo",
+                          f"mongodb://127.0.0.1:{port}/"],
+                         capture_output=True, text=True, env=node_env(), timeout=60)
+    assert out.returncode == 2
+    assert f"cannot reach MongoDB at 127.0.0.1:{port}" in out.stderr
+    assert "Traceback" not in out.stderr
