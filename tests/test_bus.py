@@ -239,6 +239,45 @@ def test_stalled_subscriber_does_not_slow_others_and_resyncs_after_a_gap() -> No
     run(go())
 
 
+@pytest.mark.integration
+def test_brief_stall_is_repaired_from_the_origin_window() -> None:
+    """Loss the origin's window still covers comes back through a snapshot: no gap at all."""
+    async def go() -> None:
+        ctx = zmq.asyncio.Context()
+        pub = BusPublisher(ctx, hwm=5, window_segments=100, window_bytes=256 << 20)
+        await pub.start()
+        ch = pub.open_channel("cam7", "src", 1)
+        ch.config({"v": 1})
+        published = publish_segment(ch, 0)
+        pub.flush()
+        probe = Probe(pub.endpoint, pub.snapshot_endpoint, "cam7", hwm=5)
+        try:
+            await asyncio.to_thread(probe.wait_for, lambda lines: "ready" in lines)
+            probe.proc.send_signal(signal.SIGSTOP)
+            for seg in range(1, 41):  # ~26 MB in 64 KiB messages: more than the socket buffers hold
+                published += publish_segment(ch, seg, size=65536, flush_each=True)
+                await asyncio.sleep(0)
+            probe.proc.send_signal(signal.SIGCONT)
+            for seg in range(41, 43):
+                published += publish_segment(ch, seg, size=1000, flush_each=True)
+                await asyncio.sleep(0.01)
+            ch.eos()
+            pub.flush()
+            await asyncio.to_thread(probe.wait_for, lambda lines: any("stats" in x for x in lines))
+        finally:
+            probe.stop()
+        records = probe.records()
+        stats = next(r["stats"] for r in records if "stats" in r)
+        assert stats["recovered"] > 0, "the stall must really have lost messages"
+        assert stats["lost"] == 0 and not any("gap" in r for r in records)
+        media = [r["seq"] for r in records if r.get("kind") == MEDIA]
+        assert media == published[published.index(media[0]):], "every packet, in order, once"
+        await pub.stop()
+        ctx.term()
+
+    run(go())
+
+
 def test_garbage_frames_are_counted_and_dropped() -> None:
     async def go() -> None:
         ctx = zmq.asyncio.Context()
@@ -270,7 +309,7 @@ def test_garbage_frames_are_counted_and_dropped() -> None:
                 request = await asyncio.wait_for(router.recv_multipart(), 0.2)
             except asyncio.TimeoutError:
                 pass
-        await router.send_multipart([request[0], b"", snapshot_reply(True, b"s/cam1/src/", 0, 1)])
+        await router.send_multipart([request[0], b"", snapshot_reply(True, b"s/cam1/src/", 1, 0, 1)])
         await asyncio.wait_for(s.snapshot_ready.wait(), 10)
         for frames in garbage:
             await raw_pub.send_multipart(frames)

@@ -31,7 +31,7 @@ def test_late_join_snapshot_then_live_no_gap_no_duplicate() -> None:
     t = TopicTracker()
     assert t.on_live([entries[26], entries[27]]) == []  # buffered while joining
     assert t.wants_snapshot
-    out = t.on_snapshot(30, window.snapshot())
+    out = t.on_snapshot(window.first_seq, 30, window.snapshot())
     out += t.on_live(entries[28:])  # overlaps what the snapshot carried
     assert out[0].kind == CONFIG
     seqs = media_seqs(out)
@@ -41,11 +41,18 @@ def test_late_join_snapshot_then_live_no_gap_no_duplicate() -> None:
     assert seqs[0] == 11 and t.state == LIVE and t.lost == 0 and t.gaps == 0
 
 
-def test_gap_resyncs_at_next_segment_start() -> None:
-    entries = stream(30)
+def joined(entries: list[Entry], upto: int) -> TopicTracker:
+    """A tracker that joined with a snapshot holding entries[0..upto]."""
     t = TopicTracker()
-    t.on_live([entries[0]])
-    t.on_snapshot(0, [entries[0]])
+    t.on_live([Entry(entries[upto].seq + 1, HEARTBEAT, epoch=1)])
+    t.on_snapshot(entries[0].seq + 1, entries[upto].seq, entries[: upto + 1])
+    return t
+
+
+def test_gap_without_recovery_resyncs_at_next_segment_start() -> None:
+    entries = stream(30)
+    t = joined(entries, 0)
+    t.recover = False
     out = t.on_live(entries[1:8])
     out2 = t.on_live(entries[10:])  # 8 and 9 were dropped by the publisher
     assert isinstance(out2[0], Gap) and out2[0].lost == 2
@@ -55,20 +62,52 @@ def test_gap_resyncs_at_next_segment_start() -> None:
     assert media_seqs(out) == list(range(1, 8))
 
 
+def test_gap_repaired_silently_from_the_window() -> None:
+    entries = stream(30)
+    window = SnapshotWindow(max_segments=3)
+    t = joined(entries, 0)
+    for e in entries[:8]:
+        window.add(e)
+    assert media_seqs(t.on_live(entries[1:8])) == list(range(1, 8))
+    assert t.on_live(entries[10:13]) == []  # 8, 9 missing: buffer and ask for a snapshot
+    assert t.wants_snapshot
+    for e in entries[8:14]:
+        window.add(e)
+    out = t.on_snapshot(window.first_seq, 13, window.snapshot())
+    out += t.on_live(entries[13:])
+    assert not any(isinstance(d, Gap) for d in out)
+    assert media_seqs(out) == list(range(8, 31)), "the missing entries came back, in order"
+    assert t.lost == 0 and t.recovered == 2 and t.state == LIVE
+
+
+def test_gap_older_than_the_window_is_reported_and_restarts_at_a_segment() -> None:
+    entries = stream(40)
+    window = SnapshotWindow(max_segments=1)
+    t = joined(entries, 0)
+    t.on_live(entries[1:4])
+    t.on_live(entries[30:32])  # 4..29 missing
+    for e in entries[:32]:
+        window.add(e)
+    out = t.on_snapshot(window.first_seq, 31, window.snapshot())
+    assert isinstance(out[0], Gap) and out[0].lost == window.first_seq - 4
+    assert out[1].kind == CONFIG and out[2].seg_start and out[2].seq == window.first_seq
+
+
 def test_heartbeat_reveals_tail_loss_and_is_not_delivered() -> None:
     t = TopicTracker()
     t.on_live([Entry(0, HEARTBEAT, epoch=1)])
-    assert t.on_snapshot(0, []) == []
-    out = t.on_live([Entry(1, HEARTBEAT, epoch=1), Entry(4, HEARTBEAT, epoch=1)])
-    assert out == [Gap(2, "hwm")] and t.state == RESYNC
+    assert t.on_snapshot(0, -1, []) == []
+    t.recover = False
+    out = t.on_live([Entry(0, HEARTBEAT, epoch=1), Entry(3, HEARTBEAT, epoch=1)])
+    assert out == [Gap(3, "hwm")] and t.state == RESYNC
 
 
 def test_stale_epoch_dropped() -> None:
     t = TopicTracker()
-    t.on_live([Entry(0, HEARTBEAT, epoch=5)])
-    t.on_snapshot(0, [], epoch=5)
-    out = t.on_live([Entry(1, MEDIA, flags=3, epoch=4), Entry(2, MEDIA, flags=3, epoch=5)])
-    assert media_seqs(out) == [2] and t.stale == 1
+    t.on_live([Entry(1, HEARTBEAT, epoch=5)])
+    t.on_snapshot(1, 0, [], epoch=5)
+    out = t.on_live([Entry(1, MEDIA, flags=3, epoch=4), Entry(1, MEDIA, flags=3, epoch=5)])
+    assert media_seqs(out) == [1] and t.stale == 1
 
 
 def test_snapshot_failure_joins_at_segment_start() -> None:
@@ -105,10 +144,9 @@ def test_window_byte_budget_never_drops_open_segment() -> None:
 def test_random_drops_never_deliver_partial_segments(keep: list[bool], seg_len: int) -> None:
     """Whatever is dropped, every delivered segment is complete from its first packet on."""
     entries = stream(len(keep), seg_len)
-    t = TopicTracker()
-    t.on_live([entries[0]])
-    out = t.on_snapshot(0, [entries[0]])
-    out += t.on_live([e for e, k in zip(entries[1:], keep) if k])
+    t = joined(entries, 0)
+    t.recover = False
+    out = t.on_live([e for e, k in zip(entries[1:], keep) if k])
     by_seg: dict[int, list[int]] = {}
     for d in out:
         if isinstance(d, Gap) or d.kind != MEDIA:
@@ -118,5 +156,7 @@ def test_random_drops_never_deliver_partial_segments(keep: list[bool], seg_len: 
         first = 1 + seg * seg_len
         assert seqs[0] == first, f"segment {seg} delivered from {seqs[0]}, not its start {first}"
         assert seqs == list(range(first, first + len(seqs)))
-    assert t.lost + t.delivered - 1 + t.discarded == sum(keep) + (len(keep) - sum(keep)) - \
-        (len(keep) - max((i for i, k in enumerate(keep) if k), default=-1) - 1)
+    # every seq up to the last one received is accounted for exactly once
+    last_received = max((i + 1 for i, k in enumerate(keep) if k), default=0)
+    delivered_media = sum(1 for d in out if not isinstance(d, Gap) and d.kind == MEDIA)
+    assert t.lost + delivered_media + t.discarded == last_received

@@ -32,10 +32,12 @@ MAX_BATCH_BYTES = 1 << 20
 SNAPSHOT_REQUEST_MAX_BYTES = 4096
 
 
-def snapshot_reply(ok: bool, topic: bytes, last_seq: int = -1, epoch: int = 0,
+def snapshot_reply(ok: bool, topic: bytes, first_seq: int = 0, last_seq: int = -1, epoch: int = 0,
                    error: str = "") -> bytes:
-    return msgpack.packb({"v": wire.VERSION, "ok": ok, "t": topic, "last": last_seq, "e": epoch,
-                          "err": error}, use_bin_type=True)
+    """The first frame of a snapshot reply. Entries below ``first`` are the base config; the rest
+    run contiguously from ``first`` (a segment start) to ``last``."""
+    return msgpack.packb({"v": wire.VERSION, "ok": ok, "t": topic, "first": first_seq,
+                          "last": last_seq, "e": epoch, "err": error}, use_bin_type=True)
 
 
 class Channel:
@@ -57,8 +59,8 @@ class Channel:
     def _push(self, entry: Entry) -> Entry:
         if self.closed:
             raise RuntimeError(f"channel {self.topic!r} is closed")
-        self.next_seq += 1
-        if entry.kind != HEARTBEAT:
+        if entry.kind != HEARTBEAT:  # a heartbeat carries the next seq without taking it
+            self.next_seq += 1
             self.window.add(entry)
         self._pending.append(entry)
         self._pending_bytes += len(entry.payload)
@@ -89,9 +91,10 @@ class Channel:
         pending, self._pending, self._pending_bytes = self._pending, [], 0
         self.publisher._send(wire.encode(self.topic, self.epoch, pending), pending)
 
-    def snapshot(self) -> tuple[int, list[Entry]]:
+    def snapshot(self) -> tuple[int, int, list[Entry]]:
+        """(first seq of the window, last seq sent, entries)."""
         self.flush()
-        return self.next_seq - 1, self.window.snapshot()
+        return self.window.first_seq, self.next_seq - 1, self.window.snapshot()
 
 
 class BusPublisher:
@@ -167,7 +170,8 @@ class BusPublisher:
         if old is not None:
             old.flush()
             old.closed = True
-        channel = Channel(self, stream_id, rendition, epoch, self._seq.get(topic, 0),
+        first_seq = old.next_seq if old is not None else self._seq.get(topic, 0)
+        channel = Channel(self, stream_id, rendition, epoch, first_seq,
                           SnapshotWindow(self.window_segments, self.window_bytes))
         self.channels[topic] = channel
         return channel
@@ -193,7 +197,6 @@ class BusPublisher:
             channel.flush()
 
     def _send(self, frames: list[Any], entries: list[Entry]) -> None:
-        self._seq[frames[0]] = entries[-1].seq + 1
         try:
             self._sender.send_multipart(frames, copy=False)
         except zmq.ZMQError as exc:  # the socket is closing; nothing to deliver to
@@ -245,9 +248,9 @@ class BusPublisher:
         channel = self.channels.get(topic)
         if channel is None:
             return [ident, b"", snapshot_reply(False, topic, error="no such stream on this origin")]
-        last, entries = channel.snapshot()
+        first, last, entries = channel.snapshot()
         self.snapshots_served += 1
-        head = snapshot_reply(True, topic, last, channel.epoch)
+        head = snapshot_reply(True, topic, first, last, channel.epoch)
         if not entries:
             return [ident, b"", head]
         return [ident, b"", head, *wire.encode(topic, channel.epoch, entries)]

@@ -23,6 +23,7 @@ from .tracker import Delivery, Gap, TopicTracker
 log = logging.getLogger("mesh.bus")
 
 DRAIN_BATCH = 512
+RECOVERY_INTERVAL_S = 5.0  # at most one gap-repair snapshot per topic in this time
 
 
 class Sink(Protocol):
@@ -40,6 +41,7 @@ class Subscription:
         self.snapshot_ready = asyncio.Event()  # set once the snapshot (or its failure) is applied
         self.closed = False
         self._snapshot_task: asyncio.Task[None] | None = None
+        self._last_snapshot = float("-inf")
 
     def _deliver(self, deliveries: list[Delivery]) -> None:
         if not deliveries or self.closed:
@@ -54,11 +56,23 @@ class Subscription:
             log.exception("bus consumer for %s failed", self.topic)
 
     def on_live(self, entries: list[wire.Entry]) -> None:
-        self.last_rx = time.monotonic()
+        self.last_rx = now = time.monotonic()
+        # Repairing a gap from a snapshot is cheap once; a chronically slow edge resyncs instead.
+        self.tracker.recover = now - self._last_snapshot >= RECOVERY_INTERVAL_S
         self._deliver(self.tracker.on_live(entries))
-        if self.tracker.wants_snapshot and self._snapshot_task is None:
+        self._maybe_fetch_snapshot()
+
+    def _maybe_fetch_snapshot(self) -> None:
+        if self.tracker.wants_snapshot and self._snapshot_task is None and not self.closed:
             self._snapshot_task = asyncio.get_running_loop().create_task(
                 self.link._fetch_snapshot(self), name=f"snapshot-{self.stream_id}")
+
+    def _snapshot_done(self, recovery: bool) -> None:
+        self._snapshot_task = None
+        if recovery:
+            self._last_snapshot = time.monotonic()
+        self.snapshot_ready.set()
+        self._maybe_fetch_snapshot()
 
     @property
     def silent_s(self) -> float:
@@ -158,6 +172,7 @@ class Link:
     async def _fetch_snapshot(self, sub: Subscription) -> None:
         s = self.subscriber
         request = msgpack.packb({"v": wire.VERSION, "t": sub.topic}, use_bin_type=True)
+        recovery = sub.tracker.next_seq is not None
         for attempt in range(s.snapshot_retries):
             future: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
             self._replies[sub.topic] = future
@@ -171,12 +186,12 @@ class Link:
             finally:
                 self._replies.pop(sub.topic, None)
             if self._apply_snapshot(sub, reply):
-                sub.snapshot_ready.set()
+                sub._snapshot_done(recovery)
                 return
-        log.warning("no snapshot of %s from %s; joining live at the next segment start",
+        log.warning("no snapshot of %s from %s; going on from the next segment start",
                     sub.topic.decode(), self.snapshot_endpoint)
         sub._deliver(sub.tracker.on_snapshot_failed())
-        sub.snapshot_ready.set()
+        sub._snapshot_done(recovery)
 
     def _apply_snapshot(self, sub: Subscription, reply: list[bytes]) -> bool:
         head = msgpack.unpackb(reply[0], raw=False)
@@ -184,8 +199,8 @@ class Link:
             log.info("origin %s has no snapshot of %s: %s", self.snapshot_endpoint,
                      sub.topic.decode(), head.get("err"))
             return False
-        last, epoch = head.get("last"), head.get("e", 0)
-        if type(last) is not int or type(epoch) is not int:
+        first, last, epoch = head.get("first"), head.get("last"), head.get("e", 0)
+        if type(first) is not int or type(last) is not int or type(epoch) is not int:
             metrics.reject("bus", "snapshot", "snapshot reply without last seq")
             return False
         entries: list[wire.Entry] = []
@@ -198,7 +213,7 @@ class Link:
         elif len(reply) != 1:
             metrics.reject("bus", "snapshot", "snapshot reply has %d frames", len(reply))
             return False
-        sub._deliver(sub.tracker.on_snapshot(last, entries, epoch))
+        sub._deliver(sub.tracker.on_snapshot(first, last, entries, epoch))
         return True
 
 

@@ -55,6 +55,13 @@ class SnapshotWindow:
                     self.base_config = entry
 
     @property
+    def first_seq(self) -> int:
+        """The seq of the window's first entry (a segment start), or the next seq if it is empty."""
+        if self._segments:
+            return self._segments[0][0].seq
+        return self.last_seq + 1
+
+    @property
     def complete_segments(self) -> int:
         """Segments a snapshot would hand over whole (the open one counts once the stream ended)."""
         if not self._segments:

@@ -2,7 +2,8 @@
 
 Usage: python -m tests.tools.bus_probe BUS_ENDPOINT SNAPSHOT_ENDPOINT STREAM RCVHWM
 Prints one JSON line per delivery ({"gap": lost} or {"seq", "seg", "start", "kind"}),
-"ready" once the snapshot is applied, and exits after an end of stream.
+"ready" once the snapshot is applied, and after an end of stream the tracker's counters
+({"stats": ...}) before it exits.
 """
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ async def main() -> None:
     await s.snapshot_ready.wait()
     print("ready", flush=True)
     await done.wait()
+    t = s.tracker
+    print(json.dumps({"stats": {"lost": t.lost, "recovered": t.recovered, "gaps": t.gaps,
+                                "discarded": t.discarded}}), flush=True)
     await sub.stop()
     ctx.term()
 
