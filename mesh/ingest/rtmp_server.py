@@ -1,0 +1,389 @@
+"""The asyncio driver around :class:`mesh.protocols.rtmp.ServerSession` (RTMP ingest).
+
+One :class:`asyncio.Protocol` per TCP connection feeds bytes into its session and hands
+the events to the application through two small interfaces, :class:`RtmpHandler` (decides
+whether a publish may start) and :class:`PublishSink` (receives that publish's media).
+Nothing here awaits on behalf of one connection inside shared code: media callbacks are
+synchronous, and the only awaits (``on_publish``/``on_unpublish``) run in per-connection
+tasks while that connection's reading is paused. A stalled client therefore stalls only
+itself, and timeouts (handshake, idle) and a bounded close make sure it goes away.
+
+Bad input is counted with :func:`mesh.metrics.reject` under the session error's fixed
+``reason`` word, logged once with the peer's address, and closes only that connection.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from mesh import metrics
+from mesh.protocols.rtmp import (NEED_DATA, PAUSED, AudioMessage, Connected, Metadata, PeerClosed,
+                                 PublishRequested, RemoteProtocolError, ServerSession, State, Unpublished,
+                                 VideoMessage)
+
+log = logging.getLogger("mesh.ingest.rtmp")
+
+_WRITE_BUFFER_LIMIT = 1 << 20  # we only write replies and acks; this much unread means a dead peer
+_CLOSE_GRACE_S = 2.0  # how long a closing socket may take to flush its last reply
+_STOP_TIMEOUT_S = 5.0  # how long stop() waits for on_unpublish callbacks
+_conn_ids = itertools.count(1)
+
+
+class PublishRejected(Exception):
+    """Raised by :meth:`RtmpHandler.on_publish` to refuse a publish.
+
+    ``code`` is the NetStream status code the client sees (for example
+    ``NetStream.Publish.BadName``, ``NetStream.Publish.Denied``) and ``description``
+    the human-readable reason (ffmpeg prints it).
+    """
+
+    def __init__(self, code: str = "NetStream.Publish.Denied", description: str = "publish refused") -> None:
+        super().__init__(f"{code}: {description}")
+        self.code = code
+        self.description = description
+
+
+class PublishAborted(Exception):
+    """Raised by a :class:`PublishSink` media callback to end its publish (unsupported codec,
+    malformed tag, stream taken over by another origin).
+
+    ``reason`` is a short fixed word (it becomes a metrics label: never peer text);
+    ``description`` is sent to the client in an error onStatus and logged. The connection
+    closes and ``on_unpublish("error")`` follows.
+    """
+
+    def __init__(self, reason: str, description: str) -> None:
+        super().__init__(f"{reason}: {description}")
+        self.reason = reason
+        self.description = description
+
+
+@dataclass(frozen=True, slots=True)
+class RtmpConnectionInfo:
+    """Who is publishing: for logs, auth decisions and the registry."""
+
+    conn_id: int
+    peer: str  # "host:port"
+    app: str
+    tc_url: str
+    params: dict[str, Any] = field(default_factory=dict)  # the connect command object (flashVer, ...)
+
+
+class PublishSink(Protocol):
+    """Receives one accepted publish. Media callbacks are synchronous and come in order.
+
+    A media callback may raise :class:`PublishAborted` to end the publish cleanly; any other
+    exception is logged with its traceback and, likewise, closes only this connection.
+    """
+
+    def on_video(self, timestamp_ms: int, payload: bytes) -> None: ...  # an FLV video tag body
+
+    def on_audio(self, timestamp_ms: int, payload: bytes) -> None: ...  # an FLV audio tag body
+
+    def on_metadata(self, values: dict[str, Any]) -> None: ...
+
+    async def on_unpublish(self, reason: str) -> None:
+        """'unpublish' | 'disconnect' | 'error' | 'server-stop'; awaited exactly once."""
+        ...
+
+
+class RtmpHandler(Protocol):
+    async def on_publish(self, conn: RtmpConnectionInfo, app: str, stream_name: str,
+                         query: dict[str, str]) -> PublishSink:
+        """Return a sink to accept; raise PublishRejected(code, description) to refuse (the client
+        gets onStatus error, then the connection closes)."""
+        ...
+
+
+class _RtmpConnection(asyncio.Protocol):
+    """One client connection: owns its session, transport, timers and (at most one) sink."""
+
+    def __init__(self, server: RtmpServer) -> None:
+        self._server = server
+        self._loop = asyncio.get_running_loop()
+        self._session = ServerSession(max_message_size=server.max_message_size)
+        self._transport: asyncio.Transport | None = None
+        self._info: RtmpConnectionInfo | None = None
+        self._sink: PublishSink | None = None
+        self._stream = ""
+        self._close_reason = "disconnect"
+        self._closed = False
+        self._reading = True
+        self._decision: asyncio.Task[None] | None = None
+        self._unpublish_task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._started = self._last_rx = self._loop.time()
+        self._counts = [0, 0]  # video, audio messages of the current publish
+        self.conn_id = next(_conn_ids)
+        self.peer = "?"
+
+    # ------------------------------------------------------------------ asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        if not self._server._register(self):
+            self._closed = True
+            metrics.reject("rtmp", "limit", "%s: over max_connections", self.peer)
+            log.warning("rtmp %s refused: %d connections already open (max_connections)", self.peer,
+                        self._server.connection_count)
+            transport.abort()
+            return
+        self._arm_timer()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        self._last_rx = self._loop.time()
+        self._session.receive_data(data)
+        self._pump()
+
+    def eof_received(self) -> bool | None:
+        if not self._closed:
+            self._session.receive_data(b"")
+            self._pump()
+        return None  # let the transport close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self._server._unregister(self)
+        self._end_publish(self._close_reason)
+
+    # ------------------------------------------------------------------ event pump
+
+    def _pump(self) -> None:
+        """Drain session events; runs in data_received, so it never awaits."""
+        session = self._session
+        try:
+            while True:
+                ev = session.next_event()
+                cls = type(ev)
+                if cls is VideoMessage:
+                    self._counts[0] += 1
+                    self._sink.on_video(ev.timestamp_ms, ev.payload)  # type: ignore[union-attr]
+                elif cls is AudioMessage:
+                    self._counts[1] += 1
+                    self._sink.on_audio(ev.timestamp_ms, ev.payload)  # type: ignore[union-attr]
+                elif ev is NEED_DATA or ev is PAUSED:
+                    break
+                elif cls is Metadata:
+                    self._sink.on_metadata(ev.values)  # type: ignore[union-attr]
+                elif cls is PublishRequested:
+                    self._start_decision(ev)  # type: ignore[arg-type]
+                elif cls is Connected:
+                    assert isinstance(ev, Connected)
+                    self._info = RtmpConnectionInfo(self.conn_id, self.peer, ev.app, ev.tc_url, ev.params)
+                elif cls is Unpublished:
+                    self._end_publish("unpublish")
+                elif cls is PeerClosed:
+                    break
+        except RemoteProtocolError as exc:
+            self._flush()  # a last reply (e.g. onStatus BadName) goes out before we close
+            self._bad_input(exc.reason, str(exc))
+            return
+        except PublishAborted as exc:
+            if session.state is State.PUBLISHING:
+                session.abort_publish("NetStream.Publish.Failed", exc.description)
+                self._flush()
+            self._bad_input(exc.reason, exc.description)
+            return
+        except Exception:
+            log.exception("rtmp %s: the publish sink for %s raised; closing this connection", self.peer,
+                          self._stream)
+            self._shutdown("error")
+            return
+        self._flush()
+        if session.must_close:
+            self._shutdown(self._close_reason)
+
+    def _flush(self) -> None:
+        data = self._session.data_to_send()
+        transport = self._transport
+        if data and transport is not None and not transport.is_closing():
+            transport.write(data)
+            if transport.get_write_buffer_size() > _WRITE_BUFFER_LIMIT:
+                self._bad_input("slow", f"{transport.get_write_buffer_size()} bytes unread by the client")
+
+    # ------------------------------------------------------------------ publish lifecycle
+
+    def _start_decision(self, ev: PublishRequested) -> None:
+        self._set_reading(False)
+        self._stream = f"{ev.app}/{ev.stream_name}"
+        self._decision = self._server._spawn(self._decide(ev))
+
+    async def _decide(self, ev: PublishRequested) -> None:
+        if self._unpublish_task is not None:  # a previous publish on this connection ends first
+            await asyncio.shield(self._unpublish_task)
+        if self._closed:
+            return
+        assert self._info is not None
+        try:
+            sink = await self._server.handler.on_publish(self._info, ev.app, ev.stream_name, ev.query)
+        except PublishRejected as rej:
+            log.info("rtmp publish refused: %s from %s: %s", self._stream, self.peer, rej)
+            self._refuse(rej.code, rej.description)
+            return
+        except Exception:
+            log.exception("rtmp %s: on_publish for %s failed", self.peer, self._stream)
+            self._refuse("NetStream.Publish.Failed", "internal server error")
+            return
+        self._sink = sink
+        self._counts = [0, 0]
+        if self._closed:  # the peer left (or we stopped) while the handler decided
+            self._end_publish(self._close_reason)
+            return
+        self._session.accept_publish()
+        log.info("rtmp publish start: %s from %s", self._stream, self.peer)
+        self._flush()
+        self._set_reading(True)
+        self._pump()  # media the client sent meanwhile is already buffered
+
+    def _refuse(self, code: str, description: str) -> None:
+        if self._closed:
+            return
+        self._session.reject_publish(code, description)
+        self._flush()
+        self._shutdown("error")
+
+    def _end_publish(self, reason: str) -> None:
+        sink, self._sink = self._sink, None
+        if sink is None:
+            return
+        log.info("rtmp publish stop: %s from %s (%s; %d video, %d audio messages)", self._stream, self.peer,
+                 reason, self._counts[0], self._counts[1])
+        self._unpublish_task = self._server._spawn(self._call_unpublish(sink, reason))
+
+    async def _call_unpublish(self, sink: PublishSink, reason: str) -> None:
+        try:
+            await sink.on_unpublish(reason)
+        except Exception:
+            log.exception("rtmp %s: on_unpublish for %s failed", self.peer, self._stream)
+
+    # ------------------------------------------------------------------ closing, timers
+
+    def _bad_input(self, reason: str, message: str) -> None:
+        metrics.reject("rtmp", reason, "%s: %s", self.peer, message)
+        level = logging.INFO if reason in ("handshake", "timeout") else logging.WARNING
+        log.log(level, "rtmp %s%s: %s; closing the connection", self.peer,
+                f" ({self._stream})" if self._stream else "", message)
+        self._shutdown("error" if reason != "timeout" else "disconnect")
+
+    def _shutdown(self, reason: str) -> None:
+        """Close this connection: flush what is queued (bounded by a grace period)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._close_reason = reason
+        self._end_publish(reason)
+        if self._decision is not None and not self._decision.done() and reason == "server-stop":
+            self._decision.cancel()
+        transport = self._transport
+        if transport is None:
+            return
+        if reason == "server-stop":
+            transport.abort()
+        else:
+            transport.close()  # flushes the last reply; a peer that never reads gets aborted
+            self._loop.call_later(_CLOSE_GRACE_S, transport.abort)
+
+    def _set_reading(self, on: bool) -> None:
+        if on == self._reading or self._transport is None or self._transport.is_closing():
+            return
+        self._reading = on
+        if on:
+            self._last_rx = self._loop.time()
+            self._transport.resume_reading()
+        else:
+            self._transport.pause_reading()
+
+    def _arm_timer(self) -> None:
+        srv = self._server
+        interval = max(0.05, min(1.0, srv.handshake_timeout_s / 4, srv.idle_timeout_s / 4))
+        self._timer = self._loop.call_later(interval, self._check_timeouts)
+
+    def _check_timeouts(self) -> None:
+        if self._closed:
+            return
+        now = self._loop.time()
+        state = self._session.state
+        srv = self._server
+        if state in (State.AWAIT_C0C1, State.AWAIT_C2):
+            if now - self._started > srv.handshake_timeout_s:
+                self._bad_input("timeout", f"handshake not completed within {srv.handshake_timeout_s:g} s")
+                return
+        elif self._reading and now - self._last_rx > srv.idle_timeout_s:
+            self._bad_input("timeout", f"no data for {srv.idle_timeout_s:g} s")
+            return
+        self._arm_timer()
+
+
+class RtmpServer:
+    """Listens for RTMP publishers; see the module docstring. ``start()`` binds, ``stop()`` ends all."""
+
+    def __init__(self, handler: RtmpHandler, *, host: str, port: int, max_connections: int = 1000,
+                 handshake_timeout_s: float = 10.0, idle_timeout_s: float = 30.0,
+                 max_message_size: int = 8 << 20) -> None:
+        self.handler = handler
+        self.host = host
+        self.port = port
+        self.max_connections = max_connections
+        self.handshake_timeout_s = handshake_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.max_message_size = max_message_size
+        self._server: asyncio.base_events.Server | None = None
+        self._conns: set[_RtmpConnection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._conns)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _RtmpConnection(self), self.host, self.port,
+                                                reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("rtmp ingest listening on %s:%d", self.host, self.port)
+
+    async def stop(self) -> None:
+        """Close the listener and every connection; waits (bounded) for on_unpublish callbacks."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._conns):
+            conn._shutdown("server-stop")
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=_STOP_TIMEOUT_S)
+            for task in pending:
+                log.warning("rtmp stop: a publish callback did not finish within %s s; cancelling",
+                            _STOP_TIMEOUT_S)
+                task.cancel()
+        if self._server is not None:
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), _STOP_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                pass
+            self._server = None
+
+    # ------------------------------------------------------------------ for connections
+
+    def _register(self, conn: _RtmpConnection) -> bool:
+        if len(self._conns) >= self.max_connections:
+            return False
+        self._conns.add(conn)
+        return True
+
+    def _unregister(self, conn: _RtmpConnection) -> None:
+        self._conns.discard(conn)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task

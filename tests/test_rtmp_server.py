@@ -1,0 +1,429 @@
+"""RtmpServer over real sockets: the Debian ffmpeg as an independent publisher, plus raw hostile clients.
+
+Every wait is on a signal (a process exit, an asyncio.Event, EOF on a socket) with a
+timeout as a safety net; nothing sleeps for a fixed time.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from mesh.ingest.rtmp_server import PublishAborted, PublishRejected, RtmpConnectionInfo, RtmpServer
+from mesh.metrics import bad_input_count
+from mesh.protocols.rtmp import amf0
+from mesh.protocols.rtmp.handshake import client_c0c1
+from mesh_codecs import flv
+from tests.test_rtmp_session import Publisher
+
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="Debian ffmpeg not installed")
+TIMEOUT = 30.0
+
+
+class RecordingSink:
+    def __init__(self, name: str, fail_after: int | None = None, abort: bool = False) -> None:
+        self.abort = abort
+        self.name = name
+        self.video: list[tuple[int, flv.FlvVideo]] = []
+        self.audio: list[tuple[int, flv.FlvAudio]] = []
+        self.metadata: list[dict[str, Any]] = []
+        self.reasons: list[str] = []
+        self.unpublished = asyncio.Event()
+        self.got_video = asyncio.Event()
+        self.fail_after = fail_after
+
+    def on_video(self, timestamp_ms: int, payload: bytes) -> None:
+        if self.fail_after is not None and len(self.video) >= self.fail_after:
+            if self.abort:
+                raise PublishAborted("codec", "video codec VP6 is not supported; publish H.264")
+            raise RuntimeError("sink failure injected by the test")
+        self.video.append((timestamp_ms, flv.parse_video(payload)))
+        self.got_video.set()
+
+    def on_audio(self, timestamp_ms: int, payload: bytes) -> None:
+        self.audio.append((timestamp_ms, flv.parse_audio(payload)))
+
+    def on_metadata(self, values: dict[str, Any]) -> None:
+        self.metadata.append(values)
+
+    async def on_unpublish(self, reason: str) -> None:
+        self.reasons.append(reason)
+        self.unpublished.set()
+
+
+class RecordingHandler:
+    def __init__(self, reject: dict[str, str] | None = None, fail_after: int | None = None,
+                 abort: bool = False) -> None:
+        self.reject = reject or {}
+        self.abort = abort
+        self.fail_after = fail_after
+        self.sinks: dict[str, RecordingSink] = {}
+        self.conns: dict[str, RtmpConnectionInfo] = {}
+        self.queries: dict[str, dict[str, str]] = {}
+        self.published: dict[str, asyncio.Event] = {}
+
+    def event(self, name: str) -> asyncio.Event:
+        return self.published.setdefault(name, asyncio.Event())
+
+    async def on_publish(self, conn: RtmpConnectionInfo, app: str, stream_name: str,
+                         query: dict[str, str]) -> RecordingSink:
+        if stream_name in self.reject:
+            raise PublishRejected("NetStream.Publish.BadName", self.reject[stream_name])
+        sink = self.sinks[stream_name] = RecordingSink(stream_name, self.fail_after, self.abort)
+        self.conns[stream_name] = conn
+        self.queries[stream_name] = query
+        self.event(stream_name).set()
+        return sink
+
+
+def run(coro_fn: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(coro_fn(), 90))
+
+
+async def ffmpeg_publish(url: str, seconds: float = 3, *extra: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
+        "-re", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30", "-f", "lavfi", "-i", "sine",
+        "-t", str(seconds), "-c:v", "libx264", "-preset", "veryfast", "-g", "30", "-c:a", "aac",
+        *extra, "-f", "flv", url, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+    return proc.returncode or 0, err.decode(errors="replace")
+
+
+async def started_server(handler: Any, **kwargs: Any) -> RtmpServer:
+    server = RtmpServer(handler, host="127.0.0.1", port=0, **kwargs)
+    await server.start()
+    assert server.port != 0
+    return server
+
+
+def assert_good_publish(sink: RecordingSink, seconds: float = 3) -> None:
+    """What a 3 s ffmpeg test-pattern publish must have delivered, in order."""
+    assert sink.reasons == ["unpublish"]
+    first_ts, first = sink.video[0]
+    assert (first.packet_type, first.key, first.codec_id) == (flv.AVC_SEQUENCE_HEADER, True, flv.CODEC_AVC)
+    assert bytes(first.data[:1]) == b"\x01"  # AVCDecoderConfigurationRecord version 1
+    _, aac = sink.audio[0]
+    assert (aac.sound_format, aac.packet_type) == (flv.SOUND_AAC, flv.AAC_SEQUENCE_HEADER)
+    # AAC-LC, 44.1 kHz, mono (the lavfi sine); ffmpeg appends a 3-byte explicit "no SBR"
+    # sync extension (56 e5 00), so only the first two bytes are fixed.
+    assert bytes(aac.data[:2]) == bytes.fromhex("1208")
+    frames = [(ts, v) for ts, v in sink.video if v.packet_type == flv.AVC_NALU]
+    fps = 30
+    assert abs(len(frames) - seconds * fps) <= 2
+    keys = [ts for ts, v in frames if v.key]
+    assert len(keys) >= seconds and keys[0] == 0  # -g 30: one keyframe a second
+    assert all(abs(b - a - 1000) <= 40 for a, b in zip(keys, keys[1:]))
+    for stamps in ([ts for ts, _ in sink.video], [ts for ts, _ in sink.audio]):
+        assert stamps == sorted(stamps), "timestamps must be monotonic per track"
+    assert abs(frames[-1][0] - (seconds * 1000 - 1000 / fps)) <= 50
+    assert any(v.cts_ms > 0 for _, v in frames)  # x264 B-frames: pts != dts
+    assert len(sink.audio) >= seconds * 43 - 3
+    assert sink.metadata and sink.metadata[0]["width"] == 640.0 and sink.metadata[0]["height"] == 360.0
+
+
+# ------------------------------------------------------------------ real ffmpeg publishers
+
+
+@needs_ffmpeg
+@pytest.mark.integration
+def test_ffmpeg_publish_end_to_end() -> None:
+    async def main() -> None:
+        handler = RecordingHandler()
+        server = await started_server(handler)
+        try:
+            rc, err = await ffmpeg_publish(f"rtmp://127.0.0.1:{server.port}/LiveApp/cam1?token=s3cret")
+            assert rc == 0, err
+            sink = handler.sinks["cam1"]
+            await asyncio.wait_for(sink.unpublished.wait(), TIMEOUT)
+            assert_good_publish(sink)
+            conn = handler.conns["cam1"]
+            assert conn.app == "LiveApp" and conn.peer.startswith("127.0.0.1:")
+            assert conn.params["flashVer"].startswith("FMLE/3.0")
+            assert handler.queries["cam1"] == {"token": "s3cret"}
+        finally:
+            await server.stop()
+        assert server.connection_count == 0
+    run(main)
+
+
+@needs_ffmpeg
+@pytest.mark.integration
+def test_ffmpeg_extended_timestamps() -> None:
+    """Timestamps past 2**24 ms (4.66 h) need the extended field, which ffmpeg repeats on
+    every fmt 3 continuation chunk; an off-by-4-bytes reader would corrupt every frame."""
+    async def main() -> None:
+        handler = RecordingHandler()
+        server = await started_server(handler)
+        try:
+            rc, err = await ffmpeg_publish(f"rtmp://127.0.0.1:{server.port}/LiveApp/late", 2,
+                                           "-output_ts_offset", "16777")
+            assert rc == 0, err
+            sink = handler.sinks["late"]
+            await asyncio.wait_for(sink.unpublished.wait(), TIMEOUT)
+            assert sink.reasons == ["unpublish"]
+            frames = [ts for ts, v in sink.video if v.packet_type == flv.AVC_NALU]
+            assert len(frames) == 60
+            assert frames[0] < 0xFFFFFF < frames[-1]  # the publish crosses into extended timestamps
+            assert all(30 <= b - a <= 37 for a, b in zip(frames, frames[1:]))
+            stamps = [ts for ts, _ in sink.audio[1:]]
+            assert stamps == sorted(stamps) and stamps[-1] > 0xFFFFFF
+        finally:
+            await server.stop()
+    run(main)
+
+
+@needs_ffmpeg
+@pytest.mark.integration
+def test_two_publishers_at_once() -> None:
+    async def main() -> None:
+        handler = RecordingHandler()
+        server = await started_server(handler)
+        try:
+            results = await asyncio.gather(*(ffmpeg_publish(f"rtmp://127.0.0.1:{server.port}/LiveApp/{name}")
+                                             for name in ("cam1", "cam2")))
+            assert [rc for rc, _ in results] == [0, 0], results
+            for name in ("cam1", "cam2"):
+                await asyncio.wait_for(handler.sinks[name].unpublished.wait(), TIMEOUT)
+                assert_good_publish(handler.sinks[name])
+            assert handler.conns["cam1"].conn_id != handler.conns["cam2"].conn_id
+        finally:
+            await server.stop()
+    run(main)
+
+
+@needs_ffmpeg
+@pytest.mark.integration
+def test_rejected_publisher_exits_nonzero_and_another_is_untouched() -> None:
+    async def main() -> None:
+        handler = RecordingHandler(reject={"taken": "stream taken is already being published on origin-2"})
+        server = await started_server(handler)
+        try:
+            (bad_rc, bad_err), (good_rc, good_err) = await asyncio.gather(
+                ffmpeg_publish(f"rtmp://127.0.0.1:{server.port}/LiveApp/taken"),
+                ffmpeg_publish(f"rtmp://127.0.0.1:{server.port}/LiveApp/cam1"))
+            assert bad_rc != 0
+            assert "already being published on origin-2" in bad_err  # ffmpeg prints our description
+            assert good_rc == 0, good_err
+            await asyncio.wait_for(handler.sinks["cam1"].unpublished.wait(), TIMEOUT)
+            assert_good_publish(handler.sinks["cam1"])
+            assert "taken" not in handler.sinks
+        finally:
+            await server.stop()
+    run(main)
+
+
+async def _expect_closed(reader: asyncio.StreamReader) -> bytes:
+    """Read until the server closes the connection (EOF); fail if it does not within the timeout."""
+    return await asyncio.wait_for(reader.read(), 10)
+
+
+async def _handshake(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(client_c0c1())
+    s0s1s2 = await reader.readexactly(1 + 2 * 1536)
+    writer.write(s0s1s2[1:1537])  # C2
+    return reader, writer
+
+
+async def garbage_random_handshake(port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"\x42" + os.urandom(1536))
+    assert await _expect_closed(reader) == b""
+    writer.close()
+
+
+async def garbage_huge_chunk_size(port: int) -> None:
+    reader, writer = await _handshake(port)
+    pub = Publisher()
+    writer.write(pub.connect() + pub.w.write(2, 1, 0, 0, struct.pack(">I", 0x7FFFFFFF)))
+    await _expect_closed(reader)
+    writer.close()
+
+
+async def garbage_bad_amf_type(port: int) -> None:
+    reader, writer = await _handshake(port)
+    pub = Publisher()
+    writer.write(pub.connect() + pub.w.write(3, 20, 0, 0, amf0.encode("createStream", 2.0) + b"\xff"))
+    await _expect_closed(reader)
+    writer.close()
+
+
+@needs_ffmpeg
+@pytest.mark.integration
+def test_garbage_closes_only_that_connection_while_ffmpeg_publishes() -> None:
+    async def main() -> None:
+        handler = RecordingHandler()
+        server = await started_server(handler)
+        before = {r: bad_input_count("rtmp", r) for r in ("handshake", "chunk", "amf")}
+        try:
+            publish = asyncio.create_task(ffmpeg_publish(f"rtmp://127.0.0.1:{server.port}/LiveApp/cam1"))
+            await asyncio.wait_for(handler.event("cam1").wait(), TIMEOUT)
+            await asyncio.wait_for(handler.sinks["cam1"].got_video.wait(), TIMEOUT)  # mid-publish
+            await asyncio.gather(garbage_random_handshake(server.port), garbage_huge_chunk_size(server.port),
+                                 garbage_bad_amf_type(server.port))
+            for reason in ("handshake", "chunk", "amf"):
+                assert bad_input_count("rtmp", reason) == before[reason] + 1, reason
+            rc, err = await publish
+            assert rc == 0, err
+            await asyncio.wait_for(handler.sinks["cam1"].unpublished.wait(), TIMEOUT)
+            assert_good_publish(handler.sinks["cam1"])
+        finally:
+            await server.stop()
+    run(main)
+
+
+# ------------------------------------------------------------------ a scripted Python publisher (fast)
+
+
+async def python_publish(port: int, name: str, frames: int, *, close: bool = True) -> tuple[Any, Any]:
+    """Publish ``frames`` tiny video frames like ffmpeg would (without waiting for replies)."""
+    reader, writer = await _handshake(port)
+    pub = Publisher(4096)
+    data = pub.connect() + pub.setup(name)
+    data += pub.video(0, flv.video_tag(True, 0, 0, b"\x01\x64\x00\x1f\xff\xe1\x00\x00"))
+    for i in range(frames):
+        data += pub.video(i * 33, flv.video_tag(i % 30 == 0, 1, 0, b"\x00\x00\x00\x01\x65"))
+    if close:
+        data += pub.teardown(name)
+    writer.write(data)
+    await writer.drain()
+    return reader, writer
+
+
+def test_sink_exception_closes_only_that_connection() -> None:
+    async def main() -> None:
+        handler = RecordingHandler(fail_after=5)
+        server = await started_server(handler)
+        try:
+            r1, w1 = await python_publish(server.port, "boom", 20, close=False)
+            await _expect_closed(r1)
+            assert handler.event("boom").is_set()
+            await asyncio.wait_for(handler.sinks["boom"].unpublished.wait(), 10)
+            assert handler.sinks["boom"].reasons == ["error"]
+            assert len(handler.sinks["boom"].video) == 5
+            handler.fail_after = None
+            r2, w2 = await python_publish(server.port, "fine", 20)
+            await asyncio.wait_for(handler.event("fine").wait(), 10)
+            await asyncio.wait_for(handler.sinks["fine"].unpublished.wait(), 10)
+            assert handler.sinks["fine"].reasons == ["unpublish"] and len(handler.sinks["fine"].video) == 21
+            w1.close()
+            w2.close()
+        finally:
+            await server.stop()
+    run(main)
+
+
+def test_sink_can_abort_a_publish_with_a_reason_the_client_sees() -> None:
+    async def main() -> None:
+        handler = RecordingHandler(fail_after=2, abort=True)
+        server = await started_server(handler)
+        aborted = bad_input_count("rtmp", "codec")
+        try:
+            reader, writer = await python_publish(server.port, "vp6", 10, close=False)
+            rest = await _expect_closed(reader)
+            assert b"video codec VP6 is not supported; publish H.264" in rest  # the onStatus error
+            await asyncio.wait_for(handler.sinks["vp6"].unpublished.wait(), 10)
+            assert handler.sinks["vp6"].reasons == ["error"] and len(handler.sinks["vp6"].video) == 2
+            assert bad_input_count("rtmp", "codec") == aborted + 1
+            writer.close()
+        finally:
+            await server.stop()
+    run(main)
+
+
+def test_stop_ends_live_publishers_with_server_stop() -> None:
+    async def main() -> None:
+        handler = RecordingHandler()
+        server = await started_server(handler)
+        _, writer = await python_publish(server.port, "live1", 3, close=False)
+        await asyncio.wait_for(handler.event("live1").wait(), 10)
+        await asyncio.wait_for(handler.sinks["live1"].got_video.wait(), 10)
+        assert server.connection_count == 1
+        await asyncio.wait_for(server.stop(), 10)
+        assert handler.sinks["live1"].reasons == ["server-stop"]
+        assert server.connection_count == 0
+        writer.close()
+    run(main)
+
+
+def test_handshake_timeout_and_connection_limit() -> None:
+    async def main() -> None:
+        server = await started_server(RecordingHandler(), handshake_timeout_s=0.3, max_connections=1)
+        timeouts, limits = bad_input_count("rtmp", "timeout"), bad_input_count("rtmp", "limit")
+        try:
+            r1, w1 = await asyncio.open_connection("127.0.0.1", server.port)  # says nothing
+            w1.write(b"\x03")
+            await w1.drain()
+            r2, w2 = await asyncio.open_connection("127.0.0.1", server.port)  # one too many
+            assert await _expect_closed(r2) == b""
+            assert bad_input_count("rtmp", "limit") == limits + 1
+            assert await _expect_closed(r1) == b""  # handshake never finished
+            assert bad_input_count("rtmp", "timeout") == timeouts + 1
+            w1.close()
+            w2.close()
+        finally:
+            await server.stop()
+    run(main)
+
+
+def test_bad_stream_name_gets_an_error_status_before_the_close() -> None:
+    async def main() -> None:
+        server = await started_server(RecordingHandler())
+        badnames = bad_input_count("rtmp", "badname")
+        try:
+            reader, writer = await python_publish(server.port, "../../etc/passwd", 0, close=False)
+            rest = await _expect_closed(reader)
+            assert b"NetStream.Publish.BadName" in rest
+            assert bad_input_count("rtmp", "badname") == badnames + 1
+            writer.close()
+        finally:
+            await server.stop()
+    run(main)
+
+
+def test_idle_publisher_times_out_and_is_unpublished() -> None:
+    async def main() -> None:
+        handler = RecordingHandler()
+        server = await started_server(handler, idle_timeout_s=0.3)
+        timeouts = bad_input_count("rtmp", "timeout")
+        try:
+            reader, writer = await python_publish(server.port, "quiet", 2, close=False)  # then silence
+            await asyncio.wait_for(handler.event("quiet").wait(), 10)
+            await _expect_closed(reader)
+            await asyncio.wait_for(handler.sinks["quiet"].unpublished.wait(), 10)
+            assert handler.sinks["quiet"].reasons == ["disconnect"]
+            assert len(handler.sinks["quiet"].video) == 3
+            assert bad_input_count("rtmp", "timeout") == timeouts + 1
+            writer.close()
+        finally:
+            await server.stop()
+    run(main)
+
+
+@needs_ffmpeg
+@pytest.mark.integration
+def test_ffmpeg_play_gets_a_clean_error() -> None:
+    async def main() -> None:
+        server = await started_server(RecordingHandler())
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
+                "-i", f"rtmp://127.0.0.1:{server.port}/LiveApp/cam1", "-f", "null", "-",
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            _, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
+            assert proc.returncode != 0
+            assert "play the stream over HLS" in err.decode(errors="replace")
+        finally:
+            await server.stop()
+    run(main)
