@@ -52,3 +52,37 @@ class AudioConfig:
 def ms_to_clock(ms: int) -> int:
     """RTMP/FLV milliseconds to the 90 kHz bus clock."""
     return ms * 90
+
+
+def _field(params: dict, name: str, kind: type, lo: int | None = None, hi: int | None = None):
+    value = params.get(name)
+    if type(value) is not kind:
+        raise ValueError(f"codec parameter {name!r} missing or not {kind.__name__}")
+    if lo is not None and not lo <= value <= (hi if hi is not None else value):
+        raise ValueError(f"codec parameter {name!r}={value} out of range")
+    return value
+
+
+def video_to_dict(cfg: VideoConfig) -> dict:
+    return {"codec": cfg.codec, "avcc": cfg.avcc, "width": cfg.width, "height": cfg.height,
+            "codec_string": cfg.codec_string}
+
+
+def video_from_dict(params: object) -> VideoConfig:
+    """Rebuild a :class:`VideoConfig` from bus parameters; ``ValueError`` on anything malformed."""
+    if not isinstance(params, dict) or params.get("codec") != "h264":
+        raise ValueError("video parameters are not an h264 map")
+    return VideoConfig(_field(params, "avcc", bytes), _field(params, "width", int, 1, 16384),
+                       _field(params, "height", int, 1, 16384), _field(params, "codec_string", str))
+
+
+def audio_to_dict(cfg: AudioConfig) -> dict:
+    return {"codec": cfg.codec, "asc": cfg.asc, "sample_rate": cfg.sample_rate,
+            "channels": cfg.channels, "codec_string": cfg.codec_string}
+
+
+def audio_from_dict(params: object) -> AudioConfig:
+    if not isinstance(params, dict) or params.get("codec") != "aac":
+        raise ValueError("audio parameters are not an aac map")
+    return AudioConfig(_field(params, "asc", bytes), _field(params, "sample_rate", int, 1, 384000),
+                       _field(params, "channels", int, 1, 8), _field(params, "codec_string", str))

@@ -232,3 +232,52 @@ def streams(mongo: str | None, app: str | None, as_json: bool) -> None:
 
 def entry() -> None:  # pragma: no cover - console-script shim
     main()
+
+
+# -- publish ------------------------------------------------------------------------------------
+@main.command()
+@click.argument("source", required=False, default="")
+@click.option("--url", required=True, metavar="RTMP_URL",
+              help="Where to publish, e.g. rtmp://127.0.0.1:1935/LiveApp/cam1")
+@click.option("--size", default="640x360", show_default=True, help="Test pattern size WxH.")
+@click.option("--fps", type=int, default=30, show_default=True)
+@click.option("--bitrate-kbps", type=int, default=1500, show_default=True, help="Test pattern video bitrate.")
+@click.option("--gop-s", type=float, default=2.0, show_default=True, help="Keyframe interval.")
+@click.option("--duration", "duration_s", type=float, default=0.0, show_default=True,
+              help="Stop after this many seconds (0 = until Ctrl-C or the end of SOURCE).")
+@click.option("--loop", is_flag=True, help="Start SOURCE over when it ends.")
+@click.option("--quiet", is_flag=True, help="No progress line.")
+def publish(source: str, url: str, size: str, fps: int, bitrate_kbps: int, gop_s: float,
+            duration_s: float, loop: bool, quiet: bool) -> None:
+    """Publish a test pattern with a tone (default) or SOURCE (a file or URL) over RTMP.
+
+    \b
+    Examples:
+      mesh publish --url rtmp://127.0.0.1:1935/LiveApp/cam1
+      mesh publish talk.mp4 --loop --url rtmp://lb.example:1935/LiveApp/talk
+    """
+    import av
+
+    from .publish import Progress, PublishOptions, publish as run_publish
+
+    try:
+        w, h = (int(x) for x in size.lower().split("x"))
+        if not (16 <= w <= 7680 and 16 <= h <= 4320) or w % 2 or h % 2:
+            raise ValueError
+    except ValueError:
+        fail(f"--size {size!r}: use even WIDTHxHEIGHT such as 1280x720")
+    if not url.startswith(("rtmp://", "rtmps://")):
+        fail("--url must be an rtmp:// URL such as rtmp://127.0.0.1:1935/LiveApp/cam1")
+    if not 1 <= fps <= 120:
+        fail("--fps: use 1 to 120")
+    opts = PublishOptions(url=url, source=source, size=(w, h), fps=fps, bitrate_kbps=bitrate_kbps,
+                          gop_s=gop_s, duration_s=duration_s, loop=loop)
+    click.echo(f"publishing {source or f'test pattern {w}x{h}@{fps} + 440 Hz tone'} to {url}"
+               f"{'' if quiet else ' (Ctrl-C to stop)'}", err=True)
+    try:
+        run_publish(opts, Progress(enabled=not quiet))
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
+    except av.FFmpegError as exc:
+        fail(f"publishing to {url} failed: {exc}. Is an origin listening there, and is the stream "
+             f"id free?", 1)

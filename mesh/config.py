@@ -59,6 +59,7 @@ class NodeConfig:
     max_publishers: int = 500
     rtmp_max_message_bytes: int = 8 << 20
     publish_token: str = ""  # when set, RTMP publishers must pass ?token=
+    pull_file_root: str = ""  # pull sources may read files only below this directory ("" = none)
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # -- derived ---------------------------------------------------------------------------

@@ -22,6 +22,8 @@ from mesh.broker.tracker import Gap
 from mesh.broker.wire import CONFIG, EOS, FLAG_KEY, FLAG_SEG_START, MEDIA
 from mesh.metrics import bad_input_count
 
+from .busclient import Collector
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEG = 10  # packets per segment in these tests
 
@@ -36,28 +38,6 @@ def publish_segment(channel: Any, seg: int, size: int = 100, flush_each: bool = 
         if flush_each:
             channel.flush()
     return seqs
-
-
-class Collector:
-    """A sink that records deliveries and lets the test await a condition on them."""
-
-    def __init__(self) -> None:
-        self.items: list[Any] = []
-        self.changed = asyncio.Event()
-
-    def __call__(self, deliveries: list[Any]) -> None:
-        self.items.extend(deliveries)
-        self.changed.set()
-
-    def media(self) -> list[wire.Entry]:
-        return [d for d in self.items if not isinstance(d, Gap) and d.kind == MEDIA]
-
-    async def until(self, predicate, timeout: float = 10.0) -> None:
-        async def wait() -> None:
-            while not predicate(self):
-                self.changed.clear()
-                await self.changed.wait()
-        await asyncio.wait_for(wait(), timeout)
 
 
 def run(coro):

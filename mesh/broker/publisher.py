@@ -71,9 +71,9 @@ class Channel:
         return entry
 
     def media(self, track: int, pts: int, dts: int, flags: int, seg: int,
-              payload: bytes | memoryview) -> Entry:
+              payload: bytes | memoryview, extra: dict[str, Any] | None = None) -> Entry:
         return self._push(Entry(self.next_seq, MEDIA, track, pts, dts, flags, seg, payload,
-                                None, self.epoch))
+                                extra, self.epoch))
 
     def config(self, params: dict[str, Any]) -> Entry:
         return self._push(Entry(self.next_seq, CONFIG, 0, 0, 0, 0, 0, b"", params, self.epoch))

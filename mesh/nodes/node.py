@@ -26,6 +26,7 @@ from .. import __version__
 from ..config import NodeConfig
 from ..embedded_db import EmbeddedDb, free_port
 from ..http.app import HttpServer, make_app
+from ..http.broadcasts import add_broadcast_routes
 from ..http.cluster import add_cluster_routes
 from ..registry import NodeInfo, Registry, RegistryError
 
@@ -75,6 +76,10 @@ class Node:
         self.parts = parts_for_role(self)
         for part in self.parts:
             await part.start()
+        origin = next((p for p in self.parts if p.name == "origin"), None)
+        add_broadcast_routes(self.app, self.registry, cfg.app,
+                             origin.pulls.create if origin is not None else None,  # type: ignore
+                             self._origin_hint)
         await self.http.start()
         self.info.http_url = f"http://{cfg.host}:{self.http.port}"
         await self.registry.register_node(self.info)
@@ -153,6 +158,14 @@ class Node:
                 failing = True
             beats += 1
             await asyncio.sleep(self.cfg.heartbeat_interval_s)
+
+    async def _origin_hint(self) -> str:
+        assert self.registry is not None
+        origins = [v for v in await self.registry.list_nodes() if v.alive and v.role != "edge"]
+        if not origins:
+            return "no origin is alive in the cluster"
+        url = origins[0].doc.get("http_url")
+        return f"POST to an origin instead, e.g. {url}/{self.cfg.app}/rest/v2/broadcasts/create"
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok" if self.started.is_set() and not self._stopping else "starting",

@@ -1,0 +1,157 @@
+"""One live stream on an origin: codec config, segmenter, bus channel, registry bookkeeping.
+
+Sources (an RTMP publish, a pulled URL) feed a :class:`LiveStream` with codec configs and access
+units in the bus's media model; it stamps them with the origin's segment decisions, publishes
+them, and records ``media_sequence`` in the registry as segments close (one write in flight per
+stream, coalesced, never on the packet path). A fenced write means another origin took the
+stream over: this one stops publishing it at once.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from mesh_codecs.media import (AUDIO, VIDEO, AccessUnit, AudioConfig, VideoConfig, audio_to_dict,
+                               video_to_dict)
+
+from ..broker.wire import FLAG_SEG_START
+from ..registry import FINISHED, Claim, Fenced
+from .segmenter import Segmenter
+
+if TYPE_CHECKING:
+    from ..broker.publisher import BusPublisher
+    from ..registry import Registry
+
+log = logging.getLogger("mesh.ingest")
+
+
+class LiveStream:
+    def __init__(self, *, stream_id: str, app: str, node_id: str, claim: Claim, bus: "BusPublisher",
+                 registry: "Registry", segment_target_s: float, source: str,
+                 on_fenced: Callable[["LiveStream"], None] | None = None):
+        self.stream_id, self.app, self.node_id = stream_id, app, node_id
+        self.claim = claim
+        self.epoch = claim.epoch
+        self.registry = registry
+        self.source = source  # "rtmp" or the pulled URL
+        self.bus = bus
+        self.channel = bus.open_channel(stream_id, "src", claim.epoch)
+        self.segmenter = Segmenter(segment_target_s, claim.media_sequence)
+        self.video: VideoConfig | None = None
+        self.audio: AudioConfig | None = None
+        self.on_fenced = on_fenced
+        self.fenced = False
+        self.finished = False
+        self.started_at = time.time()
+        self.bytes_in = 0
+        self.packets = [0, 0]
+        self._bitrate_mark = (time.monotonic(), 0)
+        self.bitrate_kbps = 0.0
+        self._write_task: asyncio.Task[None] | None = None
+        self._write_pending = False
+        self._renditions_dirty = False
+
+    # -- from the source -------------------------------------------------------------------
+    def set_video(self, cfg: VideoConfig) -> None:
+        if cfg == self.video:
+            return
+        self.video = cfg
+        self.segmenter.video_present()
+        self._send_config()
+
+    def set_audio(self, cfg: AudioConfig) -> None:
+        if cfg == self.audio:
+            return
+        self.audio = cfg
+        self._send_config()
+
+    def _send_config(self) -> None:
+        self.channel.config({
+            "video": video_to_dict(self.video) if self.video else None,
+            "audio": audio_to_dict(self.audio) if self.audio else None,
+            "disc": self.claim.discontinuity_sequence,
+            "epoch": self.epoch,
+        })
+        self._renditions_dirty = True
+
+    def push(self, au: AccessUnit) -> None:
+        if self.fenced or self.finished:
+            return
+        if (au.track == VIDEO and self.video is None) or (au.track == AUDIO and self.audio is None):
+            return  # media before its codec config cannot be decoded by anyone
+        stamp = self.segmenter.push(au)
+        if stamp is None:
+            return
+        self.bytes_in += len(au.data)
+        self.packets[au.track] += 1
+        extra = {"t": int(time.time() * 1000)} if stamp.flags & FLAG_SEG_START else None
+        self.channel.media(au.track, au.pts, au.dts, stamp.flags, stamp.seg, au.data, extra)
+        if stamp.closed is not None:
+            self._segment_closed()
+
+    # -- registry bookkeeping --------------------------------------------------------------
+    def _segment_closed(self) -> None:
+        now = time.monotonic()
+        then, bytes_then = self._bitrate_mark
+        if now - then >= 1.0:
+            self.bitrate_kbps = (self.bytes_in - bytes_then) * 8 / 1000 / (now - then)
+            self._bitrate_mark = (now, self.bytes_in)
+        self._write_pending = True
+        if self._write_task is None:
+            self._write_task = asyncio.get_running_loop().create_task(self._write_sequence())
+
+    def renditions(self) -> list[dict[str, Any]]:
+        v, a = self.video, self.audio
+        codecs = ",".join(c.codec_string for c in (v, a) if c is not None)
+        return [{"name": "src", "width": v.width if v else None, "height": v.height if v else None,
+                 "bitrate_kbps": round(self.bitrate_kbps), "codecs": codecs}]
+
+    async def _write_sequence(self) -> None:
+        try:
+            while self._write_pending and not self.fenced:
+                self._write_pending = False
+                extra = {"renditions": self.renditions()}
+                await self.registry.advance_media_sequence(
+                    self.stream_id, self.node_id, self.epoch, self.segmenter.next_seq - 1, extra)
+        except Fenced:
+            self._fence()
+        except Exception as exc:  # the DB being away must not stop media; the next close retries
+            log.warning("could not record media_sequence of %s: %s", self.stream_id, exc)
+        finally:
+            self._write_task = None
+
+    def _fence(self) -> None:
+        if self.fenced:
+            return
+        self.fenced = True
+        log.warning("stream %s was taken over by another origin (epoch %d superseded); "
+                    "stopping it here", self.stream_id, self.epoch)
+        self.bus.close_channel(self.channel)
+        if self.on_fenced is not None:
+            self.on_fenced(self)
+
+    async def finish(self, status: str = FINISHED) -> None:
+        """The source ended: tell subscribers, record the final sequence and the status."""
+        if self.finished:
+            return
+        self.finished = True
+        if self.fenced:
+            return
+        self.channel.eos("finished" if status == FINISHED else status)
+        self.bus.close_channel(self.channel)
+        if self._write_task is not None:
+            await asyncio.gather(self._write_task, return_exceptions=True)
+        try:
+            await self.registry.set_stream_status(self.stream_id, self.node_id, self.epoch, status,
+                                                  next_sequence=self.segmenter.next_seq)
+        except Fenced:
+            log.info("stream %s ended after another origin took it over", self.stream_id)
+        except Exception as exc:
+            log.warning("could not mark stream %s %s in the registry: %s", self.stream_id, status, exc)
+
+    def stats(self) -> dict[str, Any]:
+        return {"stream": self.stream_id, "epoch": self.epoch, "segment": self.segmenter.current,
+                "video_packets": self.packets[0], "audio_packets": self.packets[1],
+                "bitrate_kbps": round(self.bitrate_kbps)}
