@@ -207,6 +207,184 @@ def cluster_nodes(mongo: str | None, as_json: bool) -> None:
                       "streams", "viewers"], rows))
 
 
+@cluster.command("up")
+@click.option("--origins", type=click.IntRange(1, 16), default=1, show_default=True)
+@click.option("--edges", type=click.IntRange(1, 16), default=2, show_default=True)
+@click.option("--http-port", type=int, default=5080, show_default=True, help="The load balancer's HTTP port.")
+@click.option("--rtmp-port", type=int, default=1935, show_default=True, help="The load balancer's RTMP port.")
+@click.option("--mongo", metavar="URI", default=None, help="Use this database instead of an embedded one.")
+@click.option("--publish", "publish_stream", is_flag=False, flag_value="cam1", default=None,
+              metavar="[STREAM]", help="Also run a test publisher (stream cam1 unless named).")
+@click.option("--no-lb", is_flag=True, help="No nginx: publish to an origin and play from an edge directly.")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="Where logs, the database and nginx's files go [default: a new temp dir].")
+@click.option("--duration", "duration_s", type=float, default=0.0,
+              help="Stop after this many seconds (0 = until Ctrl-C).")
+def cluster_up(origins: int, edges: int, http_port: int, rtmp_port: int, mongo: str | None,
+               publish_stream: str | None, no_lb: bool, workdir: str | None, duration_s: float) -> None:
+    """Start a local cluster: embedded database, origins, edges and nginx in front.
+
+    Prints where to publish and where to play, then runs until Ctrl-C (which stops everything).
+    """
+    import tempfile
+    import time
+
+    from .cluster import ClusterError, LocalCluster
+
+    setup_logging("warning")
+    work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="mesh-cluster-"))
+    say = lambda msg: click.echo(f"mesh cluster: {msg}", err=True)  # noqa: E731
+    cl = LocalCluster(work, origins=origins, edges=edges, mongo=mongo, lb=not no_lb,
+                      http_port=http_port, rtmp_port=rtmp_port, say=say)
+    publisher = None
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        cl.start()
+        click.echo(f"mesh cluster up: {origins} origin(s), {edges} edge(s), "
+                   f"{'embedded database' if cl.db else 'database ' + mongo_uri(mongo).split('@')[-1]}"
+                   f"{', nginx in front' if cl.nginx else ''}")
+        rows = [("publish", cl.publish_url("{stream_id}")), ("play", cl.play_url("{stream_id}")),
+                ("player", f"{cl.http}/{cl.app}/play.html?id={{stream_id}}"),
+                ("cluster", f"{cl.http}/#/cluster"), ("database", cl.mongo or ""), ("logs", str(work))]
+        for name, value in rows:
+            click.echo(f"  {name:<9}{value}")
+        if publish_stream:
+            import subprocess
+
+            publisher = subprocess.Popen([sys.executable, "-m", "mesh", "publish", "--quiet", "--url",
+                                          cl.publish_url(publish_stream)], stdin=subprocess.DEVNULL)
+            click.echo(f"test publisher on {publish_stream}: play {cl.play_url(publish_stream)}")
+            click.echo(f"  in a browser: {cl.http}/{cl.app}/play.html?id={publish_stream}")
+        click.echo("Ctrl-C stops the cluster.")
+        sys.stdout.flush()
+        deadline = time.monotonic() + duration_s if duration_s else None
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.5)
+            if publisher is not None and publisher.poll() is not None:
+                click.echo(f"the test publisher exited with code {publisher.returncode}", err=True)
+                publisher = None
+    except ClusterError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if publisher is not None:
+            publisher.terminate()
+            publisher.wait(10)
+        say("stopping")
+        cl.stop()
+
+
+@main.group()
+def lb() -> None:
+    """Render load-balancer configs from the registry (publishers -> origins, viewers -> edges)."""
+
+
+def _lb_options(fn: Any) -> Any:
+    fn = click.option("--mongo", metavar="URI", default=None,
+                      help=f"[default: MESH_MONGO or {DEFAULT_MONGO}]")(fn)
+    fn = click.option("--listen", default="0.0.0.0", show_default=True)(fn)
+    fn = click.option("--http-port", type=int, default=5080, show_default=True)(fn)
+    fn = click.option("--rtmp-port", type=int, default=1935, show_default=True)(fn)
+    fn = click.option("--out", type=click.Path(dir_okay=False), default=None,
+                      help="Write here instead of standard output.")(fn)
+    return fn
+
+
+def _alive_backends(mongo: str | None) -> Any:
+    from .lb import Backends
+
+    views = run_registry(mongo_uri(mongo), lambda r: r.list_nodes())
+    return Backends.from_nodes([v.doc for v in views if v.alive])
+
+
+def _emit(text: str, out: str | None) -> None:
+    if out:
+        Path(out).write_text(text)
+        click.echo(f"wrote {out}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@lb.command("nginx")
+@_lb_options
+def lb_nginx(mongo: str | None, listen: str, http_port: int, rtmp_port: int, out: str | None) -> None:
+    """nginx.conf: stream{} for RTMP (least connections to origins), http{} with an HLS cache
+    (round-robin to edges). Needs Debian's libnginx-mod-stream."""
+    from .lb import render_nginx
+
+    try:
+        _emit(render_nginx(_alive_backends(mongo), listen=listen, http_port=http_port,
+                           rtmp_port=rtmp_port), out)
+    except ValueError as exc:
+        fail(str(exc))
+
+
+@lb.command("haproxy")
+@_lb_options
+def lb_haproxy(mongo: str | None, listen: str, http_port: int, rtmp_port: int, out: str | None) -> None:
+    """haproxy.cfg: TCP for RTMP to origins, HTTP round-robin to edges with health checks."""
+    from .lb import render_haproxy
+
+    try:
+        _emit(render_haproxy(_alive_backends(mongo), listen=listen, http_port=http_port,
+                             rtmp_port=rtmp_port), out)
+    except ValueError as exc:
+        fail(str(exc))
+
+
+@main.command()
+@click.argument("mode", type=click.Choice(["cluster", "standalone"]))
+@click.argument("mongo_host", required=False)
+@click.argument("user", required=False)
+@click.argument("password", required=False)
+@click.option("--role", type=click.Choice(["origin", "edge"]), default="origin", show_default=True,
+              help="The role of this node in cluster mode.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="The config file to write [default: the one `mesh node` reads].")
+@click.option("--no-check", is_flag=True, help="Do not try the database before writing.")
+def mode(mode: str, mongo_host: str | None, user: str | None, password: str | None, role: str,
+         config_path: str | None, no_check: bool) -> None:
+    """Switch this node between standalone and cluster mode (like Ant Media's change_server_mode.sh).
+
+    \b
+      mesh mode cluster 10.0.0.5                    a MongoDB without authentication
+      mesh mode cluster 10.0.0.5:27017 USER PASS    with a user and password
+      mesh mode cluster mongodb://u:p@db1,db2/?replicaSet=rs0
+      mesh mode standalone                          back to one process with its own database
+
+    Then restart the node (e.g. systemctl restart mesh-origin).
+    """
+    from urllib.parse import quote_plus
+
+    from .config import set_config_values
+
+    path = Path(config_path) if config_path else default_config_path()
+    if mode == "standalone":
+        set_config_values(path, {"role": "standalone", "mongo": ""})
+        click.echo(f"wrote {path}: standalone mode (embedded database). Restart the node to apply.")
+        return
+    if not mongo_host:
+        fail("cluster mode needs the database address: mesh mode cluster MONGO_HOST [USER PASS]")
+    if bool(user) != bool(password):
+        fail("give both USER and PASS, or neither")
+    if mongo_host.startswith(("mongodb://", "mongodb+srv://")):
+        uri = mongo_host
+    else:
+        host = mongo_host if ":" in mongo_host else f"{mongo_host}:27017"
+        creds = f"{quote_plus(user)}:{quote_plus(password)}@" if user and password else ""
+        uri = f"mongodb://{creds}{host}/"
+    if not no_check:
+        run_registry(uri, lambda r: r.count_nodes())  # a bad address or password fails here, clearly
+    set_config_values(path, {"role": role, "mongo": uri})
+    click.echo(f"wrote {path}: cluster mode, role {role}, database {uri.split('@')[-1]}. "
+               f"Restart the node to apply.")
+
+
 @main.command()
 @click.option("--mongo", metavar="URI", default=None, help=f"[default: MESH_MONGO or {DEFAULT_MONGO}]")
 @click.option("--app", default=None, help="Only this application's streams.")
@@ -281,3 +459,8 @@ def publish(source: str, url: str, size: str, fps: int, bitrate_kbps: int, gop_s
     except av.FFmpegError as exc:
         fail(f"publishing to {url} failed: {exc}. Is an origin listening there, and is the stream "
              f"id free?", 1)
+
+
+from .bench_cli import bench  # noqa: E402
+
+main.add_command(bench)

@@ -179,3 +179,31 @@ def as_dict(cfg: NodeConfig) -> dict[str, Any]:
     data = dataclasses.asdict(cfg)
     data.pop("extra", None)
     return data
+
+
+def set_config_values(path: str | Path, values: dict[str, Any]) -> None:
+    """Set ``[node]`` fields in a TOML config file, keeping the others (used by `mesh mode`)."""
+    path = Path(path)
+    node: dict[str, Any] = {}
+    if path.exists():
+        with open(path, "rb") as fh:
+            doc = tomllib.load(fh)
+        node = dict(doc.get("node", doc))
+    node.update(values)
+    lines = ["# mesh node configuration (see deploy/mesh.toml for every field)", "[node]"]
+    for key in sorted(node):
+        if key not in _FIELDS:
+            raise ConfigError(f"config file {path}: unknown field '{key}'")
+        value = node[key]
+        if isinstance(value, str):
+            rendered = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        elif isinstance(value, bool):
+            rendered = "true" if value else "false"
+        else:
+            rendered = repr(value)
+        lines.append(f"{key} = {rendered}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.chmod(tmp, 0o600)  # it may hold a database password
+    tmp.replace(path)

@@ -39,7 +39,10 @@ class EmbeddedDbError(RuntimeError):
 
 
 def port_is_free(host: str, port: int) -> bool:
+    """Could a server bind ``host:port`` now? (SO_REUSEADDR, as servers set it, so connections
+    lingering in TIME_WAIT from a previous server do not count.)"""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

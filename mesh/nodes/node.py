@@ -28,6 +28,7 @@ from ..embedded_db import EmbeddedDb, free_port
 from ..http.app import HttpServer, make_app
 from ..http.broadcasts import add_broadcast_routes
 from ..http.cluster import add_cluster_routes
+from ..http.pages import add_page_routes
 from ..registry import NodeInfo, Registry, RegistryError
 
 log = logging.getLogger("mesh.node")
@@ -80,6 +81,7 @@ class Node:
         add_broadcast_routes(self.app, self.registry, cfg.app,
                              origin.pulls.create if origin is not None else None,  # type: ignore
                              self._origin_hint)
+        add_page_routes(self.app, cfg.app)
         await self.http.start()
         self.info.http_url = f"http://{cfg.host}:{self.http.port}"
         await self.registry.register_node(self.info)
