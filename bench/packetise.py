@@ -20,7 +20,6 @@ Run: ``python -m mesh_bench.packetise [--seconds 10] [--repeats 5] [--size 1280x
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -33,6 +32,7 @@ from collections.abc import Callable, Sequence
 from fractions import Fraction
 
 import av
+import click
 
 from mesh_codecs.aac import audio_config_from_asc
 from mesh_codecs.h264 import video_config_from_avcc
@@ -249,20 +249,29 @@ def format_table(r: dict) -> str:
     return "\n".join(lines)
 
 
+@click.command("packetise")
+@click.option("--seconds", type=float, default=5.0, show_default=True, help="Length of the encoded test media.")
+@click.option("--repeats", type=int, default=5, show_default=True)
+@click.option("--size", default="1280x720", show_default=True, help="WxH of the test pattern.")
+@click.option("--bitrate", type=int, default=3_000_000, show_default=True, help="Video bits/s.")
+@click.option("--no-compile-times", is_flag=True, help="Skip timing warm_up() in fresh processes.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def command(seconds: float, repeats: int, size: str, bitrate: int, no_compile_times: bool,
+            as_json: bool) -> None:
+    """Numba TS packetiser vs FFmpeg's mpegts muxer (via PyAV) on the same access units."""
+    try:
+        width, height = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter("use WIDTHxHEIGHT, e.g. 1280x720", param_hint="--size") from None
+    click.echo(f"packetise: encoding {seconds:g} s of {width}x{height} test pattern, then {repeats} "
+               f"repeats of each packetiser", err=True)
+    result = run(seconds, repeats, width=width, height=height, video_bitrate=bitrate,
+                 compile_times=not no_compile_times)
+    click.echo(json.dumps(result, indent=2) if as_json else format_table(result))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=5.0, help="length of the encoded test media")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--size", default="1280x720", help="WxH of the test pattern")
-    parser.add_argument("--bitrate", type=int, default=3_000_000, help="video bits/s")
-    parser.add_argument("--no-compile-times", action="store_true",
-                        help="skip timing warm_up() in fresh processes")
-    parser.add_argument("--json", action="store_true", help="print the result dict as JSON")
-    args = parser.parse_args(argv)
-    width, height = (int(v) for v in args.size.lower().split("x"))
-    result = run(args.seconds, args.repeats, width=width, height=height, video_bitrate=args.bitrate,
-                 compile_times=not args.no_compile_times)
-    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    command.main(args=list(argv) if argv is not None else None, prog_name="mesh bench packetise")
 
 
 if __name__ == "__main__":
