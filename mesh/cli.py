@@ -65,7 +65,8 @@ def run_registry(uri: str, job: Any) -> Any:
     from .registry import Registry, RegistryError
 
     async def go() -> Any:
-        registry = Registry(uri, node_dead_after_s=float(os.environ.get("MESH_NODE_DEAD_AFTER_S", 4.0)))
+        registry = Registry(uri, os.environ.get("MESH_DB_NAME") or "mesh",
+                            node_dead_after_s=float(os.environ.get("MESH_NODE_DEAD_AFTER_S") or 4.0))
         try:
             await registry.connect()
             return await job(registry)

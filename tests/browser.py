@@ -222,6 +222,30 @@ def play_hls(url: str, *, min_advance_s: float = 2.0, timeout_s: float = 40.0,
     return report
 
 
+def page_eval(url: str, script: str, until: Callable[[object], bool], *, timeout_s: float = 20.0) -> object:
+    """Open ``url`` in headless Chromium and evaluate ``script`` (a JS expression body returning a value)
+    every poll until ``until(value)`` holds or ``timeout_s`` passes; returns the last value."""
+    require_chromium()
+    from selenium.webdriver.chrome.service import Service
+
+    with contextlib.ExitStack() as cleanup:
+        profile = Path(tempfile.mkdtemp(prefix="mesh-chromium-", dir=PROFILE_PARENT))
+        cleanup.callback(shutil.rmtree, profile, ignore_errors=True)
+        service = Service(str(CHROMEDRIVER), popen_kw={"start_new_session": True})
+        driver = None
+        try:
+            driver = _start_driver(service, profile)
+            driver.get(url)
+            deadline = time.monotonic() + timeout_s
+            while True:
+                value = driver.execute_script(script)
+                if until(value) or time.monotonic() >= deadline:
+                    return value
+                time.sleep(POLL_INTERVAL_S)
+        finally:
+            _stop_driver(driver, service)
+
+
 def _start_driver(service, profile: Path):
     from selenium import webdriver
 

@@ -120,6 +120,13 @@ def test_two_ffmpeg_publishers_cam1_and_cam10(node_factory, mongo, db_name) -> N
     wait_until(lambda: all(stream_doc(mongo, db_name, s)["status"] == "finished" for s in pubs),
                timeout_s=15, message="both streams finished")
     assert all(p.returncode == 0 for p in pubs.values())
+    out = subprocess.run([sys.executable, "-m", "mesh", "streams", "--mongo", mongo], capture_output=True,
+                         text=True, timeout=60, env=node_env(MESH_DB_NAME=db_name))
+    assert out.returncode == 0, out.stderr
+    header, *rows = out.stdout.strip().splitlines()
+    assert header.split() == ["STREAM", "APP", "STATUS", "ORIGIN", "EPOCH", "SEGMENTS", "UPDATED"]
+    assert sorted(r.split()[:5] for r in rows) == [[s, "LiveApp", "finished", origin.node_id, "1"]
+                                                   for s in ("cam1", "cam10")]
 
 
 def test_second_publisher_of_a_live_stream_is_refused(node_factory, mongo, db_name) -> None:

@@ -17,6 +17,7 @@ from mesh.config import load_config
 from mesh.embedded_db import free_port, port_is_free
 from mesh.lb import Backend, Backends, render_nginx, write_private_nginx
 
+from .browser import page_eval
 from .media import ffmpeg_decode_errors, ffprobe_streams
 from .procs import node_env, wait_until
 
@@ -120,8 +121,17 @@ def test_cluster_up_with_publisher_plays_through_nginx(tmp_path: Path) -> None:
         assert ffmpeg_decode_errors(play, seconds=3) == ""
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/rest/v2/cluster/node-count") as r:
             assert r.read() == b'{"number": 3}'
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/") as r:
-            assert b"mesh" in r.read()
+        base = f"http://127.0.0.1:{http_port}"
+        summary = page_eval(f"{base}/#/cluster", "return document.body.innerText",
+                            lambda text: "3 nodes, 3 alive" in text)
+        assert "3 nodes, 3 alive" in summary and "origin-1" in summary and "edge-2" in summary
+        streams = page_eval(f"{base}/#/streams", "return document.body.innerText",
+                            lambda text: "broadcasting" in text)
+        assert "cam1" in streams and "broadcasting" in streams and "640x360" in streams
+        played = page_eval(f"{base}/LiveApp/play.html?id=cam1",
+                           "const v = document.getElementById('video'); return [v.currentTime, v.videoWidth]",
+                           lambda v: v[0] >= 2.0, timeout_s=40)
+        assert played[0] >= 2.0 and played[1] == 640, "the node's own player page plays through nginx"
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)

@@ -33,6 +33,7 @@ SEGMENT_RE = re.compile(r"^([A-Za-z0-9_-]{1,128}?)(\d{9})\.ts$")
 PLAYLIST_RE = re.compile(r"^([A-Za-z0-9_-]{1,128})\.m3u8$")
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 SNAPSHOT_WAIT_S = 6.0
+NEGATIVE_CACHE_S = 1.0  # how long "no such stream" is remembered before asking the registry again
 
 
 class TsCache:
@@ -80,6 +81,7 @@ class EdgePart:
         self.bus = BusSubscriber(node.zmq)
         self.streams: dict[str, EdgeStream] = {}
         self._opening: dict[str, asyncio.Task[EdgeStream]] = {}
+        self._missing: dict[str, tuple[float, HttpError]] = {}
         self._janitor: asyncio.Task[None] | None = None
         self._viewers: dict[tuple[str, str], float] = {}
         self.packetise = TsCache()
@@ -157,6 +159,11 @@ class EdgePart:
             return stream
         if not NAME_RE.match(stream_id):
             raise HttpError(404, "not a stream id", "path")
+        missing = self._missing.get(stream_id)
+        if missing is not None:
+            if missing[0] > time.monotonic():
+                raise missing[1]  # asked again within a second: spare the database
+            del self._missing[stream_id]
         task = self._opening.get(stream_id)
         if task is None:
             task = self._opening[stream_id] = asyncio.create_task(self._open(stream_id))
@@ -164,6 +171,15 @@ class EdgePart:
         return await asyncio.shield(task)
 
     async def _open(self, stream_id: str) -> EdgeStream:
+        try:
+            return await self._subscribe(stream_id)
+        except HttpError as exc:
+            if len(self._missing) > 10_000:
+                self._missing.clear()
+            self._missing[stream_id] = (time.monotonic() + NEGATIVE_CACHE_S, exc)
+            raise
+
+    async def _subscribe(self, stream_id: str) -> EdgeStream:
         registry = self.node.registry
         assert registry is not None
         doc = await registry.get_stream(stream_id)
@@ -233,7 +249,6 @@ class EdgePart:
                      doc.get("origin_node"), doc.get("epoch"))
             self._follow(stream, doc)
         elif doc["status"] == FINISHED and not stream.window.ended:
-            stream.window.feed([])  # nothing to add; make sure the playlist ends
-            stream.window.ended = True
+            stream.window.ended = True  # its end of stream never reached us: end the playlist
         if stream.sub is not None:
             stream.sub.last_rx = time.monotonic()  # look again after another silence period

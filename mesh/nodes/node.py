@@ -11,6 +11,7 @@ the bus, stop serving HTTP, mark the node gone in the registry, close the databa
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import resource
@@ -20,11 +21,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+import zmq
 import zmq.asyncio
 
 from .. import __version__
 from ..config import NodeConfig
-from ..embedded_db import EmbeddedDb, free_port
+from ..embedded_db import EmbeddedDb, EmbeddedDbError, free_port
 from ..http.app import HttpServer, make_app
 from ..http.broadcasts import add_broadcast_routes
 from ..http.cluster import add_cluster_routes
@@ -208,10 +210,17 @@ def print_ready(node: Node) -> None:
 
 
 async def run_node(cfg: NodeConfig) -> int:
+    """Run a node; startup failures become one clear line and exit code 2."""
     node = Node(cfg)
     try:
         await node.run(print_ready)
-    except RegistryError as exc:
+    except (RegistryError, EmbeddedDbError) as exc:
         log.error("%s", exc)
         return 2
+    except (OSError, zmq.ZMQError) as exc:
+        if getattr(exc, "errno", None) in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            log.error("cannot listen (%s); pick free ports with --http-port/--rtmp-port/--bus-port "
+                      "(0 lets the OS choose) or another --bind address", exc.strerror or exc)
+            return 2
+        raise
     return 0
