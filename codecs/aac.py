@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .bits import BitReader
 from .media import AudioConfig
 
 
@@ -63,26 +64,12 @@ class Asc:
         return 2 if self.object_type == AOT_PS and count == 1 else count
 
 
-class _Bits:
-    __slots__ = ("_value", "_left")
-
-    def __init__(self, data: bytes) -> None:
-        self._value = int.from_bytes(data, "big")
-        self._left = len(data) * 8
-
-    def u(self, n: int) -> int:
-        if n > self._left:
-            raise AacError("AudioSpecificConfig is truncated")
-        self._left -= n
-        return (self._value >> self._left) & ((1 << n) - 1)
-
-
-def _object_type(bits: _Bits) -> int:
+def _object_type(bits: BitReader) -> int:
     aot = bits.u(5)
     return 32 + bits.u(6) if aot == 31 else aot
 
 
-def _sampling(bits: _Bits) -> tuple[int, int]:
+def _sampling(bits: BitReader) -> tuple[int, int]:
     index = bits.u(4)
     if index == EXPLICIT_RATE:
         rate = bits.u(24)
@@ -100,7 +87,7 @@ def parse_asc(asc: bytes) -> Asc:
     Explicit (hierarchical) SBR/PS signalling is understood; the
     GASpecificConfig and anything after it are not needed and not read.
     """
-    bits = _Bits(bytes(asc[:16]))  # the fields read here take at most 82 bits
+    bits = BitReader(bytes(asc[:16]), AacError, "AudioSpecificConfig is truncated")  # the fields read here take at most 82 bits
     aot = _object_type(bits)
     if aot == 0:
         raise AacError("AudioSpecificConfig has audio object type 0 (null)")

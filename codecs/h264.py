@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .bits import BitReader
 from .media import VideoConfig
 
 
@@ -159,34 +160,6 @@ class SpsInfo:
     height: int
 
 
-class _Bits:
-    """MSB-first bit reader over an RBSP, with exp-Golomb codes (H.264 9.1)."""
-
-    __slots__ = ("_value", "_left")
-
-    def __init__(self, data: bytes) -> None:
-        self._value = int.from_bytes(data, "big")
-        self._left = len(data) * 8
-
-    def u(self, n: int) -> int:
-        if n > self._left:
-            raise H264Error("SPS is truncated")
-        self._left -= n
-        return (self._value >> self._left) & ((1 << n) - 1)
-
-    def ue(self) -> int:
-        zeros = 0
-        while self.u(1) == 0:
-            zeros += 1
-            if zeros > 31:
-                raise H264Error("exp-Golomb code longer than 32 bits in SPS")
-        return (1 << zeros) - 1 + self.u(zeros)
-
-    def se(self) -> int:
-        k = self.ue()
-        return (k + 1) // 2 if k & 1 else -(k // 2)
-
-
 def unescape_rbsp(nal: bytes) -> bytes:
     """Drop emulation-prevention bytes (the 03 of every ``00 00 03``)."""
     return bytes(nal).replace(b"\x00\x00\x03", b"\x00\x00")
@@ -205,7 +178,7 @@ def escape_rbsp(rbsp: bytes) -> bytes:
     return bytes(out)
 
 
-def _skip_scaling_list(bits: _Bits, size: int) -> None:
+def _skip_scaling_list(bits: BitReader, size: int) -> None:
     last = nxt = 8
     for _ in range(size):
         if nxt != 0:
@@ -229,7 +202,7 @@ def parse_sps(nal: bytes) -> SpsInfo:
     # Everything up to the cropping fits in well under 2 KB even with all 12 scaling
     # lists; bounding the input keeps a hostile 64 KB "SPS" from costing big-int time.
     rbsp = unescape_rbsp(nal[1:_SPS_PARSE_LIMIT])
-    bits = _Bits(rbsp)
+    bits = BitReader(rbsp, H264Error, "SPS is truncated")
     profile, constraints, level = bits.u(8), bits.u(8), bits.u(8)
     sps_id = _check(bits.ue(), 31, "seq_parameter_set_id")
     chroma, separate_planes, depth_luma, depth_chroma = 1, False, 8, 8
