@@ -4,6 +4,12 @@ The first request for a stream looks its origin up in the registry, subscribes o
 the snapshot, so a cold edge answers with a full playlist window at once. Concurrent first requests
 share that one subscription. A janitor frees streams nobody asked for in a while and follows a
 stream to its new origin when the old one falls silent.
+
+Serving is the hot path. Once a stream is open, its playlist and segments are answered by the HTTP
+layer's fast path (:meth:`EdgePart.fast_get`) with replies built once: the playlist is rendered
+when the window changes, not per request, and a segment's bytes go out of a memory file with
+``sendfile``. Everything else (first requests, 404s, master playlists, unusual requests) goes
+through :meth:`EdgePart.handle`, which has the same effects and headers.
 """
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import asyncio
 import logging
 import re
 import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -21,7 +28,7 @@ from .. import metrics
 from ..broker.subscriber import BusSubscriber, Subscription
 from ..broker.wire import NAME_RE
 from ..hls.window import RenditionWindow
-from ..http.app import HttpError
+from ..http.app import HttpError, Reply
 from ..registry import BROADCASTING, CREATED, FINISHED
 
 if TYPE_CHECKING:
@@ -32,7 +39,12 @@ log = logging.getLogger("mesh.edge")
 SEGMENT_RE = re.compile(r"^([A-Za-z0-9_-]{1,128}?)(\d{9})\.ts$")
 PLAYLIST_RE = re.compile(r"^([A-Za-z0-9_-]{1,128})\.m3u8$")
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
+PLAYLIST_CONTENT_TYPE = PLAYLIST_TYPE + "; charset=utf-8"
+SEGMENT_CACHE_CONTROL = "public, max-age=86400, immutable"
+PLAYLIST_CACHE_CONTROL = "max-age=1"
 SNAPSHOT_WAIT_S = 6.0
+SEGMENT_FILES_MAX = 256  # memory files for sendfile: bounded in descriptors...
+SEGMENT_FILES_MAX_BYTES = 128 << 20  # ... and in bytes (they copy segments the window holds)
 NEGATIVE_CACHE_S = 1.0  # how long "no such stream" is remembered before asking the registry again
 
 
@@ -56,6 +68,47 @@ class TsCache:
         return packetiser.segment(aus)
 
 
+class SegmentFiles:
+    """Segment replies whose bodies sit in memory files (for sendfile), least recently used out
+    first, bounded in files and bytes. A reply is valid while the window still holds its bytes."""
+
+    def __init__(self, max_files: int = SEGMENT_FILES_MAX, max_bytes: int = SEGMENT_FILES_MAX_BYTES):
+        self.max_files, self.max_bytes = max_files, max_bytes
+        self._replies: OrderedDict[tuple[str, int], Reply] = OrderedDict()
+        self.bytes = 0
+
+    def get(self, stream_id: str, seq: int, data: bytes) -> Reply:
+        key = (stream_id, seq)
+        reply = self._replies.get(key)
+        if reply is not None:
+            if reply.body is data:
+                self._replies.move_to_end(key)
+                return reply
+            self._drop(key)  # the same name with other bytes (a restarted stream): rebuild
+        reply = Reply(data, "video/mp2t", SEGMENT_CACHE_CONTROL, file=True)
+        self._replies[key] = reply
+        self.bytes += len(data)
+        while self._replies and (len(self._replies) > self.max_files or self.bytes > self.max_bytes):
+            self._drop(next(iter(self._replies)))  # a closed reply still works, by plain writes
+        return reply
+
+    def forget(self, stream_id: str) -> None:
+        for key in [k for k in self._replies if k[0] == stream_id]:
+            self._drop(key)
+
+    def close(self) -> None:
+        for key in list(self._replies):
+            self._drop(key)
+
+    def _drop(self, key: tuple[str, int]) -> None:
+        reply = self._replies.pop(key)
+        self.bytes -= len(reply.body)
+        reply.close()
+
+    def __len__(self) -> int:
+        return len(self._replies)
+
+
 class EdgeStream:
     def __init__(self, stream_id: str, window: RenditionWindow):
         self.stream_id = stream_id
@@ -67,9 +120,22 @@ class EdgeStream:
         self.last_request = time.monotonic()
         self.listed = asyncio.Event()  # a segment is listed or the stream ended
         window.on_change(self.listed.set)
+        self._playlist: Reply | None = None
+        self._playlist_key: tuple[bool, int, int] | None = None
 
     def touch(self) -> None:
         self.last_request = time.monotonic()
+
+    def playlist_reply(self) -> Reply:
+        """The media playlist, rendered again only when the window changed. Segment numbers only
+        grow and the window only appends, drops from the front or restarts empty, so (ended,
+        length, last number) identifies what is listed, whoever changed it."""
+        w = self.window
+        key = (w.ended, len(w.listed), w.listed[-1].seq if w.listed else -1)
+        if key != self._playlist_key or self._playlist is None:
+            self._playlist = Reply(w.playlist().encode(), PLAYLIST_CONTENT_TYPE, PLAYLIST_CACHE_CONTROL)
+            self._playlist_key = key
+        return self._playlist
 
 
 class EdgePart:
@@ -85,9 +151,13 @@ class EdgePart:
         self._janitor: asyncio.Task[None] | None = None
         self._viewers: dict[tuple[str, str], float] = {}
         self.packetise = TsCache()
+        self.files = SegmentFiles()
+        self._playlist_ok = metrics.VIEWER_REQUESTS.labels("playlist", "200")
+        self._segment_ok = metrics.VIEWER_REQUESTS.labels("segment", "200")
         cfg = node.cfg
         base = f"/{cfg.app}/streams"
         node.app.router.add_get(base + "/{name}", self.handle)
+        node.http.add_fast_get(base + "/", self.fast_get)
 
     async def start(self) -> None:
         self._janitor = asyncio.create_task(self._tidy(), name="edge-janitor")
@@ -100,6 +170,7 @@ class EdgePart:
             task.cancel()
         await self.bus.stop()
         self.streams.clear()
+        self.files.close()
 
     def load(self) -> dict[str, Any]:
         horizon = time.monotonic() - 10
@@ -107,6 +178,29 @@ class EdgePart:
         return {"viewers": len(self._viewers), "edge_streams": len(self.streams)}
 
     # -- HTTP ------------------------------------------------------------------------------
+    def fast_get(self, name: str, remote: str) -> Reply | None:
+        """The fast path's route (see :meth:`mesh.http.app.HttpServer.add_fast_get`): a playlist
+        or segment of a stream already open here, with :meth:`handle`'s effects; None when
+        :meth:`handle` has more to do (open a stream, answer 404, a master playlist)."""
+        if name.endswith(".ts"):
+            m = SEGMENT_RE.match(name)
+            if m is None or (stream := self.streams.get(m.group(1))) is None:
+                return None
+            seq = int(m.group(2))
+            data = stream.window.segment(seq)
+            if data is None:
+                return None
+            stream.touch()
+            self._segment_ok.inc()
+            return self.files.get(stream.stream_id, seq, data)
+        m = PLAYLIST_RE.match(name)
+        if m is None or m.group(1).endswith("_adaptive") or (stream := self.streams.get(m.group(1))) is None:
+            return None
+        stream.touch()
+        self._viewers[(remote, stream.stream_id)] = time.monotonic()
+        self._playlist_ok.inc()
+        return stream.playlist_reply()
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         if m := PLAYLIST_RE.match(name):
@@ -115,9 +209,8 @@ class EdgePart:
                 return await self._master(request, base[: -len("_adaptive")])
             stream = await self.open(base)
             self._seen(request, base)
-            metrics.VIEWER_REQUESTS.labels("playlist", "200").inc()
-            return web.Response(text=stream.window.playlist(), content_type=PLAYLIST_TYPE,
-                                headers={"Cache-Control": "max-age=1"})
+            self._playlist_ok.inc()
+            return stream.playlist_reply().response()
         if m := SEGMENT_RE.match(name):
             base, seq = m.group(1), int(m.group(2))
             stream = await self.open(base)
@@ -125,9 +218,9 @@ class EdgePart:
             if data is None:
                 metrics.VIEWER_REQUESTS.labels("segment", "404").inc()
                 raise HttpError(404, f"segment {seq} of {base} is not (or no longer) here", "segment")
-            metrics.VIEWER_REQUESTS.labels("segment", "200").inc()
-            return web.Response(body=data, content_type="video/mp2t",
-                                headers={"Cache-Control": "public, max-age=86400, immutable"})
+            self._segment_ok.inc()
+            return web.Response(body=data, headers={"Cache-Control": SEGMENT_CACHE_CONTROL,
+                                                    "Content-Type": "video/mp2t"})
         raise HttpError(404, f"{name[:100]!r} is not a playlist ({{id}}.m3u8) or segment "
                              f"({{id}}NNNNNNNNN.ts) name", "path")
 
@@ -196,7 +289,6 @@ class EdgePart:
                                  retired=cfg.retired_segments_kept, target_s=cfg.segment_target_s)
         stream = EdgeStream(stream_id, window)
         self._follow(stream, doc)
-        self.streams[stream_id] = stream
         assert stream.sub is not None
         try:
             await asyncio.wait_for(stream.sub.snapshot_ready.wait(), SNAPSHOT_WAIT_S)
@@ -204,6 +296,12 @@ class EdgePart:
                 await asyncio.wait_for(stream.listed.wait(), cfg.segment_target_s * 2 + 1)
         except asyncio.TimeoutError:
             pass  # answer what we have; the player polls again
+        except BaseException:  # cancelled (node stopping): do not leak the subscription
+            await self.bus.unsubscribe(stream.sub)
+            raise
+        # Published only now: concurrent first requests wait on this one task (single flight)
+        # instead of finding a half-joined stream and answering with an empty playlist.
+        self.streams[stream_id] = stream
         log.info("serving %s from %s (%d segments at once)", stream_id, stream.origin,
                  len(window.listed))
         return stream
@@ -228,6 +326,7 @@ class EdgePart:
                     log.info("no viewer asked for %s in %.0f s; unsubscribing", stream_id,
                              cfg.edge_idle_unsubscribe_s)
                     del self.streams[stream_id]
+                    self.files.forget(stream_id)
                     if stream.sub is not None:
                         await self.bus.unsubscribe(stream.sub)
                 elif stream.sub is not None and stream.sub.silent_s > cfg.origin_silence_s:
