@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import msgpack
 import zmq
@@ -23,6 +23,8 @@ from .tracker import Delivery, Gap, TopicTracker
 log = logging.getLogger("mesh.bus")
 
 DRAIN_BATCH = 512
+_zrecv = zmq.backend.Socket.recv  # the Cython calls, without the sugar layer's per-call work
+_NOBLOCK = int(zmq.NOBLOCK)
 RECOVERY_INTERVAL_S = 5.0  # at most one gap-repair snapshot per topic in this time
 
 
@@ -46,10 +48,11 @@ class Subscription:
     def _deliver(self, deliveries: list[Delivery]) -> None:
         if not deliveries or self.closed:
             return
-        for d in deliveries:
-            if isinstance(d, Gap):
-                metrics.BUS_GAPS.inc()
-                metrics.BUS_LOST.inc(d.lost)
+        if Gap in map(type, deliveries):  # a C-level scan: this runs for every message
+            for d in deliveries:
+                if isinstance(d, Gap):
+                    metrics.BUS_GAPS.inc()
+                    metrics.BUS_LOST.inc(d.lost)
         try:
             self.sink(deliveries)
         except Exception:  # a consumer bug must not kill the link for every other topic
@@ -87,19 +90,25 @@ class Link:
         self.bus_endpoint = bus_endpoint
         self.snapshot_endpoint = snapshot_endpoint
         ctx = subscriber.ctx
-        self.sub = ctx.socket(zmq.SUB)
+        # A plain (blocking-API) socket of the process's context, read only in this loop and
+        # never blocking: the loop watches its FD and calls _drain, with no future or task per
+        # wake-up (zmq.asyncio's machinery costs far more than the message on a busy edge).
+        self.sub = zmq.Socket(ctx, zmq.SUB)
         self.sub.setsockopt(zmq.RCVHWM, subscriber.rcvhwm)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.MAXMSGSIZE, wire.MAX_PAYLOAD_BYTES + wire.MAX_HEADER_BYTES)
         self.sub.connect(bus_endpoint)
-        self._sub_sync = zmq.Socket.shadow(self.sub.underlying)
+        self._closed = False
+        self._drain_again = False
+        self._loop = asyncio.get_running_loop()
+        self._fd = self.sub.getsockopt(zmq.FD)
+        self._loop.add_reader(self._fd, self._drain)
         self.dealer = ctx.socket(zmq.DEALER)
         self.dealer.setsockopt(zmq.LINGER, 0)
         self.dealer.connect(snapshot_endpoint)
         self.subs: dict[bytes, Subscription] = {}
         self._replies: dict[bytes, asyncio.Future[list[bytes]]] = {}
-        self._tasks = [asyncio.create_task(self._recv_media(), name=f"bus-sub-{bus_endpoint}"),
-                       asyncio.create_task(self._recv_snapshots(), name=f"bus-snap-{bus_endpoint}")]
+        self._tasks = [asyncio.create_task(self._recv_snapshots(), name=f"bus-snap-{bus_endpoint}")]
 
     def add(self, topic: bytes, sink: Callable[[list[Delivery]], None]) -> Subscription:
         if topic in self.subs:
@@ -120,6 +129,8 @@ class Link:
     async def close(self) -> None:
         for sub in list(self.subs.values()):
             self.remove(sub)
+        self._closed = True
+        self._loop.remove_reader(self._fd)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -127,28 +138,64 @@ class Link:
         self.dealer.close(linger=0)
 
     # -- media -----------------------------------------------------------------------------
-    def _handle(self, frames: list[zmq.Frame]) -> None:
+    def _handle(self, frames: list[Any]) -> None:
         try:
-            _, _, entries = wire.decode([f.buffer for f in frames])
+            _, _, entries = wire.decode(frames)
         except wire.WireError as exc:
             metrics.reject("bus", exc.reason, "frame from %s: %s", self.bus_endpoint, exc)
             return
-        sub = self.subs.get(frames[0].bytes)
+        sub = self.subs.get(frames[0])
         if sub is not None:
             sub.on_live(entries)
 
-    async def _recv_media(self) -> None:
-        sock = self._sub_sync
-        while True:
-            frames = await self.sub.recv_multipart(copy=False)
-            self._handle(frames)
-            # Drain what is already queued without an await per message.
+    def _recv_now(self) -> list[Any]:
+        """One whole message without waiting; raises ``zmq.Again`` when none is queued.
+
+        The Cython calls skip pyzmq's sugar layer, which costs several microseconds a message
+        (enum flag arithmetic; and ``getsockopt`` builds an enum on every call, so the frames'
+        own ``more`` flag is used instead of RCVMORE). Frames stay zero-copy: the entries'
+        payloads are memoryviews of the last one; only the small topic is copied.
+        """
+        sock = self.sub
+        topic = _zrecv(sock, _NOBLOCK, False)
+        if not topic.more:
+            return [topic.bytes]
+        header = _zrecv(sock, _NOBLOCK, False)
+        if not header.more:
+            return [topic.bytes, header]
+        payload = _zrecv(sock, _NOBLOCK, False)
+        frames = [topic.bytes, header, payload]
+        while payload.more:  # garbage: keep reading so the next message is whole
+            payload = _zrecv(sock, _NOBLOCK, False)
+            frames.append(payload)
+        return frames
+
+    def _drain(self) -> None:
+        """Handle the queued messages: called by the loop when the socket's FD signals, and by
+        itself (via call_soon) after DRAIN_BATCH messages, so a busy link never starves the loop.
+
+        ZeroMQ's FD only signals changes. A non-blocking receive that finds nothing has also
+        processed the socket's pending commands, which resets the FD: the next message makes
+        it readable again, so stopping at ``zmq.Again`` is safe.
+        """
+        self._drain_again = False
+        if self._closed:
+            return
+        recv_now, handle = self._recv_now, self._handle
+        try:
             for _ in range(DRAIN_BATCH):
-                try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
-                self._handle(frames)
+                handle(recv_now())
+        except zmq.Again:
+            return
+        except zmq.ZMQError as exc:  # the socket is closing
+            log.debug("bus receive on %s stopped: %s", self.bus_endpoint, exc)
+            return
+        self._drain_again = True
+        self._loop.call_soon(self._drain_if_due)
+
+    def _drain_if_due(self) -> None:
+        if self._drain_again:
+            self._drain()
 
     # -- snapshots -------------------------------------------------------------------------
     async def _recv_snapshots(self) -> None:
@@ -223,6 +270,7 @@ class BusSubscriber:
     def __init__(self, ctx: zmq.asyncio.Context, *, rcvhwm: int = 100_000,
                  snapshot_timeout_s: float = 2.0, snapshot_retries: int = 3):
         self.ctx = ctx
+        wire.load_kernels()  # load the header kernel now, not on the first message
         self.rcvhwm = rcvhwm
         self.snapshot_timeout_s = snapshot_timeout_s
         self.snapshot_retries = snapshot_retries

@@ -7,8 +7,11 @@ order, so a cold edge can list a full playlist at once instead of waiting for ne
 from __future__ import annotations
 
 from collections import deque
+from operator import attrgetter
 
-from .wire import CONFIG, EOS, MEDIA, Entry
+from .wire import CONFIG, EOS, FLAG_SEG_START, HEARTBEAT, MEDIA, Entry
+
+_payload_of = attrgetter("payload")
 
 
 class SnapshotWindow:
@@ -25,23 +28,54 @@ class SnapshotWindow:
         self.last_seq = -1
 
     def add(self, entry: Entry) -> None:
-        self.last_seq = entry.seq
         kind = entry.kind
         if kind == MEDIA:
-            if entry.seg_start or not self._segments:
-                self._segments.append([])
-                self._sizes.append(0)
-            self._segments[-1].append(entry)
-            self._sizes[-1] += len(entry.payload)
-            self.bytes += len(entry.payload)
-            self._trim()
-        elif kind == CONFIG:
+            self._add_run([entry], len(entry.payload), bool(entry.flags & FLAG_SEG_START))
+            return
+        if kind == HEARTBEAT:
+            return  # takes no seq, so it is not part of the stream
+        self.last_seq = entry.seq
+        if kind == CONFIG:
             if self._segments:
                 self._segments[-1].append(entry)  # a mid-stream change stays in seq order
             else:
                 self.base_config = entry
         elif kind == EOS:
             self.eos = entry
+
+    def extend(self, entries: list[Entry], marks: list[int] | None = None) -> None:
+        """``add`` each of ``entries`` (in seq order), faster: only the entries at the indices
+        ``marks`` (ascending) may start a segment or be anything but media; each run of plain
+        media between them joins the open segment in one step. Without ``marks``, every entry
+        is looked at."""
+        if marks is None:
+            for entry in entries:
+                self.add(entry)
+            return
+        start = 0
+        for i in marks:
+            if i > start:
+                run = entries[start:i]
+                self._add_run(run, sum(map(len, map(_payload_of, run))), False)
+            self.add(entries[i])
+            start = i + 1
+        if start < len(entries):
+            run = entries[start:] if start else entries
+            self._add_run(run, sum(map(len, map(_payload_of, run))), False)
+
+    def _add_run(self, run: list[Entry], size: int, seg_start: bool) -> None:
+        """Media entries of one segment; ``seg_start``: the first one opens a new segment."""
+        self.last_seq = run[-1].seq
+        self.bytes += size
+        if seg_start or not self._segments:
+            self._segments.append(list(run))
+            self._sizes.append(size)
+            self._trim()
+        else:
+            self._segments[-1].extend(run)
+            self._sizes[-1] += size
+            if self.bytes > self.max_bytes:
+                self._trim()
 
     def _trim(self) -> None:
         # Complete segments beyond the bound go; so do old ones while over the byte budget
