@@ -127,7 +127,7 @@ http {{
 }}
 """
 
-    def start(self, timeout_s: float = 10.0) -> "NginxRtmp":
+    def start(self, timeout_s: float = 10.0) -> NginxRtmp:
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
         if not os.path.exists(binary) or not MODULE.exists():
             raise NginxRtmpError("nginx-rtmp is not installed; run scripts/setup "
@@ -138,7 +138,7 @@ http {{
         self.http_port = self.http_port or _free_port()
         self.conf_path.write_text(self.render())
         args = [binary, "-p", str(self.prefix), "-c", str(self.conf_path)]
-        check = subprocess.run([*args, "-t"], capture_output=True, text=True)
+        check = subprocess.run([*args, "-t"], capture_output=True, text=True, check=False)
         if check.returncode != 0:
             raise NginxRtmpError(f"nginx rejected {self.conf_path}: {check.stderr.strip()}")
         with open(self.prefix / "stderr.log", "ab") as err:
@@ -168,7 +168,7 @@ http {{
                 pass
             proc.wait(5)
 
-    def __enter__(self) -> "NginxRtmp":
+    def __enter__(self) -> NginxRtmp:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .config import DEFAULT_DATA_DIR, ConfigError, NodeConfig, load_config
+from .config import DEFAULT_DATA_DIR, ConfigError, load_config
 
 DEFAULT_MONGO = "mongodb://127.0.0.1:27017/"
 

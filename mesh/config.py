@@ -58,6 +58,9 @@ class NodeConfig:
     # ingest
     max_publishers: int = 500
     rtmp_max_message_bytes: int = 8 << 20
+    # Accepted publishers are read together, at most this far apart (0 = as each socket wakes):
+    # fewer wake-ups per packet, at the price of up to this much delay on a busy origin.
+    rtmp_read_max_interval_s: float = 0.04
     publish_token: str = ""  # when set, RTMP publishers must pass ?token=
     pull_file_root: str = ""  # pull sources may read files only below this directory ("" = none)
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -102,6 +105,8 @@ class NodeConfig:
         if self.snapshot_segments < self.playlist_window:
             raise bad("snapshot_segments", "must be at least playlist_window, so a cold edge "
                       "can fill its window from the snapshot")
+        if not 0 <= self.rtmp_read_max_interval_s <= 0.5:
+            raise bad("rtmp_read_max_interval_s", "use 0 to 0.5 seconds")
         for name in ("bus_hwm", "snapshot_max_bytes", "max_publishers", "rtmp_max_message_bytes"):
             if getattr(self, name) <= 0:
                 raise bad(name, "must be a positive integer")

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import pymongo
 import pymongo.errors
-from pymongo import AsyncMongoClient, ReturnDocument
+from pymongo import AsyncMongoClient, ReturnDocument, UpdateOne
 
 from . import metrics
 
@@ -280,6 +280,25 @@ class Registry:
             "$max": {"media_sequence": next_sequence},
             "$set": dict(extra or {}),
             "$currentDate": {"updated_at": True}})
+
+    async def advance_media_sequences(self, node_id: str,
+                                      updates: list[tuple[str, int, int, dict[str, Any]]]) -> set[str]:
+        """Many streams' :meth:`advance_media_sequence` in one round trip: ``(stream_id, epoch,
+        next_sequence, extra)`` each. Returns the ids whose epoch was superseded (fenced)."""
+        if not updates:
+            return set()
+        ops = [UpdateOne({"_id": sid, "origin_node": node_id, "epoch": epoch},
+                         {"$max": {"media_sequence": seq}, "$set": dict(extra),
+                          "$currentDate": {"updated_at": True}})
+               for sid, epoch, seq, extra in updates]
+        result = await self.streams.bulk_write(ops, ordered=False)
+        if result.matched_count == len(ops):
+            return set()
+        wanted = {(sid, epoch) for sid, epoch, _, _ in updates}
+        cursor = self.streams.find({"_id": {"$in": [sid for sid, _ in wanted]}, "origin_node": node_id},
+                                   {"epoch": 1})
+        still = {(d["_id"], d.get("epoch")) for d in await cursor.to_list(None)}
+        return {sid for sid, epoch in wanted if (sid, epoch) not in still}
 
     async def set_stream_status(self, stream_id: str, node_id: str, epoch: int, status: str,
                                 next_sequence: int | None = None) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .procs import node_env, start_node, wait_until
+from .procs import node_env, start_node
 
 pytestmark = pytest.mark.integration
 

@@ -187,3 +187,24 @@ def test_unreachable_database_is_one_clear_error() -> None:
     assert out.returncode == 2
     assert f"cannot reach MongoDB at 127.0.0.1:{port}" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_bulk_sequence_writes_report_fenced_streams(mongo: str, db_name: str) -> None:
+    async def go() -> None:
+        reg = await open_registry(mongo, db_name)
+        await reg.register_node(node("o1"))
+        for sid in ("b1", "b2", "b3"):
+            await reg.claim_stream(sid, "LiveApp", node("o1"))
+        await reg.set_stream_status("b2", "o1", 1, "finished")
+        await reg.claim_stream("b2", "LiveApp", node("o1"))  # epoch 2 now; our epoch-1 write is stale
+        fenced = await reg.advance_media_sequences("o1", [
+            ("b1", 1, 5, {"renditions": [{"name": "src"}]}), ("b2", 1, 7, {}), ("b3", 1, 9, {})])
+        assert fenced == {"b2"}
+        assert (await reg.get_stream("b1"))["media_sequence"] == 5
+        assert (await reg.get_stream("b1"))["renditions"] == [{"name": "src"}]
+        assert (await reg.get_stream("b3"))["media_sequence"] == 9
+        assert (await reg.get_stream("b2"))["media_sequence"] == 0
+        assert await reg.advance_media_sequences("o1", []) == set()
+        await reg.close()
+
+    run(go())

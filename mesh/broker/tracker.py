@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from operator import attrgetter
 
-from .wire import CONFIG, EOS, HEARTBEAT, MEDIA, Entry, EntryBatch
+from .wire import HEARTBEAT, MEDIA, Entry, EntryBatch
 
 JOINING, SNAPSHOT, LIVE, RESYNC = "joining", "snapshot", "live", "resync"
 

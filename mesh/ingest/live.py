@@ -2,18 +2,17 @@
 
 Sources (an RTMP publish, a pulled URL) feed a :class:`LiveStream` with codec configs and access
 units in the bus's media model; it stamps them with the origin's segment decisions, publishes
-them, and records ``media_sequence`` in the registry as segments close (one write in flight per
-stream, coalesced, never on the packet path). A fenced write means another origin took the
-stream over: this one stops publishing it at once.
+them, and notes closed segments in the origin's :class:`~.bookkeeping.SequenceBook`, which
+records ``media_sequence`` for all streams in one bulk write (never on the packet path). A fenced
+write means another origin took the stream over: this one stops publishing it at once.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from mesh_codecs.media import (AUDIO, VIDEO, AccessUnit, AudioConfig, VideoConfig, audio_to_dict,
+from mesh_codecs.media import (VIDEO, AccessUnit, AudioConfig, VideoConfig, audio_to_dict,
                                video_to_dict)
 
 from ..broker.wire import FLAG_SEG_START
@@ -23,18 +22,20 @@ from .segmenter import Segmenter
 if TYPE_CHECKING:
     from ..broker.publisher import BusPublisher
     from ..registry import Registry
+    from .bookkeeping import SequenceBook
 
 log = logging.getLogger("mesh.ingest")
 
 
 class LiveStream:
     def __init__(self, *, stream_id: str, app: str, node_id: str, claim: Claim, bus: "BusPublisher",
-                 registry: "Registry", segment_target_s: float, source: str,
+                 registry: "Registry", book: "SequenceBook", segment_target_s: float, source: str,
                  on_fenced: Callable[["LiveStream"], None] | None = None):
         self.stream_id, self.app, self.node_id = stream_id, app, node_id
         self.claim = claim
         self.epoch = claim.epoch
         self.registry = registry
+        self.book = book
         self.source = source  # "rtmp" or the pulled URL
         self.bus = bus
         self.channel = bus.open_channel(stream_id, "src", claim.epoch)
@@ -49,8 +50,6 @@ class LiveStream:
         self.packets = [0, 0]
         self._bitrate_mark = (time.monotonic(), 0)
         self.bitrate_kbps = 0.0
-        self._write_task: asyncio.Task[None] | None = None
-        self._write_pending = False
         self._renditions_dirty = False
 
     # -- from the source -------------------------------------------------------------------
@@ -77,18 +76,23 @@ class LiveStream:
         self._renditions_dirty = True
 
     def push(self, au: AccessUnit) -> None:
+        """Stamp and publish one access unit (a pull source's callback)."""
+        self.push_media(au.track, au.pts, au.dts, au.key, au.data)
+
+    def push_media(self, track: int, pts: int, dts: int, key: bool, data: bytes | memoryview) -> None:
+        """:meth:`push` on plain values (the RTMP ingest's per-packet path: no AccessUnit)."""
         if self.fenced or self.finished:
             return
-        if (au.track == VIDEO and self.video is None) or (au.track == AUDIO and self.audio is None):
+        if (self.video if track == VIDEO else self.audio) is None:
             return  # media before its codec config cannot be decoded by anyone
-        stamp = self.segmenter.push(au)
-        if stamp is None:
+        pts, dts, seg, flags, closed = self.segmenter.stamp(track, pts, dts, key)
+        if seg is None:
             return
-        self.bytes_in += len(au.data)
-        self.packets[au.track] += 1
-        extra = {"t": int(time.time() * 1000)} if stamp.flags & FLAG_SEG_START else None
-        self.channel.media(au.track, au.pts, au.dts, stamp.flags, stamp.seg, au.data, extra)
-        if stamp.closed is not None:
+        self.bytes_in += len(data)
+        self.packets[track] += 1
+        self.channel.media(track, pts, dts, flags, seg, data,
+                           {"t": int(time.time() * 1000)} if flags & FLAG_SEG_START else None)
+        if closed is not None:
             self._segment_closed()
 
     # -- registry bookkeeping --------------------------------------------------------------
@@ -98,9 +102,7 @@ class LiveStream:
         if now - then >= 1.0:
             self.bitrate_kbps = (self.bytes_in - bytes_then) * 8 / 1000 / (now - then)
             self._bitrate_mark = (now, self.bytes_in)
-        self._write_pending = True
-        if self._write_task is None:
-            self._write_task = asyncio.get_running_loop().create_task(self._write_sequence())
+        self.book.note(self)
 
     def renditions(self) -> list[dict[str, Any]]:
         v, a = self.video, self.audio
@@ -108,21 +110,8 @@ class LiveStream:
         return [{"name": "src", "width": v.width if v else None, "height": v.height if v else None,
                  "bitrate_kbps": round(self.bitrate_kbps), "codecs": codecs}]
 
-    async def _write_sequence(self) -> None:
-        try:
-            while self._write_pending and not self.fenced:
-                self._write_pending = False
-                extra = {"renditions": self.renditions()}
-                await self.registry.advance_media_sequence(
-                    self.stream_id, self.node_id, self.epoch, self.segmenter.next_seq - 1, extra)
-        except Fenced:
-            self._fence()
-        except Exception as exc:  # the DB being away must not stop media; the next close retries
-            log.warning("could not record media_sequence of %s: %s", self.stream_id, exc)
-        finally:
-            self._write_task = None
-
-    def _fence(self) -> None:
+    def fence(self) -> None:
+        """Another origin claimed this stream (a newer epoch): stop publishing it here."""
         if self.fenced:
             return
         self.fenced = True
@@ -141,8 +130,7 @@ class LiveStream:
             return
         self.channel.eos("finished" if status == FINISHED else status)
         self.bus.close_channel(self.channel)
-        if self._write_task is not None:
-            await asyncio.gather(self._write_task, return_exceptions=True)
+        self.book.forget(self)
         try:
             await self.registry.set_stream_status(self.stream_id, self.node_id, self.epoch, status,
                                                   next_sequence=self.segmenter.next_seq)

@@ -7,6 +7,9 @@ frames instead. Nothing is emitted before the first keyframe: a segment must sta
 
 Timestamps are also made safe here, once, for everyone downstream: DTS never goes backwards on a
 track and PTS is never below DTS (encoders and RTMP relays do produce such packets).
+
+``push(au)`` stamps an :class:`AccessUnit`; ``stamp(track, pts, dts, key)`` is the same decision on
+plain values, for the ingest's per-packet path.
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ class Segmenter:
         self.has_video = False
         self.current: int | None = None  # open segment's number
         self._start_dts = 0
-        self._last_dts = {VIDEO: None, AUDIO: None}
+        self._last_dts: list[int | None] = [None, None]  # by track (VIDEO 0, AUDIO 1)
         self._first_audio_dts: int | None = None
         self.dropped_before_start = 0
         self.timestamp_fixes = 0
@@ -50,42 +53,50 @@ class Segmenter:
         """The stream carries video (its config arrived): cut on video keyframes."""
         self.has_video = True
 
-    def _fix_timestamps(self, au: AccessUnit) -> None:
-        last = self._last_dts[au.track]
-        if last is not None and au.dts <= last:
-            # Equal DTS is legal only for B-frame-free streams with duplicate frames; a step
-            # back is never playable. One tick forward keeps order without shifting others.
-            if au.dts < last or au.track == VIDEO:
-                self.timestamp_fixes += 1
-                au.dts = last + 1
-        if au.pts < au.dts:
-            au.pts = au.dts
-        self._last_dts[au.track] = au.dts
-
     def push(self, au: AccessUnit) -> Stamp | None:
         """Stamp one access unit (mutating its timestamps if they were unsafe), or None to drop it."""
-        self._fix_timestamps(au)
-        boundary = False
+        au.pts, au.dts, seg, flags, closed = self.stamp(au.track, au.pts, au.dts, au.key)
+        if seg is None:
+            return None
+        return Stamp(seg, flags, closed)
+
+    def stamp(self, track: int, pts: int, dts: int, key: bool
+              ) -> tuple[int, int, int | None, int, ClosedSegment | None]:
+        """:meth:`push` on plain values, for the ingest hot path (no AccessUnit, no Stamp):
+        ``(pts, dts, seg, flags, closed)`` with the timestamps made safe; ``seg`` is None when
+        the unit is dropped (nothing before the first segment start)."""
+        last_dts = self._last_dts
+        last = last_dts[track]
+        if last is not None and dts <= last:
+            # Equal DTS is legal only for B-frame-free streams with duplicate frames; a step
+            # back is never playable. One tick forward keeps order without shifting others.
+            if dts < last or track == VIDEO:
+                self.timestamp_fixes += 1
+                dts = last + 1
+        if pts < dts:
+            pts = dts
+        last_dts[track] = dts
+        current = self.current
         if self.has_video:
-            if au.track == VIDEO and au.key:
-                boundary = self.current is None or au.dts - self._start_dts >= self.target_ticks
-        elif au.track == AUDIO:
+            boundary = track == VIDEO and key and (current is None or dts - self._start_dts >= self.target_ticks)
+        elif track == AUDIO:
             if self._first_audio_dts is None:
-                self._first_audio_dts = au.dts
-            audio_only = au.dts - self._first_audio_dts >= AUDIO_ONLY_AFTER_TICKS
-            if self.current is None:
-                boundary = audio_only
+                self._first_audio_dts = dts
+            if current is None:
+                boundary = dts - self._first_audio_dts >= AUDIO_ONLY_AFTER_TICKS
             else:
-                boundary = au.dts - self._start_dts >= self.target_ticks
+                boundary = dts - self._start_dts >= self.target_ticks
+        else:
+            boundary = False
         if not boundary:
-            if self.current is None:
+            if current is None:
                 self.dropped_before_start += 1
-                return None
-            return Stamp(self.current, FLAG_KEY if au.key else 0)
+                return pts, dts, None, 0, None
+            return pts, dts, current, FLAG_KEY if key else 0, None
         closed = None
-        if self.current is not None:
-            closed = ClosedSegment(self.current, au.dts - self._start_dts)
+        if current is not None:
+            closed = ClosedSegment(current, dts - self._start_dts)
         self.current = self.next_seq
         self.next_seq += 1
-        self._start_dts = au.dts
-        return Stamp(self.current, FLAG_KEY | FLAG_SEG_START, closed)
+        self._start_dts = dts
+        return pts, dts, self.current, FLAG_KEY | FLAG_SEG_START, closed

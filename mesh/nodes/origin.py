@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..broker.publisher import BusPublisher
 from ..broker.wire import NAME_RE
+from ..ingest.bookkeeping import SequenceBook
 from ..ingest.flv_source import FlvPublish
 from ..ingest.live import LiveStream
 from ..ingest.rtmp_server import PublishRejected, RtmpConnectionInfo, RtmpServer
@@ -33,7 +34,10 @@ class OriginPart:
             window_bytes=cfg.snapshot_max_bytes, heartbeat_interval_s=cfg.stream_heartbeat_interval_s)
         self.rtmp = RtmpServer(self, host=cfg.bind, port=cfg.rtmp_port,
                                max_connections=cfg.max_publishers * 2,
-                               max_message_size=cfg.rtmp_max_message_bytes)
+                               max_message_size=cfg.rtmp_max_message_bytes,
+                               media_read_max_interval_s=cfg.rtmp_read_max_interval_s)
+        assert node.registry is not None
+        self.book = SequenceBook(node.registry, node.node_id)
         self.live: dict[str, LiveStream] = {}
         self._claiming: set[str] = set()
         from .pulls import PullManager  # PyAV is only imported when a node has an origin
@@ -42,6 +46,7 @@ class OriginPart:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
+        self.book.start()
         await self.bus.start()
         self.node.info.bus_endpoint = self.bus.endpoint
         self.node.info.snapshot_endpoint = self.bus.snapshot_endpoint
@@ -54,6 +59,7 @@ class OriginPart:
         for live in list(self.live.values()):
             await live.finish()
         self.live.clear()
+        await self.book.stop()
         await self.bus.stop()
 
     def load(self) -> dict[str, Any]:
@@ -94,7 +100,8 @@ class OriginPart:
         finally:
             self._claiming.discard(stream_id)
         live = LiveStream(stream_id=stream_id, app=app, node_id=node.node_id, claim=claim, bus=self.bus,
-                          registry=node.registry, segment_target_s=cfg.segment_target_s, source=source,
+                          registry=node.registry, book=self.book, segment_target_s=cfg.segment_target_s,
+                          source=source,
                           on_fenced=self._fenced)
         self.live[stream_id] = live
         log.info("stream %s/%s live on %s (epoch %d, from segment %d%s)", app, stream_id, node.node_id,

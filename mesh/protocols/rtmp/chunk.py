@@ -20,7 +20,8 @@ Any other fmt 1/2/3 chunk on a csid never seen with fmt 0 is a protocol error.
 
 Speed: the input is one ``bytearray`` consumed by index and compacted only when the
 consumed prefix is large; headers are read with ``struct.unpack_from``; a message that
-fits in one chunk is copied once. Set Chunk Size (type 1) and Abort (type 2) change how
+fits in one chunk is copied once. ``next_raw()`` returns a message as a plain tuple (the
+session's media path uses it); ``next_message()`` wraps that in a :class:`Message`. Set Chunk Size (type 1) and Abort (type 2) change how
 the *following* chunks parse, so the reader applies them itself, the moment they arrive.
 """
 from __future__ import annotations
@@ -134,13 +135,20 @@ class ChunkReader:
         self._buf += data
 
     def next_message(self) -> Message | None:
+        raw = self.next_raw()
+        return None if raw is None else Message(*raw)
+
+    def next_raw(self) -> tuple[int, int, int, int, bytes] | None:
+        """The next complete message as a ``(csid, type_id, stream_id, timestamp, payload)`` tuple
+        (what :class:`Message` holds, without building one), or ``None`` when more input is needed."""
+        next_chunk = self._next_chunk
         while True:
-            msg = self._next_chunk()
-            if msg is None or msg is not _CONSUMED:
+            msg = next_chunk()
+            if msg is not _CONSUMED:
                 return msg  # type: ignore[return-value]
 
-    def _next_chunk(self) -> Message | object | None:
-        """Parse one chunk. Returns a Message, ``_CONSUMED`` (chunk eaten, no message yet)
+    def _next_chunk(self) -> tuple[int, int, int, int, bytes] | object | None:
+        """Parse one chunk. Returns a message tuple, ``_CONSUMED`` (chunk eaten, no message yet)
         or ``None`` (the whole chunk is not buffered yet; nothing was consumed)."""
         buf = self._buf
         pos = self._pos
@@ -208,7 +216,7 @@ class ChunkReader:
                     return _CONSUMED
                 st.body = None
                 self._pending_total -= length
-                return self._complete(Message(csid, st.type_id, st.stream_id, st.timestamp, bytes(body)))
+                return self._complete((csid, st.type_id, st.stream_id, st.timestamp, bytes(body)))
             # a new message that repeats the previous header and delta
             length = st.length
             n = length if length < self.chunk_size else self.chunk_size
@@ -267,13 +275,17 @@ class ChunkReader:
             st.type_id = buf[p + 6]
         return self._start_message(csid, st, q, n)
 
-    def _start_message(self, csid: int, st: _ChunkStream, p: int, n: int) -> Message | object:
+    def _start_message(self, csid: int, st: _ChunkStream, p: int, n: int
+                       ) -> tuple[int, int, int, int, bytes] | object:
         """First chunk of a message: its ``n`` payload bytes start at ``p`` (all buffered)."""
         length = st.length
         self._pos = p + n
-        if n == length:  # the whole message is in this chunk
-            return self._complete(Message(csid, st.type_id, st.stream_id, st.timestamp,
-                                          bytes(self._buf[p:p + n])))
+        if n == length:  # the whole message is in this chunk (the common case)
+            type_id = st.type_id
+            msg = (csid, type_id, st.stream_id, st.timestamp, bytes(self._buf[p:p + n]))
+            if type_id == SET_CHUNK_SIZE or type_id == ABORT:
+                self._control(msg)
+            return msg
         if self._pending_total + length > 2 * self.max_message_size:
             raise RemoteProtocolError(
                 f"too many large messages in progress at once ({self._pending_total + length} bytes "
@@ -284,21 +296,22 @@ class ChunkReader:
         self._pending_total += length
         return _CONSUMED
 
-    def _complete(self, msg: Message) -> Message:
-        if msg.type_id == SET_CHUNK_SIZE or msg.type_id == ABORT:
+    def _complete(self, msg: tuple[int, int, int, int, bytes]) -> tuple[int, int, int, int, bytes]:
+        type_id = msg[1]
+        if type_id == SET_CHUNK_SIZE or type_id == ABORT:
             self._control(msg)
         return msg
 
-    def _control(self, msg: Message) -> None:
+    def _control(self, msg: tuple[int, int, int, int, bytes]) -> None:
         """Apply Set Chunk Size / Abort at once: they change how the next chunk parses."""
-        payload = msg.payload
+        _, type_id, _, _, payload = msg
         if len(payload) < 4:
-            raise _chunk_error(f"protocol control message type {msg.type_id} shorter than 4 bytes")
+            raise _chunk_error(f"protocol control message type {type_id} shorter than 4 bytes")
         value = _BE32(payload, 0)[0]
-        if msg.type_id == SET_CHUNK_SIZE:
+        if type_id == SET_CHUNK_SIZE:
             check_chunk_size(value)
             self.chunk_size = value
-        elif msg.type_id == ABORT:
+        elif type_id == ABORT:
             st = self._streams.get(value)
             if st is not None and st.body is not None:
                 self._pending_total -= st.length

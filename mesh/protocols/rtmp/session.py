@@ -4,6 +4,9 @@
     ev = session.next_event()        # an event, NEED_DATA, or PAUSED (publish decision pending)
     out = session.data_to_send()     # bytes to write (handshake replies, acks, command replies)
 
+    media = []
+    ev = session.read_media(media)   # the same, but audio/video go into ``media`` as tuples
+
 Input is parsed lazily inside ``next_event()``, one message at a time, so the driver
 controls how far parsing runs ahead: after :class:`PublishRequested` the session returns
 :data:`PAUSED` and parses nothing until the application calls :meth:`accept_publish` or
@@ -14,6 +17,11 @@ errored (later calls raise the same error) and ``data_to_send()`` may still hold
 reply for the client (``onStatus ... BadName``) that the driver should flush before it
 closes. Which commands and messages are legal in which state is the table
 :data:`TRANSITIONS`, not flags spread over methods.
+
+``read_media()`` is the media path of a publishing connection: where ``next_event()`` returns
+one event object per message, it appends every audio/video message to a list as a
+``(type_id, timestamp_ms, payload)`` tuple and returns at the first other event, so a driver
+handles a whole read in one call (no event object, no per-message dispatch).
 """
 from __future__ import annotations
 
@@ -84,6 +92,11 @@ TRANSITIONS: dict[tuple[State, Trigger], State] = {
 }
 LOCAL_TRIGGERS = frozenset({T.ACCEPT, T.REJECT, T.ABORT})
 del S, T
+
+# Enum member lookups (State.X) cost ~0.3 us each on Python 3.11; the per-message paths below
+# compare against these module constants instead.
+_AWAIT_C0C1, _AWAIT_C2, _PUBLISHING = State.AWAIT_C0C1, State.AWAIT_C2, State.PUBLISHING
+_CLOSING, _ERROR, _CLOSED = State.CLOSING, State.ERROR, State.CLOSED
 
 STREAM_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,128}\Z")
 APP_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
@@ -193,6 +206,8 @@ class ServerSession:
         self._last_ack = 0
         self._peer_window = 0  # 0 until the peer sends Window Acknowledgement Size
         self._last_ts: int | None = None
+        self.video_messages = 0  # media messages parsed by read_media(), for the driver's counts
+        self.audio_messages = 0
         self._next_stream_id = 1
         self._streams: set[int] = set()
         self.app = ""
@@ -205,7 +220,13 @@ class ServerSession:
     @property
     def must_close(self) -> bool:
         """True once the driver should flush ``data_to_send()`` and close the socket."""
-        return self.state in (State.CLOSING, State.ERROR, State.CLOSED)
+        state = self.state
+        return state is _CLOSING or state is _ERROR or state is _CLOSED
+
+    @property
+    def bytes_received(self) -> int:
+        """Every byte given to :meth:`receive_data` so far."""
+        return self._received
 
     @property
     def buffered_bytes(self) -> int:
@@ -219,18 +240,21 @@ class ServerSession:
         if not data:
             self._eof = True
             return
-        if self.state in (State.ERROR, State.CLOSING, State.CLOSED):
+        state = self.state
+        if state is _ERROR or state is _CLOSING or state is _CLOSED:
             return
         self._received += len(data)
         if self._peer_window and self._received - self._last_ack >= self._peer_window:
             self._last_ack = self._received
             self._send(_CSID_CONTROL, 3, 0, _U32.pack(self._received & _MASK32))
-        if self.state in (State.AWAIT_C0C1, State.AWAIT_C2):
+        if state is _AWAIT_C0C1 or state is _AWAIT_C2:
             self._hs += data
         else:
             self._reader.feed(data)
 
     def data_to_send(self) -> bytes:
+        if not self._out:
+            return b""
         out = bytes(self._out)
         self._out.clear()
         return out
@@ -245,6 +269,60 @@ class ServerSession:
             self._error = exc
             self.state = State.ERROR
             raise
+
+    def read_media(self, out: list[tuple[int, int, bytes]]) -> Event | _Sentinel:
+        """:meth:`next_event` for the media path: each audio/video message is appended to ``out``
+        as a ``(type_id, timestamp_ms, payload)`` tuple (8 audio, 9 video; the same values a
+        :class:`AudioMessage`/:class:`VideoMessage` would carry) instead of being returned, and
+        the first other event, :data:`NEED_DATA` or :data:`PAUSED` is returned.
+
+        ``out`` then holds every media message that came before the returned event, in order;
+        if this raises :class:`RemoteProtocolError`, it holds those that came before the error.
+        Outside a publish (and for aggregate messages) this is :meth:`next_event` and ``out``
+        stays as it was.
+        """
+        if self._error is not None or self._events or self.state is not _PUBLISHING:
+            return self.next_event()
+        next_raw = self._reader.next_raw
+        append = out.append
+        stream_id = self.stream_id
+        last = self._last_ts
+        start = len(out)
+        videos = 0
+        try:
+            while True:
+                msg = next_raw()
+                if msg is None:
+                    self._last_ts = last
+                    return self._eof_or(NEED_DATA)
+                _, t, sid, ts, payload = msg
+                if t == VIDEO or t == AUDIO:
+                    if sid != stream_id:
+                        raise RemoteProtocolError(f"media on message stream {sid}, but stream "
+                                                  f"{stream_id} is the one being published", reason="order")
+                    if last is not None:  # unwrap the 32-bit timestamp (as _unwrap does)
+                        delta = (ts - last) & _MASK32
+                        if delta >= 0x80000000:
+                            delta -= 0x100000000
+                        ts = last + delta
+                    last = ts
+                    if t == VIDEO:
+                        videos += 1
+                    append((t, ts if ts >= 0 else 0, payload))
+                    continue
+                self._last_ts = last
+                self._dispatch(Message(*msg))
+                last = self._last_ts
+                if self._events or self.state is not _PUBLISHING:
+                    return self._next_event()
+        except RemoteProtocolError as exc:
+            self._last_ts = last
+            self._error = exc
+            self.state = State.ERROR
+            raise
+        finally:
+            self.video_messages += videos
+            self.audio_messages += len(out) - start - videos
 
     def accept_publish(self) -> None:
         """Let the pending publish start: Stream Begin + onStatus NetStream.Publish.Start."""

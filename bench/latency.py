@@ -1,0 +1,403 @@
+"""Benchmark: how soon a closed segment is listed, a mesh edge vs nginx-rtmp, in the same run.
+
+We are the publisher (:mod:`mesh_bench._rtmp_feed`): an ffmpeg-written FLV clip (2 s GOP) is sent
+over RTMP in real time, and the wall time at which the last byte of every video keyframe was
+written is recorded. A keyframe 2 s after the open segment's start closes that segment, on both
+servers. A poller fetches the playlist every ``--poll-ms`` (5 ms by default, HTTP keep-alive) and
+records when each segment name first appears. The delay per segment is
+
+    first seen in the playlist  -  closing keyframe written
+
+* mesh: publisher -> origin (segmenter decides) -> bus -> **edge** (packetises, lists); the
+  edge's playlist at ``/LiveApp/streams/{id}.m3u8``; one origin and one edge process, embedded DB.
+* nginx-rtmp (``hls on``, ``hls_fragment 2s``): its playlist from its own http{} server.
+
+Matching a listed segment to its closing keyframe is done by position, not by timestamps inside the
+segments: nginx-rtmp's MPEG-TS writer shifts every PTS/DTS by 0.7 s (``NGX_RTMP_HLS_DELAY``), so
+absolute timestamps in its files do not equal the RTMP ones. Playlist durations (``#EXTINF``)
+are differences and carry no such offset: a segment's end, in publisher media time, is the first
+segment's start (the first keyframe, 0 ms) plus the durations of every segment up to it, and its
+closing keyframe is the one sent at that media time (within half a GOP). This also checks that
+both servers cut where expected.
+
+Run: ``mesh bench latency [--duration 20] [--poll-ms 5] [--json]``
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+from mesh_bench._rtmp_feed import KeyframeSent, RtmpPublisher, Tag, read_flv
+from mesh_bench.ingest import SEGMENT_S, make_clip
+
+TARGET_MS = 50.0  # segment listed on an edge <= 50 ms after its closing keyframe (median)
+STREAM = "lat"
+_SEG_RE = re.compile(r"(\d+)\.ts$")
+
+
+def say(msg: str) -> None:
+    click.echo(f"latency: {msg}", err=True)
+
+
+# --------------------------------------------------------------------------- playlist poller
+
+
+@dataclass
+class Listed:
+    seq: int
+    duration_s: float
+    wall_s: float  # time.time() when the response listing it arrived
+    name: str
+    pdt_s: float | None = None  # its #EXT-X-PROGRAM-DATE-TIME (epoch seconds), if any
+
+
+def parse_playlist(text: str) -> list[tuple[int, float, str, float | None]]:
+    """(sequence number from the segment name, #EXTINF duration, name, program date-time) for
+    each listed segment."""
+    out = []
+    duration = pdt = None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("#EXTINF:"):
+            duration = float(line[8:].split(",", 1)[0])
+        elif line.startswith("#EXT-X-PROGRAM-DATE-TIME:"):
+            stamp = line.split(":", 1)[1].replace("Z", "+00:00")
+            pdt = datetime.fromisoformat(stamp).timestamp()
+        elif line and not line.startswith("#"):
+            m = _SEG_RE.search(line)
+            if m and duration is not None:
+                out.append((int(m.group(1)), duration, line, pdt))
+            duration = pdt = None
+    return out
+
+
+class PlaylistPoller:
+    """Fetches one playlist URL every ``interval_s`` on a keep-alive connection (a thread) and
+    records when each segment first appears."""
+
+    def __init__(self, url: str, interval_s: float = 0.005) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.path = parts.path + (f"?{parts.query}" if parts.query else "")
+        self.interval_s = interval_s
+        self.listed: dict[int, Listed] = {}
+        self.polls = 0
+        self.errors = 0
+        self.fetch_ms: list[float] = []
+        self.on_listed: Callable[[Listed], None] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="playlist-poller", daemon=True)
+
+    def start(self) -> PlaylistPoller:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        conn: http.client.HTTPConnection | None = None
+        while not self._stop.is_set():
+            t0 = time.monotonic()
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
+                conn.request("GET", self.path)
+                resp = conn.getresponse()
+                body = resp.read()
+                now = time.time()
+                self.polls += 1
+                self.fetch_ms.append((time.monotonic() - t0) * 1000)
+                if resp.status == 200:
+                    for seq, duration, name, pdt in parse_playlist(body.decode("utf-8", "replace")):
+                        if seq not in self.listed:
+                            item = self.listed[seq] = Listed(seq, duration, now, name, pdt)
+                            if self.on_listed is not None:
+                                self.on_listed(item)
+                else:
+                    self.errors += 1
+            except (OSError, http.client.HTTPException):
+                self.errors += 1
+                if conn is not None:
+                    conn.close()
+                conn = None
+            delay = self.interval_s - (time.monotonic() - t0)
+            if delay > 0:
+                self._stop.wait(delay)
+        if conn is not None:
+            conn.close()
+
+
+# --------------------------------------------------------------------------- publishing thread
+
+
+class FeedThread:
+    """Runs :meth:`RtmpPublisher.feed` in a thread, keeping every keyframe's send time."""
+
+    def __init__(self, url: str, tags: list[Tag], duration_s: float) -> None:
+        self.url = url
+        self.tags = tags
+        self.duration_s = duration_s
+        self.keyframes: list[KeyframeSent] = []
+        self.error: BaseException | None = None
+        self.started_wall = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rtmp-feed", daemon=True)
+
+    def start(self) -> FeedThread:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            with RtmpPublisher(self.url) as pub:
+                self.started_wall = time.time()
+                pub.feed(self.tags, self.duration_s, on_keyframe=self.keyframes.append,
+                         stop=self._stop.is_set)
+        except BaseException as exc:  # reported by join()
+            self.error = exc
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(timeout_s)
+        if self.error is not None:
+            raise click.ClickException(f"the RTMP publisher to {self.url} failed: {self.error!r}")
+
+
+# --------------------------------------------------------------------------- matching
+
+
+def match(listed: dict[int, Listed], keyframes: list[KeyframeSent], first_start_ms: int = 0
+          ) -> list[dict[str, Any]]:
+    """For each listed segment (by sequence), its closing keyframe by position (cumulative
+    #EXTINF durations from the first segment's start) and the delay between the two."""
+    rows = []
+    end_ms = float(first_start_ms)
+    by_media = sorted(keyframes, key=lambda k: k.media_ms)
+    used: set[int] = set()
+    gop_ms = GOP_MS
+    for seq in sorted(listed):
+        seg = listed[seq]
+        start_ms = end_ms
+        end_ms += seg.duration_s * 1000
+        if not by_media:
+            break
+        kf = min(by_media, key=lambda k: abs(k.media_ms - end_ms))
+        if abs(kf.media_ms - end_ms) > gop_ms / 2 or seg.duration_s * 1000 < gop_ms / 2 or kf.media_ms in used:
+            continue  # closed by the end of the stream, not by a keyframe we sent
+        used.add(kf.media_ms)
+        rows.append({"seq": seq, "start_ms": round(start_ms), "end_ms": round(end_ms),
+                     "closing_keyframe_ms": kf.media_ms, "delay_ms": round((seg.wall_s - kf.wall_s) * 1000, 2),
+                     "listed_wall": seg.wall_s, "keyframe_wall": kf.wall_s})
+    return rows
+
+
+GOP_MS = int(SEGMENT_S * 1000)
+
+
+def summarize(rows: list[dict[str, Any]], skip_first: int = 1) -> dict[str, Any]:
+    """Median/max of the delays, leaving out the first segment(s): a cold start (first request,
+    subscription, snapshot) is not the steady state this measures; they are reported apart."""
+    delays = [r["delay_ms"] for r in rows[skip_first:]]
+    first = [r["delay_ms"] for r in rows[:skip_first]]
+    if not delays:
+        return {"segments": 0, "median_ms": None, "max_ms": None, "first_ms": first}
+    return {"segments": len(delays), "median_ms": round(statistics.median(delays), 2),
+            "max_ms": round(max(delays), 2), "min_ms": round(min(delays), 2),
+            "p90_ms": round(sorted(delays)[int(0.9 * (len(delays) - 1))], 2), "first_ms": first}
+
+
+# --------------------------------------------------------------------------- the two sides
+
+
+@dataclass
+class MeshPair:
+    """Embedded database + one origin + one edge, as real node processes."""
+
+    workdir: Path
+    db: Any = None
+    origin: Any = None
+    edge: Any = None
+    extra_args: list[str] = field(default_factory=list)
+
+    def start(self) -> MeshPair:
+        from mesh.cluster import start_node
+        from mesh.embedded_db import EmbeddedDb
+
+        self.db = EmbeddedDb(self.workdir / "db", port=0)
+        uri = self.db.start()
+        args = ["--log-level", "warning", *self.extra_args]
+        self.origin = start_node("origin", self.workdir, node_id="bench-origin", mongo=uri, wait=False,
+                                 extra_args=args)
+        self.edge = start_node("edge", self.workdir, node_id="bench-edge", mongo=uri, wait=False,
+                               extra_args=args)
+        self.origin.wait_ready()
+        self.edge.wait_ready()
+        return self
+
+    def playlist_url(self, stream: str) -> str:
+        return f"{self.edge.http}/LiveApp/streams/{stream}.m3u8"
+
+    def stop(self) -> None:
+        for proc in (self.edge, self.origin):
+            if proc is not None:
+                proc.stop()
+        if self.db is not None:
+            self.db.stop()
+
+
+def measure(name: str, rtmp_url: str, playlist_url: str, tags: list[Tag], duration_s: float,
+            poll_s: float, background: Callable[[str], str] | None = None, background_n: int = 0,
+            clip: Path | None = None) -> dict[str, Any]:
+    """Publish ``tags`` to ``rtmp_url`` while polling ``playlist_url``; ``background_n`` ffmpeg
+    publishers of ``clip`` (to ``background(name)``) load the same server meanwhile."""
+    loaders = []
+    if background_n and background is not None and clip is not None:
+        from mesh_bench.ingest import ffmpeg_publisher
+
+        loaders = [ffmpeg_publisher(clip, background(f"bg{i}")) for i in range(background_n)]
+        time.sleep(3 + background_n * 0.05)  # let them connect and start publishing
+    feed = FeedThread(rtmp_url, tags, duration_s).start()
+    poller = PlaylistPoller(playlist_url, poll_s).start()
+    try:
+        feed.join(duration_s + 30)
+        # the last closing keyframe was just sent: give its segment a moment to be listed
+        time.sleep(0.5)
+    finally:
+        feed.stop()
+        poller.stop()
+        if loaders:
+            from mesh_bench.ingest import stop_all
+
+            stop_all(loaders)
+    rows = match(poller.listed, feed.keyframes)
+    out = summarize(rows)
+    fetch = sorted(poller.fetch_ms)
+    out.update({"server": name, "polls": poller.polls, "poll_errors": poller.errors,
+                "poll_interval_ms": poll_s * 1000,
+                "fetch_ms_median": round(fetch[len(fetch) // 2], 2) if fetch else None,
+                "keyframes_sent": len(feed.keyframes), "rows": rows})
+    return out
+
+
+def run(duration_s: float = 20.0, poll_ms: float = 5.0, bitrate_kbps: int = 600,
+        servers: Sequence[str] = ("mesh", "nginx_rtmp"), background: int = 0) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="mesh-bench-latency-"))
+    started = time.time()
+    results: dict[str, Any] = {}
+    try:
+        say(f"encoding a 10 s clip ({bitrate_kbps} kbps, {SEGMENT_S:g} s GOP)")
+        clip = make_clip(work / "clip.flv", bitrate_kbps)
+        tags = read_flv(work / "clip.flv")
+        if "mesh" in servers:
+            say("starting the embedded database, an origin and an edge")
+            pair = MeshPair(work / "mesh").start()
+            try:
+                say(f"mesh: publishing for {duration_s:g} s, polling the edge playlist every {poll_ms:g} ms")
+                results["mesh"] = measure("mesh", pair.origin.rtmp_url(STREAM), pair.playlist_url(STREAM),
+                                          tags, duration_s, poll_ms / 1000, pair.origin.rtmp_url, background,
+                                          work / "clip.flv")
+            finally:
+                pair.stop()
+        if "nginx_rtmp" in servers:
+            from mesh_bench._nginx_rtmp import NginxRtmp, NginxRtmpError
+
+            say("starting nginx-rtmp (hls on)")
+            try:
+                ng = NginxRtmp(work / "nginx-rtmp", fragment_s=SEGMENT_S).start()
+            except NginxRtmpError as exc:
+                raise click.ClickException(str(exc)) from None
+            try:
+                say(f"nginx-rtmp: publishing for {duration_s:g} s, polling its playlist every {poll_ms:g} ms")
+                results["nginx_rtmp"] = measure("nginx_rtmp", ng.rtmp_url(STREAM), ng.hls_url(STREAM),
+                                                tags, duration_s, poll_ms / 1000, ng.rtmp_url, background,
+                                                work / "clip.flv")
+            finally:
+                ng.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    ratios: dict[str, Any] = {}
+    m, g = results.get("mesh"), results.get("nginx_rtmp")
+    if m and g and m["median_ms"] is not None and g["median_ms"]:
+        ratios = {"median": round(m["median_ms"] / g["median_ms"], 3),
+                  "max": round(m["max_ms"] / g["max_ms"], 3) if g["max_ms"] else None}
+    target = None
+    if m and m["median_ms"] is not None:
+        target = {"median_ms": TARGET_MS, "met": m["median_ms"] <= TARGET_MS}
+    return {"bench": "latency", "date": time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(started)),
+            "nproc": os.cpu_count(),
+            "params": {"duration_s": duration_s, "poll_ms": poll_ms, "bitrate_kbps": bitrate_kbps,
+                       "segment_s": SEGMENT_S, "background_publishers": background},
+            "clip_kbps": clip["kbps"], "results": results, "ratios": ratios, "target": target}
+
+
+def format_table(r: dict[str, Any]) -> str:
+    p = r["params"]
+    lines = [(f"closing keyframe written -> segment listed; {p['segment_s']:g} s segments, playlist polled "
+              f"every {p['poll_ms']:g} ms (HTTP keep-alive), first segment left out; "
+              f"{p['background_publishers']} other publishers on the same server; nproc {r['nproc']}"),
+             (f"{'where':<22}{'segments':>9}{'median ms':>11}{'p90 ms':>9}{'max ms':>9}{'min ms':>9}"
+              f"{'first ms':>10}{'fetch ms':>10}")]
+    label = {"mesh": "mesh edge", "nginx_rtmp": "nginx-rtmp playlist"}
+    for name, x in r["results"].items():
+        if x["median_ms"] is None:
+            lines.append(f"{label[name]:<22}{'no segments matched':>30}")
+            continue
+        first = ",".join(f"{v:.0f}" for v in x["first_ms"]) or "-"
+        lines.append(f"{label[name]:<22}{x['segments']:>9}{x['median_ms']:>11.1f}{x['p90_ms']:>9.1f}"
+                     f"{x['max_ms']:>9.1f}{x['min_ms']:>9.1f}{first:>10}{x['fetch_ms_median']:>10.2f}")
+    if r["ratios"]:
+        lines.append(f"ratio mesh/nginx-rtmp: median {r['ratios']['median']:.2f}x, max {r['ratios']['max']:.2f}x")
+    if r["target"]:
+        t = r["target"]
+        lines.append(f"target: median <= {t['median_ms']:g} ms on the edge: {'met' if t['met'] else 'missed'}")
+    return "\n".join(lines)
+
+
+@click.command("latency")
+@click.option("--duration", "duration_s", type=float, default=20.0, show_default=True,
+              help="Seconds of publishing per server.")
+@click.option("--poll-ms", type=float, default=5.0, show_default=True, help="Playlist poll interval.")
+@click.option("--bitrate-kbps", type=int, default=600, show_default=True)
+@click.option("--background", type=int, default=0, show_default=True,
+              help="Other ffmpeg publishers loading the same server meanwhile (latency under load).")
+@click.option("--only", type=click.Choice(["mesh", "nginx_rtmp"]), default=None, help="Run one server only.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def command(duration_s: float, poll_ms: float, bitrate_kbps: int, background: int, only: str | None,
+            as_json: bool) -> None:
+    """Closing keyframe to segment listed: a mesh edge vs nginx-rtmp's playlist."""
+    if poll_ms <= 0 or poll_ms > 5:
+        raise click.BadParameter("poll at most every 5 ms (and more than 0)", param_hint="--poll-ms")
+    if background < 0:
+        raise click.BadParameter("a count of publishers", param_hint="--background")
+    result = run(duration_s, poll_ms, bitrate_kbps, [only] if only else ["mesh", "nginx_rtmp"], background)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(format_table(result))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    command.main(args=list(argv) if argv is not None else None, prog_name="mesh bench latency")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
