@@ -36,67 +36,31 @@ HWM_BUDGET_BYTES = 64 << 20  # per pipe and side
 
 
 # --------------------------------------------------------------------------- the media
-def _encode(seconds: float, width: int, height: int, fps: int, bitrate_kbps: int) -> bytes:
-    """testsrc2 with temporal noise (so x264 spends its bitrate) + a sine tone, into an MP4."""
-    import av
-
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as out:
-        vs = out.add_stream("libx264", rate=fps)
-        vs.width, vs.height, vs.pix_fmt, vs.bit_rate = width, height, "yuv420p", bitrate_kbps * 1000
-        vs.codec_context.gop_size = 2 * fps
-        vs.codec_context.options = {"preset": "veryfast", "keyint_min": str(2 * fps), "sc_threshold": "0",
-                                    "maxrate": f"{bitrate_kbps}k", "bufsize": f"{bitrate_kbps * 2}k"}
-        aus = out.add_stream("aac", rate=48000)
-        aus.layout, aus.bit_rate = "stereo", 128_000
-        graph = f"testsrc2=s={width}x{height}:r={fps}:d={seconds},noise=alls=12:allf=t"
-        with av.open(graph, format="lavfi") as src:
-            for frame in src.decode(video=0):
-                frame.pict_type = av.video.frame.PictureType.NONE
-                out.mux(vs.encode(frame))
-        out.mux(vs.encode(None))
-        with av.open(f"sine=f=440:r=48000:d={seconds}", format="lavfi") as src:
-            for frame in src.decode(audio=0):
-                frame.pts = None
-                out.mux(aus.encode(frame))
-        out.mux(aus.encode(None))
-    return buf.getvalue()
-
-
 def _access_units(mp4: bytes) -> dict[str, Any]:
     """The MP4's packets as bus access units, plus the codec config an origin would publish."""
     import av
     from mesh_codecs.aac import audio_config_from_asc
     from mesh_codecs.h264 import video_config_from_avcc
-    from mesh_codecs.media import audio_to_dict, video_to_dict
+    from mesh_codecs.media import VIDEO, audio_to_dict, video_to_dict
 
     from mesh.broker.wire import FLAG_KEY, FLAG_SEG_START
 
-    rows = []
+    from ._media import demux_access_units
+
     with av.open(io.BytesIO(mp4)) as container:
         video = video_config_from_avcc(container.streams.video[0].codec_context.extradata)
         audio = audio_config_from_asc(container.streams.audio[0].codec_context.extradata)
-        for pkt in container.demux():
-            if pkt.dts is None or pkt.size == 0:
-                continue
-            tb = pkt.time_base
-            scale = tb.numerator * 90000
-            is_video = pkt.stream.type == "video"
-            key = bool(pkt.is_keyframe)
-            flags = (FLAG_KEY | FLAG_SEG_START) if is_video and key else (FLAG_KEY if not is_video else 0)
-            rows.append([0 if is_video else 1, pkt.pts * scale // tb.denominator,
-                         pkt.dts * scale // tb.denominator, flags, is_video and key, bytes(pkt)])
-    shift = -min(r[2] for r in rows)
-    for r in rows:
-        r[1] += shift
-        r[2] += shift
-    rows.sort(key=lambda r: (r[2], r[0]))
-    while rows and not rows[0][4]:  # start at the first keyframe, as a segmenter would
-        rows.pop(0)
-    base = rows[0][2]
-    for r in rows:
-        r[1] -= base
-        r[2] -= base
+        aus = demux_access_units(container)
+    while aus and not (aus[0].track == VIDEO and aus[0].key):  # start at the first keyframe,
+        aus.pop(0)                                              # as a segmenter would
+    base = aus[0].dts
+    rows = []
+    for au in aus:
+        if au.track == VIDEO:
+            flags = (FLAG_KEY | FLAG_SEG_START) if au.key else 0
+        else:
+            flags = FLAG_KEY
+        rows.append([au.track, au.pts - base, au.dts - base, flags, au.track == VIDEO and au.key, au.data])
     frame_ticks = 90000 // 30
     return {"config": {"video": video_to_dict(video), "audio": audio_to_dict(audio), "disc": 0, "epoch": 1},
             "aus": rows, "lap_ticks": max(r[2] for r in rows) + frame_ticks}
@@ -116,8 +80,11 @@ def prepare_media(seconds: float, width: int, height: int, fps: int, bitrate_kbp
         if progress:
             progress(f"fanout: encoding {seconds:g} s of {width}x{height}@{fps} at {bitrate_kbps} kbps "
                      "(libx264 veryfast + AAC), once")
+        from ._media import encode_test_mp4
+
         t = time.perf_counter()
-        media = _access_units(_encode(seconds, width, height, fps, bitrate_kbps))
+        media = _access_units(encode_test_mp4(seconds, width, height, fps, bitrate_kbps * 1000,
+                                                   noise=12, cap_rate=True))
         encode_s = time.perf_counter() - t
         tmp = f"{path}.{os.getpid()}.tmp"
         with open(tmp, "wb") as f:

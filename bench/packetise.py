@@ -36,8 +36,10 @@ import click
 
 from mesh_codecs.aac import audio_config_from_asc
 from mesh_codecs.h264 import video_config_from_avcc
-from mesh_codecs.media import AUDIO, CLOCK_HZ, VIDEO, AccessUnit, AudioConfig, VideoConfig
+from mesh_codecs.media import CLOCK_HZ, AccessUnit, AudioConfig, VideoConfig
 from mesh_codecs.ts import TsPacketiser, warm_up
+
+from ._media import cut_segments, demux_access_units, encode_test_mp4
 
 TB_90K = Fraction(1, CLOCK_HZ)
 
@@ -46,69 +48,14 @@ class Media:
     """Encoded test media: configs, access units, 2 s segments and PyAV stream templates."""
 
     def __init__(self, seconds: float, width: int, height: int, fps: int, video_bitrate: int) -> None:
-        self._mp4 = _encode_mp4(seconds, width, height, fps, video_bitrate)
+        self._mp4 = encode_test_mp4(seconds, width, height, fps, video_bitrate, noise=10)
         self.container = av.open(io.BytesIO(self._mp4))  # kept open: its streams are the templates
         self.video_template = self.container.streams.video[0]
         self.audio_template = self.container.streams.audio[0]
         self.video: VideoConfig = video_config_from_avcc(self.video_template.codec_context.extradata)
         self.audio: AudioConfig = audio_config_from_asc(self.audio_template.codec_context.extradata)
-        self.aus = _access_units(self.container)
+        self.aus = demux_access_units(self.container)
         self.segments = cut_segments(self.aus)
-
-
-def _encode_mp4(seconds: float, width: int, height: int, fps: int, video_bitrate: int) -> bytes:
-    """testsrc2 with temporal noise (so x264 spends its bitrate) + a sine tone, into an MP4."""
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as out:
-        vs = out.add_stream("libx264", rate=fps)
-        vs.width, vs.height, vs.pix_fmt, vs.bit_rate = width, height, "yuv420p", video_bitrate
-        vs.codec_context.gop_size = 2 * fps
-        vs.codec_context.options = {"preset": "veryfast", "keyint_min": str(2 * fps), "sc_threshold": "0"}
-        aus = out.add_stream("aac", rate=48000)
-        aus.layout, aus.bit_rate = "stereo", 128_000
-        graph = f"testsrc2=s={width}x{height}:r={fps}:d={seconds},noise=alls=10:allf=t"
-        with av.open(graph, format="lavfi") as src:
-            for frame in src.decode(video=0):
-                frame.pict_type = av.video.frame.PictureType.NONE
-                out.mux(vs.encode(frame))
-        out.mux(vs.encode(None))
-        with av.open(f"sine=f=440:r=48000:d={seconds}", format="lavfi") as src:
-            for frame in src.decode(audio=0):
-                frame.pts = None
-                out.mux(aus.encode(frame))
-        out.mux(aus.encode(None))
-    return buf.getvalue()
-
-
-def _access_units(container: av.container.InputContainer) -> list[AccessUnit]:
-    """Demuxed packets as bus access units: 90 kHz, DTS-ordered, starting at DTS 0."""
-    aus = []
-    for pkt in container.demux():
-        if pkt.dts is None or pkt.size == 0:
-            continue
-        tb = pkt.time_base
-        scale = tb.numerator * CLOCK_HZ
-        track = VIDEO if pkt.stream.type == "video" else AUDIO
-        aus.append(
-            AccessUnit(track, pkt.pts * scale // tb.denominator, pkt.dts * scale // tb.denominator,
-                       pkt.is_keyframe, bytes(pkt))
-        )
-    shift = -min(au.dts for au in aus)
-    for au in aus:
-        au.pts += shift
-        au.dts += shift
-    aus.sort(key=lambda au: (au.dts, au.track))
-    return aus
-
-
-def cut_segments(aus: Sequence[AccessUnit]) -> list[list[AccessUnit]]:
-    """Cut at every video keyframe (the GOP is the 2 s target), as the origin does."""
-    segments: list[list[AccessUnit]] = [[]]
-    for au in aus:
-        if au.track == VIDEO and au.key and any(a.track == VIDEO for a in segments[-1]):
-            segments.append([])
-        segments[-1].append(au)
-    return segments
 
 
 # --------------------------------------------------------------------------- the two packetisers

@@ -15,10 +15,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from mesh_bench._media import cut_segments, demux_access_units, encode_test_mp4
 from mesh_codecs import h264, ts
 from mesh_codecs.aac import audio_config_from_asc, build_adts_header, parse_asc
 from mesh_codecs.h264 import video_config_from_avcc
-from mesh_codecs.media import AUDIO, CLOCK_HZ, VIDEO, AccessUnit, AudioConfig, VideoConfig
+from mesh_codecs.media import AUDIO, VIDEO, AccessUnit, AudioConfig, VideoConfig
 from mesh_codecs.ts import TsError, TsPacketiser
 
 MASK33 = (1 << 33) - 1
@@ -37,48 +38,12 @@ class Media:
 
 def encode_media(seconds: int = 6, width: int = 640, height: int = 360, fps: int = 30) -> Media:
     """libx264 (B-frames, 2 s closed GOP) + AAC in an MP4, demuxed into bus access units."""
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as out:
-        vs = out.add_stream("libx264", rate=fps)
-        vs.width, vs.height, vs.pix_fmt, vs.bit_rate = width, height, "yuv420p", 1_000_000
-        vs.codec_context.gop_size = 2 * fps
-        vs.codec_context.options = {"preset": "veryfast", "keyint_min": str(2 * fps), "sc_threshold": "0"}
-        aus = out.add_stream("aac", rate=48000)
-        aus.layout = "stereo"
-        with av.open(f"testsrc2=s={width}x{height}:r={fps}:d={seconds}", format="lavfi") as src:
-            for frame in src.decode(video=0):
-                frame.pict_type = av.video.frame.PictureType.NONE
-                out.mux(vs.encode(frame))
-        out.mux(vs.encode(None))
-        with av.open(f"sine=f=440:r=48000:d={seconds}", format="lavfi") as src:
-            for frame in src.decode(audio=0):
-                frame.pts = None
-                out.mux(aus.encode(frame))
-        out.mux(aus.encode(None))
-    buf.seek(0)
-    with av.open(buf) as inp:
+    mp4 = encode_test_mp4(seconds, width, height, fps, 1_000_000)
+    with av.open(io.BytesIO(mp4)) as inp:
         video = video_config_from_avcc(inp.streams.video[0].codec_context.extradata)
         audio = audio_config_from_asc(inp.streams.audio[0].codec_context.extradata)
-        units = []
-        for pkt in inp.demux():
-            if pkt.dts is None or pkt.size == 0:
-                continue
-            tb = pkt.time_base
-            scale = tb.numerator * CLOCK_HZ
-            track = VIDEO if pkt.stream.type == "video" else AUDIO
-            pts, dts = pkt.pts * scale // tb.denominator, pkt.dts * scale // tb.denominator
-            units.append(AccessUnit(track, pts, dts, pkt.is_keyframe, bytes(pkt)))
-    shift = -min(au.dts for au in units)
-    for au in units:
-        au.pts += shift
-        au.dts += shift
-    units.sort(key=lambda au: (au.dts, au.track))
-    segments: list[list[AccessUnit]] = [[]]
-    for au in units:
-        if au.track == VIDEO and au.key and any(a.track == VIDEO for a in segments[-1]):
-            segments.append([])
-        segments[-1].append(au)
-    return Media(video, audio, units, segments)
+        units = demux_access_units(inp)
+    return Media(video, audio, units, cut_segments(units))
 
 
 @pytest.fixture(scope="module")
