@@ -7,20 +7,14 @@ exactly (walking the AVCC length fields, validating them), the second writes
 the 188-byte packets straight into one preallocated output, so each payload
 byte is copied once. No Python runs per TS packet.
 
-Kernels are compiled ``nogil=True`` (edges packetise in worker threads) and
-``cache=True``: the machine code is stored next to this file in
-``__pycache__`` or, when that directory is read-only, in Numba's user-wide
-cache (``$NUMBA_CACHE_DIR`` if set, else ``~/.cache/numba``), and when neither
-is writable in a per-user temp directory -- so a node start loads the machine
-code (about 0.1 s) instead of compiling it (15-20 s).
+Kernels are compiled with :mod:`mesh_codecs.jit`'s decorators (``nogil=True``,
+``cache=True``), so a node start loads the machine code instead of compiling it.
 """
 from __future__ import annotations
 
-import os
-import tempfile
-
-import numba
 import numpy as np
+
+from .jit import inline, jit
 
 TS_SIZE = 188
 TS_PAYLOAD = 184
@@ -59,34 +53,7 @@ _V_HAS_AUD = 1  # the AU already starts with an access unit delimiter
 _V_PSETS = 2  # SPS/PPS must be inserted
 
 
-def _probe() -> int:
-    return 0
-
-
-def _ensure_cache_dir() -> None:
-    """Give Numba a writable cache directory when neither default one is.
-
-    Numba caches next to the source (``__pycache__``), else in the user cache
-    directory (``~/.cache/numba``). With neither writable -- a read-only
-    install run by a user without a home, as under systemd ``DynamicUser=`` --
-    decorating with ``cache=True`` raises at import. Then fall back to a
-    per-user directory under the system temp dir. ``NUMBA_CACHE_DIR`` wins.
-    """
-    try:
-        numba.njit(cache=True)(_probe)
-    except RuntimeError:
-        numba.config.CACHE_DIR = os.path.join(tempfile.gettempdir(), f"mesh-numba-cache-{os.getuid()}")
-
-
-_ensure_cache_dir()
-_jit = numba.njit(nogil=True, cache=True)
-# Helpers are inlined at Numba-IR level: as separate calls each one passes the
-# array structs by value and increfs/decrefs them, which cost more than the
-# work they do per TS packet.
-_inline = numba.njit(nogil=True, cache=True, inline="always")
-
-
-@_inline
+@inline
 def _begin_packet(out, pos, pid, pusi, cc, flags, pcr_base, has_pcr, left):
     """Write a TS header (+ adaptation field) at ``out[pos]``.
 
@@ -127,7 +94,7 @@ def _begin_packet(out, pos, pid, pusi, cc, flags, pcr_base, has_pcr, left):
     return p, room
 
 
-@_inline
+@inline
 def _emit(out, pos, room, left, cc, pid, src, start, n):
     """Copy ``src[start:start+n]`` into the PES being written, opening packets as they fill."""
     while n > 0:
@@ -156,7 +123,7 @@ def _emit(out, pos, room, left, cc, pid, src, start, n):
     return pos, room, left, cc
 
 
-@_inline
+@inline
 def _put_timestamp(buf, at, prefix, t):
     """A 33-bit PTS/DTS in the 5-byte marker-bit layout of the PES header."""
     buf[at] = (prefix << 4) | (((t >> 30) & 7) << 1) | 1
@@ -166,7 +133,7 @@ def _put_timestamp(buf, at, prefix, t):
     buf[at + 4] = ((t & 0x7F) << 1) | 1
 
 
-@_inline
+@inline
 def _pes_header(hdr, stream_id, pts, dts, es_len, bounded):
     """Fill ``hdr`` with a PES header; returns its length (14 or 19)."""
     with_dts = dts != pts
@@ -189,14 +156,14 @@ def _pes_header(hdr, stream_id, pts, dts, es_len, bounded):
     return 9 + hdr_data
 
 
-@_inline
+@inline
 def _be32(buf, p):
     """A big-endian 32-bit NAL length as int64 (uint8 arithmetic would not stay integral)."""
     hi = (np.int64(buf[p]) << 24) | (np.int64(buf[p + 1]) << 16)
     return hi | (np.int64(buf[p + 2]) << 8) | np.int64(buf[p + 3])
 
 
-@_inline
+@inline
 def _packets_for(pes_len, af_first):
     """TS packets needed for a PES whose first packet carries ``af_first`` AF bytes."""
     cap = TS_PAYLOAD - af_first
@@ -205,7 +172,7 @@ def _packets_for(pes_len, af_first):
     return 1 + (pes_len - cap + TS_PAYLOAD - 1) // TS_PAYLOAD
 
 
-@_inline
+@inline
 def _scan_video(payload, off, length, key, have_psets):
     """Walk one AVCC access unit: (Annex B ES size without prefix, flags, ok)."""
     pos = off
@@ -241,7 +208,7 @@ def _scan_video(payload, off, length, key, have_psets):
     return es, flags, True
 
 
-@_jit
+@jit
 def packetise(payload, meta, psets, adts, psi, aud, video_pid, audio_pid, pcr_pid, pcr_delay):
     """Build one segment. Returns ``(out, error, index)``.
 

@@ -9,16 +9,13 @@ a type the canonical form never has, any bound broken, trailing bytes -- returns
 caller takes the general msgpack path, which accepts every valid encoding and raises the exact
 error for invalid ones. So this kernel can only make decoding faster, never stricter or looser.
 
-Every read is bounds-checked by hand (Numba does not check indices). Compiled ``nogil=True,
-cache=True`` like the TS kernels: a process start loads the machine code instead of compiling.
+Every read is bounds-checked by hand (Numba does not check indices). Compiled with the TS
+kernels' decorators (:mod:`mesh_codecs.jit`): a process start loads the machine code instead of compiling.
 """
 from __future__ import annotations
 
-import os
-import tempfile
-
-import numba
 import numpy as np
+from mesh_codecs.jit import inline, jit
 
 MAX62 = 1 << 62
 HEARTBEAT = 3
@@ -28,24 +25,7 @@ COL_END = 7
 COLS = 8
 
 
-def _probe() -> int:
-    return 0
-
-
-def _ensure_cache_dir() -> None:
-    """Use a per-user temp cache when neither ``__pycache__`` nor Numba's user cache is writable."""
-    try:
-        numba.njit(cache=True)(_probe)
-    except RuntimeError:
-        numba.config.CACHE_DIR = os.path.join(tempfile.gettempdir(), f"mesh-numba-cache-{os.getuid()}")
-
-
-_ensure_cache_dir()
-_jit = numba.njit(nogil=True, cache=True)
-_inline = numba.njit(nogil=True, cache=True, inline="always")
-
-
-@_inline
+@inline
 def _read_int(buf, pos, size):
     """A msgpack integer at ``buf[pos]``: (value, next position, ok). Fails on any other type
     and on unsigned values above int64 (no field may be that large anyway)."""
@@ -81,7 +61,7 @@ def _read_int(buf, pos, size):
     return np.int64(v), pos + 1 + width, True
 
 
-@_jit
+@jit
 def parse_canonical(buf, payload_size, max_entries, max_entry_bytes, known_flags, out):
     """Parse a canonical header in ``buf`` (uint8) into ``out`` (int64, rows x COLS).
 
