@@ -1,0 +1,169 @@
+"""The ingest fast paths that `mesh bench ingest` measures agree with the reference paths:
+ServerSession.read_media() with next_event(), FlvPublish.on_media() with on_video()/on_audio().
+Pure and quick (no processes); property tests over random publishes."""
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mesh.ingest.flv_source import FlvPublish
+from mesh.protocols.rtmp import (
+    NEED_DATA,
+    PAUSED,
+    AudioMessage,
+    RemoteProtocolError,
+    ServerSession,
+    VideoMessage,
+)
+
+from .test_rtmp_session import Publisher, handshaken
+
+_media = st.lists(st.tuples(
+    st.sampled_from(["v", "a", "meta", "wrap"]),
+    st.integers(0, 3000),  # timestamp step
+    st.binary(min_size=0, max_size=300)), max_size=40)
+
+
+def _publish_bytes(items: list[tuple[str, int, bytes]], chunk_size: int) -> bytes:
+    pub = Publisher(chunk_size)
+    s = ServerSession()
+    out = [pub.handshake_c0c1(), bytes(1536), pub.connect(), pub.setup()]
+    ts = 0
+    for kind, step, body in items:
+        ts = (ts + step) & 0xFFFFFFFF
+        if kind == "v":
+            out.append(pub.video(ts, b"\x27\x01\x00\x00\x00" + body))
+        elif kind == "a":
+            out.append(pub.audio(ts, b"\xaf\x01" + body))
+        elif kind == "meta":
+            out.append(pub.metadata())
+        else:  # a jump that wraps the 32-bit timestamp
+            ts = (ts + 0xFFFFF000) & 0xFFFFFFFF
+            out.append(pub.video(ts, b"\x17\x01\x00\x00\x00" + body))
+    out.append(pub.teardown())
+    del s
+    return b"".join(out)
+
+
+def _reference(data: bytes, pieces: list[int]) -> list[object]:
+    s = ServerSession()
+    events: list[object] = []
+    for piece in _split(data, pieces):
+        s.receive_data(piece)
+        while (ev := s.next_event()) is not NEED_DATA:
+            if ev is PAUSED:
+                s.accept_publish()
+            elif isinstance(ev, (VideoMessage, AudioMessage)):
+                events.append((9 if isinstance(ev, VideoMessage) else 8, ev.timestamp_ms, ev.payload))
+            else:
+                events.append(ev)
+    return events
+
+
+def _fast(data: bytes, pieces: list[int]) -> tuple[list[object], ServerSession]:
+    s = ServerSession()
+    events: list[object] = []
+    media: list[tuple[int, int, bytes]] = []
+    for piece in _split(data, pieces):
+        s.receive_data(piece)
+        while True:
+            ev = s.read_media(media)
+            events.extend(media)
+            media.clear()
+            if ev is NEED_DATA:
+                break
+            if ev is PAUSED:
+                s.accept_publish()
+            else:
+                events.append(ev)
+    return events, s
+
+
+def _split(data: bytes, pieces: list[int]) -> list[bytes]:
+    out, pos = [], 0
+    for n in pieces:
+        if pos >= len(data):
+            break
+        out.append(data[pos:pos + n])
+        pos += n
+    if pos < len(data):
+        out.append(data[pos:])
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(_media, st.sampled_from([128, 4096]), st.lists(st.integers(1, 5000), max_size=30))
+def test_read_media_delivers_what_next_event_does(items, chunk_size, pieces) -> None:
+    data = _publish_bytes(items, chunk_size)
+    fast, session = _fast(data, pieces)
+    assert fast == _reference(data, pieces)
+    assert session.video_messages == sum(1 for e in fast if isinstance(e, tuple) and e[0] == 9)
+    assert session.audio_messages == sum(1 for e in fast if isinstance(e, tuple) and e[0] == 8)
+
+
+def test_read_media_keeps_media_before_a_protocol_error() -> None:
+    pub = Publisher(4096)
+    s = ServerSession()
+    handshaken(s, pub)
+    s.receive_data(pub.connect() + pub.setup())
+    while (ev := s.next_event()) is not NEED_DATA:
+        if ev is PAUSED:
+            s.accept_publish()
+    s.receive_data(pub.audio(10, b"\xaf\x01a") + pub.w.write(4, 8, 7, 20, b"\xaf\x01b"))  # wrong stream
+    media: list[tuple[int, int, bytes]] = []
+    try:
+        s.read_media(media)
+    except RemoteProtocolError as exc:
+        assert exc.reason == "order"
+    else:
+        raise AssertionError("media on another message stream must be refused")
+    assert media == [(8, 10, b"\xaf\x01a")]
+
+
+class _Live:
+    fenced = False
+
+    def __init__(self) -> None:
+        self.pushed: list[tuple] = []
+        self.video = self.audio = None
+
+    def push_media(self, track, pts, dts, key, data) -> None:
+        self.pushed.append((track, pts, dts, key, bytes(data)))
+
+    def set_video(self, cfg) -> None:
+        self.video = cfg
+
+    def set_audio(self, cfg) -> None:
+        self.audio = cfg
+
+
+_tags = st.lists(st.tuples(
+    st.sampled_from([9, 8]),
+    st.integers(0, 1 << 31),
+    st.sampled_from([b"\x17\x01", b"\x27\x01", b"\x17\x02", b"\x37\x01", b"\x27\x00", b"\x22", b"\xaf\x01",
+                     b"\xaf\x02", b"\x2f\x01", b"\xa0", b""]),
+    st.binary(max_size=12)), max_size=30)
+
+
+def _outcome(fn) -> tuple[str, str]:
+    try:
+        fn()
+    except Exception as exc:  # PublishAborted, with its reason, must be the same on both paths
+        return type(exc).__name__, getattr(exc, "reason", "")
+    return "", ""
+
+
+@settings(max_examples=150, deadline=None)
+@given(_tags)
+def test_on_media_pushes_what_on_video_and_on_audio_push(tags) -> None:
+    batch = [(t, ts, head + body) for t, ts, head, body in tags]
+    ref_live, fast_live = _Live(), _Live()
+    ref, fast = FlvPublish(ref_live, None), FlvPublish(fast_live, None)  # type: ignore[arg-type]
+
+    def reference() -> None:
+        for t, ts, payload in batch:
+            (ref.on_video if t == 9 else ref.on_audio)(ts, payload)
+
+    assert _outcome(lambda: fast.on_media(list(batch))) == _outcome(reference)
+    assert fast_live.pushed == ref_live.pushed
+    assert all(type(key) is bool for _, _, _, key, _ in fast_live.pushed)
