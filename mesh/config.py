@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import socket
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from .names import NAME_RULE, is_name
+
 ROLES = ("origin", "edge", "standalone")
-NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 DEFAULT_DATA_DIR = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "mesh"
 
 
@@ -55,6 +55,7 @@ class NodeConfig:
     stream_heartbeat_interval_s: float = 1.0
     origin_silence_s: float = 4.0  # an edge re-resolves a stream silent for this long
     edge_idle_unsubscribe_s: float = 30.0
+    edge_packetise_workers: int = 2  # threads cutting segments off the event loop (0 = on the loop)
     # ingest
     max_publishers: int = 500
     rtmp_max_message_bytes: int = 8 << 20
@@ -83,10 +84,10 @@ class NodeConfig:
 
         if self.role not in ROLES:
             raise bad("role", f"{self.role!r} is not one of {', '.join(ROLES)}")
-        if self.node_id and not NAME_RE.match(self.node_id):
-            raise bad("node_id", "use 1-128 characters from A-Z a-z 0-9 _ -")
-        if not NAME_RE.match(self.app):
-            raise bad("app", "use 1-128 characters from A-Z a-z 0-9 _ -")
+        if self.node_id and not is_name(self.node_id):
+            raise bad("node_id", f"use {NAME_RULE}")
+        if not is_name(self.app):
+            raise bad("app", f"use {NAME_RULE}")
         for name in ("http_port", "rtmp_port", "bus_port", "snapshot_port"):
             value = getattr(self, name)
             if not 0 <= value <= 65535:
@@ -105,6 +106,8 @@ class NodeConfig:
         if self.snapshot_segments < self.playlist_window:
             raise bad("snapshot_segments", "must be at least playlist_window, so a cold edge "
                       "can fill its window from the snapshot")
+        if not 0 <= self.edge_packetise_workers <= 64:
+            raise bad("edge_packetise_workers", "use 0 (packetise on the event loop) to 64 threads")
         if not 0 <= self.rtmp_read_max_interval_s <= 0.5:
             raise bad("rtmp_read_max_interval_s", "use 0 to 0.5 seconds")
         for name in ("bus_hwm", "snapshot_max_bytes", "max_publishers", "rtmp_max_message_bytes"):

@@ -7,8 +7,10 @@ fixed word such as ``handshake`` or ``oversize``, never peer-supplied text).
 from __future__ import annotations
 
 import logging
+from typing import Callable, Iterator
 
 from prometheus_client import Counter, Gauge
+from prometheus_client.core import REGISTRY, CounterMetricFamily, Metric
 
 log = logging.getLogger("mesh.bad_input")
 
@@ -16,12 +18,44 @@ BAD_INPUT = Counter(
     "mesh_bad_input_total", "Inputs rejected at a boundary (the sender got an error or was dropped)",
     ["boundary", "reason"],
 )
-BUS_SENT = Counter("mesh_bus_messages_sent_total", "Messages published on the bus", ["kind"])
-BUS_RECEIVED = Counter("mesh_bus_messages_received_total", "Bus messages received and accepted", ["kind"])
 BUS_GAPS = Counter("mesh_bus_gaps_total", "Sequence gaps seen by subscribers (publisher dropped at its HWM)")
 BUS_LOST = Counter("mesh_bus_lost_messages_total", "Messages missing in gaps or discarded until a segment start")
 STREAMS = Gauge("mesh_streams", "Streams this node is currently handling", ["role"])
 VIEWER_REQUESTS = Counter("mesh_hls_requests_total", "HLS requests served", ["kind", "status"])
+HLS_EGRESS_BYTES = Counter("mesh_hls_egress_bytes_total",
+                           "Bytes of HLS playlists and segments sent to viewers (updated every heartbeat)")
+
+
+class SummedCounter:
+    """A counter summed at scrape time from live objects' own tallies, for hot paths that must
+    not count per packet. Owners register a ``source`` returning their running total."""
+
+    def __init__(self, name: str, documentation: str):
+        self.name, self.documentation = name, documentation
+        self._sources: list[Callable[[], float]] = []
+        REGISTRY.register(self)
+
+    def add_source(self, source: Callable[[], float]) -> None:
+        self._sources.append(source)
+
+    def value(self) -> float:
+        return float(sum(source() for source in self._sources))
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation)
+        family.add_metric([], self.value())
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self.name, self.documentation)
+
+
+BUS_SENT = SummedCounter("mesh_bus_messages_sent", "ZeroMQ messages (batches of entries) published on the bus")
+BUS_SENT_ENTRIES = SummedCounter("mesh_bus_entries_sent", "Entries (access units, configs, heartbeats) published")
+BUS_RECEIVED = SummedCounter("mesh_bus_messages_received", "Bus messages received and decoded by subscribers")
+BUS_RECEIVED_ENTRIES = SummedCounter("mesh_bus_entries_received", "Entries received by subscribers")
+RTMP_RECEIVED_BYTES = SummedCounter(
+    "mesh_rtmp_received_bytes", "Bytes received from RTMP publishers (wire bytes, handshakes included)")
 
 
 def reject(boundary: str, reason: str, detail: str = "", *args: object) -> None:

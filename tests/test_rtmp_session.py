@@ -333,7 +333,7 @@ def test_longest_good_stream_name() -> None:
     assert drain(s, accept=False)[-1].stream_name == "A-z_9" * 25 + "abc"
 
 
-@pytest.mark.parametrize("app", ["", "a/b", "..", "x" * 65, "live app"])
+@pytest.mark.parametrize("app", ["", "a/b", "..", "x" * 129, "live app", "cam\n"])
 def test_bad_app_names_are_rejected(app: str) -> None:
     pub = Publisher()
     s = ServerSession()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from typing import Any
 
 import msgpack
@@ -144,6 +145,7 @@ class BusPublisher:
         self.messages_sent = 0
         self.entries_sent = 0
         self.snapshots_served = 0
+        _publishers.add(self)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -296,3 +298,8 @@ class BusPublisher:
             for channel in list(self.channels.values()):
                 channel.heartbeat()
             self.flush()
+
+
+_publishers: "weakref.WeakSet[BusPublisher]" = weakref.WeakSet()
+metrics.BUS_SENT.add_source(lambda: sum(p.messages_sent for p in list(_publishers)))
+metrics.BUS_SENT_ENTRIES.add_source(lambda: sum(p.entries_sent for p in list(_publishers)))

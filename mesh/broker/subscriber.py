@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from typing import Any, Callable, Protocol
 
 import msgpack
@@ -144,6 +145,8 @@ class Link:
         except wire.WireError as exc:
             metrics.reject("bus", exc.reason, "frame from %s: %s", self.bus_endpoint, exc)
             return
+        self.subscriber.messages_received += 1
+        self.subscriber.entries_received += len(entries)
         sub = self.subs.get(frames[0])
         if sub is not None:
             sub.on_live(entries)
@@ -275,6 +278,9 @@ class BusSubscriber:
         self.snapshot_timeout_s = snapshot_timeout_s
         self.snapshot_retries = snapshot_retries
         self.links: dict[str, Link] = {}
+        self.messages_received = 0
+        self.entries_received = 0
+        _subscribers.add(self)
 
     def subscribe(self, bus_endpoint: str, snapshot_endpoint: str, stream_id: str, rendition: str,
                   sink: Callable[[list[Delivery]], None]) -> Subscription:
@@ -294,3 +300,8 @@ class BusSubscriber:
         links, self.links = list(self.links.values()), {}
         for link in links:
             await link.close()
+
+
+_subscribers: "weakref.WeakSet[BusSubscriber]" = weakref.WeakSet()
+metrics.BUS_RECEIVED.add_source(lambda: sum(s.messages_received for s in list(_subscribers)))
+metrics.BUS_RECEIVED_ENTRIES.add_source(lambda: sum(s.entries_received for s in list(_subscribers)))

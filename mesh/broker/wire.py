@@ -25,6 +25,8 @@ from typing import Any, Iterable, Iterator
 
 import msgpack
 
+from ..names import NAME_PATTERN, is_name
+
 VERSION = 1
 
 MEDIA = 0
@@ -43,9 +45,7 @@ MAX_ENTRIES = 8192
 MAX_PAYLOAD_BYTES = 256 << 20
 MAX_ENTRY_BYTES = 32 << 20
 
-_NAME = r"[A-Za-z0-9_-]{1,128}"
-_TOPIC_RE = re.compile(rf"^s/({_NAME})/({_NAME})/$".encode())
-NAME_RE = re.compile(rf"^{_NAME}$")
+_TOPIC_RE = re.compile(rf"s/({NAME_PATTERN})/({NAME_PATTERN})/".encode())
 
 _packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 
@@ -108,7 +108,7 @@ class Entry:
 
 
 def topic_for(stream_id: str, rendition: str = "src") -> bytes:
-    if not NAME_RE.match(stream_id) or not NAME_RE.match(rendition):
+    if not is_name(stream_id) or not is_name(rendition):
         raise ValueError(f"bad stream id or rendition: {stream_id!r}/{rendition!r}")
     return f"s/{stream_id}/{rendition}/".encode()
 
@@ -116,7 +116,7 @@ def topic_for(stream_id: str, rendition: str = "src") -> bytes:
 def parse_topic(topic: bytes) -> tuple[str, str]:
     if len(topic) > MAX_TOPIC_BYTES:
         raise WireError("topic", f"topic of {len(topic)} bytes is too long")
-    m = _TOPIC_RE.match(topic)
+    m = _TOPIC_RE.fullmatch(topic)
     if m is None:
         raise WireError("topic", f"topic {bytes(topic[:60])!r} is not s/<stream>/<rendition>/")
     return m.group(1).decode(), m.group(2).decode()

@@ -56,3 +56,34 @@ def render_media_playlist(base: str, segments: Sequence[SegmentRef], *, configur
     if ended:
         lines.append("#EXT-X-ENDLIST")
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """One rendition as a master playlist lists it (RFC 8216 section 4.3.4.2)."""
+
+    uri: str
+    bandwidth: int  # peak segment bitrate, bits/s
+    average_bandwidth: int | None = None
+    width: int | None = None
+    height: int | None = None
+    codecs: str | None = None
+    frame_rate: float | None = None
+
+
+def render_master_playlist(variants: Sequence[Variant]) -> str:
+    """A master playlist listing ``variants`` highest bandwidth first."""
+    lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-INDEPENDENT-SEGMENTS"]
+    for v in sorted(variants, key=lambda v: -v.bandwidth):
+        attrs = [f"BANDWIDTH={max(v.bandwidth, 1)}"]
+        if v.average_bandwidth:
+            attrs.append(f"AVERAGE-BANDWIDTH={v.average_bandwidth}")
+        if v.width and v.height:
+            attrs.append(f"RESOLUTION={v.width}x{v.height}")
+        if v.codecs:
+            attrs.append(f'CODECS="{v.codecs}"')
+        if v.frame_rate:
+            attrs.append(f"FRAME-RATE={v.frame_rate:.3f}")
+        lines.append(f"#EXT-X-STREAM-INF:{','.join(attrs)}")
+        lines.append(v.uri)
+    return "\n".join(lines) + "\n"

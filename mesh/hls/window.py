@@ -2,8 +2,14 @@
 
 It never chooses a boundary: a segment is the run of packets the origin numbered alike, closed
 when the origin's next segment start arrives (or the stream ends). Closed segments are packetised
-at once into MPEG-TS, listed in a sliding window, and kept fetchable for a while after they leave
-it, so a slow player does not get 404.
+into MPEG-TS, listed in a sliding window, and kept fetchable for a while after they leave it, so a
+slow player does not get 404.
+
+Packetising may run elsewhere: with an ``offload`` (see :mod:`mesh.hls.packetiser`) a closed
+segment is packetised on a worker thread while the event loop keeps serving. What the window shows
+(its list, its bytes, whether it ended) changes only through an ordered queue of outcomes, applied
+from the head as each packetising job finishes, so the result is the same, in the same order, as
+packetising inline (which is what happens without an ``offload``, as in the tests).
 
 Discontinuities come from the origin too: each epoch carries the discontinuity number the registry
 gave it. A hole the bus could not repair (a :class:`Gap`) or a jump in numbering restarts the
@@ -13,7 +19,8 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict, deque
-from typing import Any, Callable, Iterable
+from concurrent.futures import Future
+from typing import Any, Callable, Iterable, Union
 
 from mesh_codecs.media import (AUDIO, CLOCK_HZ, AccessUnit, AudioConfig, VideoConfig,
                                audio_from_dict, video_from_dict)
@@ -26,6 +33,10 @@ from .playlist import SegmentRef, render_media_playlist
 log = logging.getLogger("mesh.hls")
 
 Packetiser = Callable[[VideoConfig | None, AudioConfig | None, list[AccessUnit]], bytes]
+Job = Callable[[], bytes]
+#: Runs a packetising job somewhere and calls ``done()`` on the window's own thread when it has
+#: finished (see :class:`mesh.hls.packetiser.WorkerPool`).
+Offload = Callable[[Job, Callable[[], None]], "Future[bytes]"]
 
 
 class _Open:
@@ -40,11 +51,27 @@ class _Open:
         self.aus: list[AccessUnit] = []
 
 
+# Outcomes, applied in order: list a packetised segment, restart the window, set the end state.
+_List = tuple[SegmentRef, "Future[bytes]"]
+_RESET = "reset"
+_Outcome = Union[_List, str, bool]
+
+
+def _inline(job: Job) -> "Future[bytes]":
+    done: Future[bytes] = Future()
+    try:
+        done.set_result(job())
+    except Exception as exc:
+        done.set_exception(exc)
+    return done
+
+
 class RenditionWindow:
     def __init__(self, base: str, packetise: Packetiser, *, window: int = 5, retired: int = 10,
-                 target_s: float = 2.0):
+                 target_s: float = 2.0, offload: Offload | None = None):
         self.base = base  # playlist base name: segment names are {base}{seq:09d}.ts
         self.packetise = packetise
+        self.offload = offload
         self.window = window
         self.target_s = target_s
         self.listed: deque[SegmentRef] = deque()
@@ -55,8 +82,11 @@ class RenditionWindow:
         self.disc = 0
         self.epoch = 0
         self.ended = False
+        self.version = 0  # changes whenever what the window shows changes (for reply caches)
         self._open: _Open | None = None
-        self.last_seq: int | None = None  # highest segment number ever listed (survives resets)
+        self._run = False  # a segment was closed since the window last (re)started
+        self.last_seq: int | None = None  # highest segment number ever closed (survives resets)
+        self._outcomes: deque[_Outcome] = deque()
         self._listeners: list[Callable[[], None]] = []
         self.segments_cut = 0
         self.resets = 0
@@ -67,13 +97,13 @@ class RenditionWindow:
         """Called after a segment is listed or the stream ends (long-poll waiters, tests)."""
         self._listeners.append(callback)
 
-    def _changed(self) -> None:
-        for callback in list(self._listeners):
-            callback()
+    @property
+    def pending(self) -> int:
+        """Closed segments (and state changes behind them) not applied yet."""
+        return len(self._outcomes)
 
     # -- input -----------------------------------------------------------------------------
     def feed(self, deliveries: Iterable[Entry | Gap]) -> None:
-        changed = False
         for d in deliveries:
             if isinstance(d, Gap):
                 self._hole(f"bus gap of {d.lost}")
@@ -81,7 +111,7 @@ class RenditionWindow:
             kind = d.kind
             if kind == MEDIA:
                 if d.flags & 2:  # segment start
-                    changed |= self._close(d)
+                    self._close(d)
                     self._start(d)
                 elif self._open is not None and d.seg == self._open.seq and d.epoch == self._open.epoch:
                     self._add(d)
@@ -90,11 +120,15 @@ class RenditionWindow:
             elif kind == CONFIG:
                 self._config(d)
             elif kind == EOS:
-                changed |= self._close(None)
-                self.ended = True
-                changed = True
-        if changed:
-            self._changed()
+                self._close(None)
+                self._outcomes.append(True)
+        self.settle()
+
+    def end(self) -> None:
+        """The stream ended without its end of stream reaching us (the registry says so)."""
+        self._open = None  # never list what its origin did not close: edges would disagree
+        self._outcomes.append(True)
+        self.settle()
 
     def _config(self, entry: Entry) -> None:
         extra = entry.extra or {}
@@ -108,7 +142,7 @@ class RenditionWindow:
             metrics.reject("bus", "config", "config of %s: %s", self.base, exc)
             return
         self.video, self.audio, self.disc = video, audio, disc
-        self.ended = False
+        self._outcomes.append(False)
 
     def _start(self, entry: Entry) -> None:
         if self.video is None and self.audio is None:
@@ -116,7 +150,7 @@ class RenditionWindow:
             return  # no codec config yet: nothing we could packetise
         if entry.epoch != self.epoch:
             self.epoch = entry.epoch
-            self.ended = False
+            self._outcomes.append(False)
         last = self.last_seq
         if last is not None and entry.seg <= last:
             # A new origin reused numbers an old one listed (it died before recording them):
@@ -124,7 +158,7 @@ class RenditionWindow:
             self.dropped += 1
             self._open = None
             return
-        if self.listed and entry.seg != last + 1:
+        if self._run and entry.seg != last + 1:
             self._hole(f"segment {entry.seg} follows {last}")
         pdt = entry.extra.get("t") if entry.extra else None
         self._open = _Open(entry.seg, entry.epoch, self.disc, entry.dts,
@@ -139,17 +173,18 @@ class RenditionWindow:
         if entry.dts > o.last_dts:
             o.last_dts = entry.dts
 
-    def _close(self, next_start: Entry | None) -> bool:
-        """Packetise and list the open segment; its duration runs to ``next_start``'s DTS (or,
-        at the end of a stream or an epoch, one frame past its last packet)."""
+    def _close(self, next_start: Entry | None) -> None:
+        """Packetise the open segment (here or on a worker) and queue its listing; its duration
+        runs to ``next_start``'s DTS (or, at the end of a stream or an epoch, one frame past its
+        last packet)."""
         o, self._open = self._open, None
         if o is None or not o.aus:
-            return False
+            return
         if next_start is not None and next_start.epoch != o.epoch:
             # Its origin never closed it (it died, or was deposed): how much of it each edge got
             # is luck, so listing it would break byte-identity. The new epoch takes the number.
             self.dropped += len(o.aus)
-            return False
+            return
         if next_start is not None and next_start.dts > o.start_dts:
             duration = next_start.dts - o.start_dts
         else:
@@ -157,28 +192,65 @@ class RenditionWindow:
             track = [a.dts for a in o.aus if a.track == main]
             step = (track[-1] - track[-2]) if len(track) >= 2 else CLOCK_HZ // 30
             duration = o.last_dts - o.start_dts + max(step, 1)
-        try:
-            data = self.packetise(o.video, o.audio, o.aus)
-        except Exception:
-            log.exception("packetising segment %d of %s failed", o.seq, self.base)
-            return False
-        self.listed.append(SegmentRef(o.seq, duration / CLOCK_HZ, o.disc, o.pdt_ms))
+        video, audio, aus, packetise = o.video, o.audio, o.aus, self.packetise
+
+        def job() -> bytes:
+            return packetise(video, audio, aus)
+
+        done = _inline(job) if self.offload is None else self.offload(job, self.settle)
+        self._outcomes.append((SegmentRef(o.seq, duration / CLOCK_HZ, o.disc, o.pdt_ms), done))
         self.last_seq = o.seq
-        self.data[o.seq] = data
+        self._run = True
+
+    def _hole(self, why: str) -> None:
+        """Restart the window after a hole; listed segments stay fetchable."""
+        self._open = None
+        if self._run:
+            self._run = False
+            self._outcomes.append(_RESET)
+            log.info("%s: restarting the playlist window (%s)", self.base, why)
+
+    # -- applying outcomes, in order -------------------------------------------------------
+    def settle(self) -> None:
+        """Apply finished outcomes from the head of the queue; tell listeners if anything shows."""
+        outcomes, changed = self._outcomes, False
+        while outcomes:
+            head = outcomes[0]
+            if type(head) is tuple:
+                ref, done = head
+                if not done.done():
+                    break
+                changed |= self._list(ref, done)
+            elif head is _RESET:
+                if self.listed:
+                    self.resets += 1
+                    self.listed.clear()
+                    self.version += 1
+            elif head is not self.ended:
+                self.ended = head  # type: ignore[assignment]
+                self.version += 1
+                changed |= head is True
+            outcomes.popleft()
+        if changed:
+            for callback in list(self._listeners):
+                callback()
+
+    def _list(self, ref: SegmentRef, done: "Future[bytes]") -> bool:
+        try:
+            data = done.result()
+        except Exception:
+            log.exception("packetising segment %d of %s failed", ref.seq, self.base)
+            return False
+        self.listed.append(ref)
+        self.data[ref.seq] = data
+        self.data.move_to_end(ref.seq)
         self.segments_cut += 1
+        self.version += 1
         while len(self.listed) > self.window:
             self.listed.popleft()
         while len(self.data) > self.keep:
             self.data.popitem(last=False)
         return True
-
-    def _hole(self, why: str) -> None:
-        """Restart the window after a hole; listed segments stay fetchable."""
-        self._open = None
-        if self.listed:
-            self.resets += 1
-            log.info("%s: restarting the playlist window (%s)", self.base, why)
-            self.listed.clear()
 
     # -- output ----------------------------------------------------------------------------
     def playlist(self) -> str:
@@ -192,6 +264,21 @@ class RenditionWindow:
     def segment_count(self) -> int:
         return len(self.listed)
 
+    def peak_and_average_bps(self) -> tuple[int, int]:
+        """Measured bitrates of the segments held (listed and retired), for a master playlist:
+        the largest listed segment's bits per second (RFC 8216 BANDWIDTH) and the mean over them."""
+        peak, total_bits, total_s = 0, 0, 0.0
+        for ref in self.listed:
+            data, seconds = self.data.get(ref.seq), ref.duration_s
+            if data is None or seconds <= 0:
+                continue
+            bits = len(data) * 8
+            peak = max(peak, int(bits / seconds + 0.5))
+            total_bits += bits
+            total_s += seconds
+        return peak, int(total_bits / total_s + 0.5) if total_s else 0
+
     def stats(self) -> dict[str, Any]:
         return {"listed": len(self.listed), "kept": len(self.data), "cut": self.segments_cut,
-                "resets": self.resets, "dropped": self.dropped, "ended": self.ended}
+                "resets": self.resets, "dropped": self.dropped, "ended": self.ended,
+                "pending": len(self._outcomes)}

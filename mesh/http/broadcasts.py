@@ -12,12 +12,13 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from ..broker.wire import NAME_RE
+from ..errors import Conflict, Invalid, MeshError
+from ..names import NAME_RULE, is_name
 from ..registry import Registry
 from .app import HttpError, json_response
 from .cluster import page_args
 
-CreateHandler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+CreateHandler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]  # -> stream document
 
 
 def _ms(value: Any) -> int | None:
@@ -55,8 +56,8 @@ def broadcast_json(doc: dict[str, Any]) -> dict[str, Any]:
 
 def stream_id_arg(request: web.Request) -> str:
     stream_id = request.match_info["id"]
-    if not NAME_RE.match(stream_id):
-        raise HttpError(400, "stream ids use 1-128 characters from A-Z a-z 0-9 _ -", "path")
+    if not is_name(stream_id):
+        raise HttpError(400, f"stream ids use {NAME_RULE}", "path")
     return stream_id
 
 
@@ -88,7 +89,15 @@ def add_broadcast_routes(app: web.Application, registry: Registry, app_name: str
         if not isinstance(body, dict):
             raise HttpError(400, 'the body must be a JSON object like {"streamId": "cam1", '
                                  '"streamUrl": "rtsp://camera/stream"}', "body")
-        return json_response(await create(app_name, body))
+        try:
+            doc = await create(app_name, body)
+        except Invalid as exc:
+            raise HttpError(400, exc.message, exc.reason) from None
+        except Conflict as exc:
+            raise HttpError(409, exc.message, exc.reason) from None
+        except MeshError as exc:
+            raise HttpError(503, exc.message, exc.reason) from None
+        return json_response(broadcast_json(doc))
 
     app.router.add_get(base + "/list/{offset}/{size}", list_page)
     app.router.add_post(base + "/create", create_one)

@@ -11,11 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .segmenter import Segmenter
 
 if TYPE_CHECKING:
     from ..registry import Registry
-    from .live import LiveStream
+
+
+class LiveStream(Protocol):
+    """What the book needs of a live stream (:class:`mesh.ingest.live.LiveStream`)."""
+
+    stream_id: str
+    epoch: int
+    fenced: bool
+    finished: bool
+    segmenter: Segmenter
+
+    def renditions(self) -> list[dict[str, Any]]: ...
+
+    def fence(self) -> None: ...
 
 log = logging.getLogger("mesh.ingest")
 

@@ -39,8 +39,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from prometheus_client.core import REGISTRY, CounterMetricFamily
-
 from mesh import metrics
 from mesh.protocols.rtmp import (NEED_DATA, PAUSED, AudioMessage, Connected, Metadata, PeerClosed,
                                  PublishRequested, RemoteProtocolError, ServerSession, State, Unpublished,
@@ -619,17 +617,4 @@ class _MediaReader:
 
 
 _servers: weakref.WeakSet[RtmpServer] = weakref.WeakSet()
-
-
-class _IngestCollector:
-    """``mesh_rtmp_received_bytes_total`` for /metrics, summed at scrape time (nothing is counted
-    per packet)."""
-
-    def collect(self):  # type: ignore[no-untyped-def]
-        family = CounterMetricFamily("mesh_rtmp_received_bytes",
-                                     "Bytes received from RTMP publishers (wire bytes, handshakes included)")
-        family.add_metric([], float(sum(s.bytes_received for s in list(_servers))))
-        yield family
-
-
-REGISTRY.register(_IngestCollector())
+metrics.RTMP_RECEIVED_BYTES.add_source(lambda: sum(s.bytes_received for s in list(_servers)))

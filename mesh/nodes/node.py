@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import zmq
 import zmq.asyncio
@@ -32,18 +32,10 @@ from ..http.broadcasts import add_broadcast_routes
 from ..http.cluster import add_cluster_routes
 from ..http.pages import add_page_routes
 from ..registry import NodeInfo, Registry, RegistryError
+from .part import Part, Shared
+from .roles import build_parts
 
 log = logging.getLogger("mesh.node")
-
-
-class Part(Protocol):
-    name: str
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    def load(self) -> dict[str, Any]: ...
 
 
 class Node:
@@ -75,14 +67,11 @@ class Node:
         await self.registry.connect()
         self.zmq = zmq.asyncio.Context()
         add_cluster_routes(self.app, self.registry, self.health)
-        from .roles import parts_for_role  # role parts import heavier modules (PyAV, Numba)
-        self.parts = parts_for_role(self)
+        role = build_parts(self.role, Shared(cfg, self.registry, self.zmq, self.info, self.app, self.http))
+        self.parts = role.parts
         for part in self.parts:
             await part.start()
-        origin = next((p for p in self.parts if p.name == "origin"), None)
-        add_broadcast_routes(self.app, self.registry, cfg.app,
-                             origin.pulls.create if origin is not None else None,  # type: ignore
-                             self._origin_hint)
+        add_broadcast_routes(self.app, self.registry, cfg.app, role.create_pull, self._origin_hint)
         add_page_routes(self.app, cfg.app)
         await self.http.start()
         self.info.http_url = f"http://{cfg.host}:{self.http.port}"
@@ -179,7 +168,7 @@ class Node:
     def listening(self) -> list[tuple[str, str]]:
         rows = [("http", f"http://{self.cfg.host}:{self.http.port}/")]
         for part in self.parts:
-            rows.extend(getattr(part, "listening", lambda: [])())
+            rows.extend(part.listening())
         db = self.embedded.uri + " (embedded)" if self.embedded else _hide_password(self.cfg.mongo)
         rows.append(("db", db))
         return rows

@@ -1,20 +1,31 @@
-"""Which parts run in which role."""
+"""Which parts run in which role, built from what the node shares."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
-if TYPE_CHECKING:
-    from .node import Node, Part
+from .part import CreatePull, Part, Shared
 
 
-def parts_for_role(node: "Node") -> list["Part"]:
+@dataclass
+class RoleParts:
+    parts: list[Part]
+    create_pull: CreatePull | None  # the origin's pull-source creation, when there is an origin
+
+
+def build_parts(role: str, shared: Shared) -> RoleParts:
+    # Imported here: role parts import heavier modules (PyAV, Numba) that a node of the other
+    # role never needs.
     from .edge import EdgePart
     from .origin import OriginPart
 
-    if node.role == "origin":
-        return [OriginPart(node)]
-    if node.role == "edge":
-        return [EdgePart(node)]
-    # standalone: origin and edge in one process; the edge reads the origin over the same bus
-    # path a remote edge would, so one code path serves both.
-    return [OriginPart(node), EdgePart(node)]
+    parts: list[Part] = []
+    create_pull: CreatePull | None = None
+    if role in ("origin", "standalone"):
+        origin = OriginPart(shared.cfg, shared.registry, shared.zmq, shared.info)
+        parts.append(origin)
+        create_pull = origin.pulls.create
+    if role in ("edge", "standalone"):
+        # standalone: the edge reads the origin over the same bus path a remote edge would, so
+        # one code path serves both.
+        parts.append(EdgePart(shared.cfg, shared.registry, shared.zmq, shared.app, shared.http))
+    return RoleParts(parts, create_pull)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import enum
 import os
-import re
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from . import amf0
 from .chunk import (AGGREGATE, AUDIO, COMMAND_AMF0, COMMAND_AMF3, DATA_AMF0, DATA_AMF3, SET_CHUNK_SIZE,
                     SET_PEER_BANDWIDTH, USER_CONTROL, VIDEO, WINDOW_ACK_SIZE, ChunkReader, ChunkWriter,
                     Message)
+from ...names import NAME_MAX, NAME_RULE, is_name
 from .errors import LocalProtocolError, RemoteProtocolError
 from .handshake import C0C1_SIZE, C2_SIZE, check_c0, server_response
 
@@ -98,8 +98,6 @@ del S, T
 _AWAIT_C0C1, _AWAIT_C2, _PUBLISHING = State.AWAIT_C0C1, State.AWAIT_C2, State.PUBLISHING
 _CLOSING, _ERROR, _CLOSED = State.CLOSING, State.ERROR, State.CLOSED
 
-STREAM_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,128}\Z")
-APP_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 MAX_QUERY_LEN = 2048
 _MASK32 = 0xFFFFFFFF
 _U32 = struct.Struct(">I")
@@ -520,11 +518,11 @@ class ServerSession:
             raise RemoteProtocolError("connect without a command object naming the app", reason="command")
         app, _, query = obj["app"].partition("?")
         app = app.strip("/")
-        if not APP_NAME_RE.match(app):
+        if not is_name(app):
             self._command("_error", txn, None, _status("error", "NetConnection.Connect.Rejected",
                                                        "bad application name"))
-            raise RemoteProtocolError(f"application name {app[:80]!r} is not 1-64 characters of "
-                                      "[A-Za-z0-9_-]", reason="badname")
+            raise RemoteProtocolError(f"application name {app[:80]!r} is not {NAME_RULE}",
+                                      reason="badname")
         self.app = app
         self.app_query = _parse_query(query)
         tc_url = obj.get("tcUrl")
@@ -548,12 +546,10 @@ class ServerSession:
             raise RemoteProtocolError("publish without a stream name", reason="command")
         name, _, query = raw.partition("?")
         self.stream_id = msg.stream_id
-        self.stream_name = name[:128]
-        if not STREAM_NAME_RE.match(name):
-            self._on_status(_status("error", "NetStream.Publish.BadName",
-                                    "stream names are 1-128 characters of A-Z a-z 0-9 _ -"))
-            raise RemoteProtocolError(f"stream name {name[:80]!r} is not 1-128 characters of [A-Za-z0-9_-]",
-                                      reason="badname")
+        self.stream_name = name[:NAME_MAX]
+        if not is_name(name):
+            self._on_status(_status("error", "NetStream.Publish.BadName", f"stream names are {NAME_RULE}"))
+            raise RemoteProtocolError(f"stream name {name[:80]!r} is not {NAME_RULE}", reason="badname")
         merged = {**self.app_query, **_parse_query(query)}
         self._fire(Trigger.PUBLISH)
         kind = values[4] if len(values) > 4 and isinstance(values[4], str) else "live"
