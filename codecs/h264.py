@@ -165,19 +165,6 @@ def unescape_rbsp(nal: bytes) -> bytes:
     return bytes(nal).replace(b"\x00\x00\x03", b"\x00\x00")
 
 
-def escape_rbsp(rbsp: bytes) -> bytes:
-    """Insert emulation-prevention bytes so no ``00 00 0x`` (x <= 3) remains."""
-    out = bytearray()
-    zeros = 0
-    for b in rbsp:
-        if zeros >= 2 and b <= 3:
-            out.append(3)
-            zeros = 0
-        out.append(b)
-        zeros = zeros + 1 if b == 0 else 0
-    return bytes(out)
-
-
 def _skip_scaling_list(bits: BitReader, size: int) -> None:
     last = nxt = 8
     for _ in range(size):
@@ -327,11 +314,6 @@ def join_annexb(nals: Sequence[bytes]) -> bytes:
 def annexb_to_avcc(data: bytes, nal_length_size: int = 4) -> bytes:
     """Annex B byte stream -> AVCC access unit."""
     return join_avcc(split_annexb(data), nal_length_size)
-
-
-def avcc_to_annexb(data: bytes, nal_length_size: int = 4) -> bytes:
-    """AVCC access unit -> Annex B with 4-byte start codes."""
-    return join_annexb(split_avcc(data, nal_length_size))
 
 
 def normalize_nal_length_size(data: bytes, nal_length_size: int) -> bytes:

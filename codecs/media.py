@@ -13,9 +13,6 @@ CLOCK_HZ = 90_000
 
 VIDEO = 0
 AUDIO = 1
-TRACK_NAMES = {VIDEO: "video", AUDIO: "audio"}
-
-
 @dataclass(slots=True)
 class AccessUnit:
     """One encoded video frame or audio frame."""
@@ -47,11 +44,6 @@ class AudioConfig:
     channels: int
     codec_string: str  # RFC 6381, e.g. "mp4a.40.2"
     codec: str = "aac"
-
-
-def ms_to_clock(ms: int) -> int:
-    """RTMP/FLV milliseconds to the 90 kHz bus clock."""
-    return ms * 90
 
 
 def _field(params: dict, name: str, kind: type, lo: int | None = None, hi: int | None = None):

@@ -184,10 +184,6 @@ class Nginx:
                                      stdout=subprocess.DEVNULL, stderr=open(prefix / "stderr.log", "ab"),
                                      stdin=subprocess.DEVNULL, start_new_session=True)
 
-    def reload(self, conf: str) -> None:
-        self.conf_path.write_text(conf)
-        self.proc.send_signal(signal.SIGHUP)
-
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGQUIT)  # graceful

@@ -73,10 +73,6 @@ class NodeConfig:
         suffix = self.http_port or os.getpid()  # port 0 is not unique; the pid is, on this host
         return f"{self.role}-{socket.gethostname()}-{suffix}"
 
-    @property
-    def embedded_db(self) -> bool:
-        return not self.mongo
-
     # -- validation ------------------------------------------------------------------------
     def validate(self) -> "NodeConfig":
         def bad(name: str, why: str) -> ConfigError:

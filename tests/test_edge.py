@@ -150,6 +150,59 @@ def test_bad_paths_get_4xx_and_the_edge_keeps_serving(cluster: Cluster) -> None:
     assert fetch(f"{edge.http}/LiveApp/streams/cam1.m3u8")[0] == 200
 
 
+def metric(node: NodeProcess, name: str) -> float:
+    text = fetch(f"{node.http}/metrics")[1].decode()
+    found = re.findall(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    assert found, f"{name} is not exported by {node.http}"
+    return float(found[0])
+
+
+def test_operators_see_streams_bus_traffic_and_egress_move(cluster: Cluster) -> None:
+    edge = cluster.edges[0]
+    playlist(edge)
+    assert metric(cluster.origin, 'mesh_streams{role="origin"}') == 1
+    assert metric(edge, 'mesh_streams{role="edge"}') == 1
+    sent = metric(cluster.origin, "mesh_bus_messages_sent_total")
+    received = metric(edge, "mesh_bus_messages_received_total")
+    assert sent > 0 and received > 0 and metric(edge, "mesh_bus_entries_received_total") >= received
+    # egress: counted per reply, published with the heartbeat (metric and the node JSON)
+    before = metric(edge, "mesh_hls_egress_bytes_total")
+    name = SEGMENT_NAME.findall(playlist(edge))[-1]
+    size = len(fetch(f"{edge.http}/LiveApp/streams/{name}")[1])
+    wait_until(lambda: metric(edge, "mesh_hls_egress_bytes_total") >= before + size, timeout_s=10,
+               interval_s=0.3, message="egress bytes counted")
+    assert wait_until(lambda: metric(cluster.origin, "mesh_bus_messages_sent_total") > sent, timeout_s=10)
+
+    def edge_row() -> dict | None:
+        import json
+        rows = json.loads(fetch(f"{edge.http}/rest/v2/cluster/nodes/0/50")[1])
+        return next((r for r in rows if r["httpUrl"] == edge.http and r["egressKbps"]), None)
+    row = wait_until(edge_row, timeout_s=10, interval_s=0.5, message="egressKbps in the node JSON")
+    assert row["egressKbps"] > 0 and row["role"] == "edge"
+
+
+def test_master_playlist_lists_the_source_with_measured_peak_bandwidth(cluster: Cluster) -> None:
+    a, b = cluster.edges[:2]
+    for _ in range(10):  # the window may slide between requests: take a stable triple
+        media = playlist(a)
+        status, body, headers = fetch(f"{a.http}/LiveApp/streams/cam1_adaptive.m3u8")
+        other = fetch(f"{b.http}/LiveApp/streams/cam1_adaptive.m3u8")[1]
+        if playlist(a) == media and playlist(b) == media:
+            break
+    assert status == 200 and headers["Content-Type"].startswith("application/vnd.apple.mpegurl")
+    text = body.decode()
+    assert other == body, "two edges holding the same window render the same master playlist"
+    info = re.search(r"#EXT-X-STREAM-INF:(.*)\n(.*)\n", text)
+    assert info and info.group(2) == "cam1.m3u8"
+    attrs = dict(re.findall(r'([A-Z-]+)=("[^"]*"|[^,]*)', info.group(1)))
+    assert attrs["RESOLUTION"] == "640x360" and attrs["CODECS"].startswith('"avc1.')
+    peak, average = int(attrs["BANDWIDTH"]), int(attrs["AVERAGE-BANDWIDTH"])
+    assert 0 < average <= peak
+    rates = [len(fetch(f"{a.http}/LiveApp/streams/{name}")[1]) * 8 / float(duration)
+             for duration, name in re.findall(r"#EXTINF:([\d.]+),\n(cam1\d{9}\.ts)", media)]
+    assert rates and max(rates) == pytest.approx(peak, rel=0.01), "BANDWIDTH is the peak segment bitrate"
+
+
 def test_unknown_stream_is_404_json(cluster: Cluster) -> None:
     status, body, headers = fetch(f"{cluster.edges[0].http}/LiveApp/streams/ghost.m3u8")
     assert status == 404 and b"no stream ghost" in body and headers["Content-Type"].startswith("application/json")

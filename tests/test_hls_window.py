@@ -124,3 +124,101 @@ def test_render_is_deterministic_and_ceil_target() -> None:
                                      "#EXT-X-MEDIA-SEQUENCE:7", "#EXT-X-DISCONTINUITY-SEQUENCE:3"]
     assert "#EXTINF:4.200,\nx000000008.ts" in text
     assert "#EXT-X-DISCONTINUITY\n#EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:26.323Z" in text
+
+
+# -- packetising off the loop: the same outcomes, in the same order --------------------------
+
+class HeldJobs:
+    """An offload that holds jobs until told to run them, in any order (what worker threads may do)."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple] = []
+
+    def __call__(self, job, done):
+        from concurrent.futures import Future
+        future: Future = Future()
+        self.jobs.append((job, done, future))
+        return future
+
+    def run(self, order) -> None:
+        for i in order:
+            job, done, future = self.jobs[i]
+            future.set_result(job())
+            done()
+
+
+def scenario(f: Feed, g: Feed) -> list[list]:
+    """Batches covering a hole, a takeover with a discontinuity, reused numbers and the end."""
+    return [[f.config()] + f.segment(0), f.segment(1), f.segment(2)[:10] + [Gap(50, "window")],
+            f.segment(3), f.segment(4), [g.config()] + g.segment(4) + g.segment(5), g.segment(6),
+            g.segment(7) + [g.entry(EOS, extra={"reason": "finished"})]]
+
+
+def state(w: RenditionWindow) -> tuple:
+    return (list(w.listed), dict(w.data), w.ended, w.resets, w.version, w.playlist())
+
+
+def test_offloaded_packetising_lists_exactly_what_inline_packetising_lists() -> None:
+    inline = window(window=4)
+    for batch in scenario(Feed(), Feed(epoch=2, disc=1)):
+        inline.feed(batch)
+    held = HeldJobs()
+    w = RenditionWindow("cam1", fake_packetise, window=4, retired=2, target_s=2.0, offload=held)
+    changes: list[int] = []
+    w.on_change(lambda: changes.append(len(w.listed)))
+    for batch in scenario(Feed(), Feed(epoch=2, disc=1)):
+        w.feed(batch)
+    assert w.segment_count == 0 and not w.ended and w.pending > 0, "nothing shows before it is cut"
+    assert len(held.jobs) == 7
+    held.run([6, 5, 4])  # later segments finish first: still nothing may show out of order
+    assert w.segment_count == 0 and not w.ended
+    held.run([1])
+    assert w.segment_count == 0, "segment 0 is not cut yet, so 1 waits"
+    held.run([0])
+    assert list(w.data) == [0, 1] and w.segments_cut == 2 and changes == [0], "then both, in order"
+    assert w.resets == 1 and w.segment_count == 0, "and the hole behind them restarted the window"
+    assert w.segment(0) and w.segment(1) and w.segment(3) is None
+    held.run([2, 3])
+    assert w.pending == 0 and state(w) == state(inline)
+    assert changes[-1] == len(inline.listed) and w.ended
+
+
+def test_offloaded_packetising_on_real_threads_matches_inline() -> None:
+    import asyncio
+
+    from mesh.hls.packetiser import WorkerPool
+
+    inline = window(window=4)
+    for batch in scenario(Feed(), Feed(epoch=2, disc=1)):
+        inline.feed(batch)
+
+    async def run() -> tuple:
+        pool = WorkerPool(2)
+        try:
+            w = RenditionWindow("cam1", fake_packetise, window=4, retired=2, target_s=2.0,
+                                offload=pool.offload())
+            ended = asyncio.Event()
+            w.on_change(lambda: w.ended and ended.set())
+            for batch in scenario(Feed(), Feed(epoch=2, disc=1)):
+                w.feed(batch)
+            await asyncio.wait_for(ended.wait(), 10)
+            return state(w)
+        finally:
+            pool.close()
+
+    assert asyncio.run(run()) == state(inline)
+
+
+def test_a_failed_packetise_is_logged_and_the_window_goes_on(caplog) -> None:
+    calls = []
+
+    def flaky(video, audio, aus) -> bytes:
+        calls.append(aus[0].dts)
+        if len(calls) == 2:
+            raise RuntimeError("kernel bug")
+        return fake_packetise(video, audio, aus)
+
+    w, f = RenditionWindow("cam1", flaky, window=5, retired=2, target_s=2.0), Feed()
+    for seg in range(4):
+        w.feed(([f.config()] if seg == 0 else []) + f.segment(seg))
+    assert [s.seq for s in w.listed] == [0, 2] and "packetising segment 1 of cam1 failed" in caplog.text

@@ -152,3 +152,19 @@ def test_metrics_are_declared_only_in_mesh_metrics() -> None:
         text = path.read_text()
         for declaration in ("Counter(", "Gauge(", "Histogram(", "Summary(", "MetricFamily("):
             assert declaration not in text, f"{module} declares a metric ({declaration})"
+
+
+def test_every_declared_metric_is_updated_somewhere() -> None:
+    import mesh.metrics as m
+    from prometheus_client import Counter, Gauge
+
+    declared = [name for name, value in vars(m).items()
+                if isinstance(value, (Counter, Gauge, m.SummedCounter))]
+    assert "STREAMS" in declared and "RTMP_RECEIVED_BYTES" in declared
+    sources = {mod: p.read_text() for mod, p in MODULES.items() if mod.startswith("mesh.") and mod != "mesh.metrics"}
+    for name in declared:
+        if name == "BAD_INPUT":
+            users = [mod for mod, text in sources.items() if "metrics.reject(" in text]
+        else:
+            users = [mod for mod, text in sources.items() if f"metrics.{name}." in text]
+        assert users, f"metrics.{name} is declared but nothing updates it"

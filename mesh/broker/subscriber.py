@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import weakref
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import msgpack
 import zmq
@@ -27,10 +27,6 @@ DRAIN_BATCH = 512
 _zrecv = zmq.backend.Socket.recv  # the Cython calls, without the sugar layer's per-call work
 _NOBLOCK = int(zmq.NOBLOCK)
 RECOVERY_INTERVAL_S = 5.0  # at most one gap-repair snapshot per topic in this time
-
-
-class Sink(Protocol):
-    def __call__(self, deliveries: list[Delivery]) -> None: ...
 
 
 class Subscription:

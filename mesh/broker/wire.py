@@ -21,7 +21,7 @@ Timestamps are 90 kHz integers (``codecs/media.py``). ``seg`` is the origin-deci
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import msgpack
 
@@ -284,8 +284,3 @@ def decode(frames: list[Any]) -> tuple[str, str, list[Entry]]:
     if offset != size:
         raise WireError("length", f"payload has {size - offset} bytes no entry claims")
     return stream, rendition, entries
-
-
-def iter_entries(messages: Iterable[list[Any]]) -> Iterator[Entry]:
-    for frames in messages:
-        yield from decode(frames)[2]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict, deque
 from concurrent.futures import Future
-from typing import Any, Callable, Iterable, Union
+from typing import Callable, Iterable, Union
 
 from mesh_codecs.media import (AUDIO, CLOCK_HZ, AccessUnit, AudioConfig, VideoConfig,
                                audio_from_dict, video_from_dict)
@@ -277,8 +277,3 @@ class RenditionWindow:
             total_bits += bits
             total_s += seconds
         return peak, int(total_bits / total_s + 0.5) if total_s else 0
-
-    def stats(self) -> dict[str, Any]:
-        return {"listed": len(self.listed), "kept": len(self.data), "cut": self.segments_cut,
-                "resets": self.resets, "dropped": self.dropped, "ended": self.ended,
-                "pending": len(self._outcomes)}

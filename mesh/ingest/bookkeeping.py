@@ -44,7 +44,6 @@ class SequenceBook:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failing = False
-        self.writes = 0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="sequence-book")
@@ -92,7 +91,6 @@ class SequenceBook:
         if self._failing:
             log.info("recording media_sequence again")
         self._failing = False
-        self.writes += 1
         for s in live:
             if s.stream_id in fenced:
                 s.fence()

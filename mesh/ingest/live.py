@@ -45,12 +45,9 @@ class LiveStream:
         self.on_fenced = on_fenced
         self.fenced = False
         self.finished = False
-        self.started_at = time.time()
         self.bytes_in = 0
-        self.packets = [0, 0]
         self._bitrate_mark = (time.monotonic(), 0)
         self.bitrate_kbps = 0.0
-        self._renditions_dirty = False
 
     # -- from the source -------------------------------------------------------------------
     def set_video(self, cfg: VideoConfig) -> None:
@@ -73,7 +70,6 @@ class LiveStream:
             "disc": self.claim.discontinuity_sequence,
             "epoch": self.epoch,
         })
-        self._renditions_dirty = True
 
     def push(self, au: AccessUnit) -> None:
         """Stamp and publish one access unit (a pull source's callback)."""
@@ -89,7 +85,6 @@ class LiveStream:
         if seg is None:
             return
         self.bytes_in += len(data)
-        self.packets[track] += 1
         self.channel.media(track, pts, dts, flags, seg, data,
                            {"t": int(time.time() * 1000)} if flags & FLAG_SEG_START else None)
         if closed is not None:
@@ -138,8 +133,3 @@ class LiveStream:
             log.info("stream %s ended after another origin took it over", self.stream_id)
         except Exception as exc:
             log.warning("could not mark stream %s %s in the registry: %s", self.stream_id, status, exc)
-
-    def stats(self) -> dict[str, Any]:
-        return {"stream": self.stream_id, "epoch": self.epoch, "segment": self.segmenter.current,
-                "video_packets": self.packets[0], "audio_packets": self.packets[1],
-                "bitrate_kbps": round(self.bitrate_kbps)}

@@ -93,7 +93,6 @@ class PullSource:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._run, name=f"pull-{url[:40]}", daemon=True)
         self.error: str | None = None
-        self.packets = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -186,5 +185,4 @@ class PullSource:
                 for i, frame in enumerate(frames):
                     ts = dts + i * step
                     self._post(on_au, AccessUnit(AUDIO, ts, ts, True, frame))
-            self.packets += 1
 
