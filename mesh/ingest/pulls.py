@@ -1,8 +1,11 @@
 """Pull sources on an origin: ``POST /{app}/rest/v2/broadcasts/create`` starts one.
 
 The body names the stream and its source: ``{"streamId": "cam1", "streamUrl": "rtsp://..."}``.
-Network URLs (rtsp, rtmp, http(s) HLS or MP4) are allowed; local files only below the configured
-``pull_file_root``, so no REST client can make a node read arbitrary paths.
+Network URLs (rtsp, rtmp, http(s) HLS or MP4) are allowed to hosts the :class:`SourcePolicy`
+allows (no loopback, link-local or private addresses unless the operator lists them); local files
+only below the configured ``pull_file_root``, so no REST client can make a node read arbitrary
+paths or reach what only the origin can reach. A refused request changes nothing: the stream is
+claimed first, and only a successful claim records the source.
 
 The manager does not know the origin: it is handed ``begin_stream`` (claim the stream, open its
 bus channel) and ``end_stream`` as callables, and raises domain errors that the HTTP layer turns
@@ -15,7 +18,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol, Sequence
 from urllib.parse import urlsplit
 
 from ..errors import Conflict, Invalid
@@ -23,10 +26,10 @@ from ..names import NAME_RULE, is_name
 from .live import LiveStream
 from .pull import PullSource
 from .rtmp_server import PublishRejected
+from .source_policy import SourcePolicy
 
 log = logging.getLogger("mesh.pull")
 
-NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https")
 MAX_URL = 2048
 
 BeginStream = Callable[[str, str, str], Awaitable[LiveStream]]  # (stream id, app, source)
@@ -43,22 +46,21 @@ class StreamRecords(Protocol):
 
 class PullManager:
     def __init__(self, records: StreamRecords, begin_stream: BeginStream, end_stream: EndStream, *,
-                 file_root: str = ""):
+                 file_root: str = "", policy: SourcePolicy | None = None):
         self._records = records
         self._begin = begin_stream
         self._end = end_stream
         self.file_root = file_root
+        self.policy = policy or SourcePolicy()
         self.sources: dict[str, PullSource] = {}
 
-    def check_url(self, url: Any) -> str:
+    async def check_url(self, url: Any) -> str:
         if not isinstance(url, str) or not url or len(url) > MAX_URL:
             raise Invalid(f"streamUrl must be a URL or file path of at most {MAX_URL} characters")
         scheme = urlsplit(url).scheme.lower()
-        if scheme in NETWORK_SCHEMES:
-            return url
         if scheme not in ("", "file"):
-            raise Invalid(f"streamUrl scheme {scheme!r} is not supported; use "
-                          f"{', '.join(NETWORK_SCHEMES)} or a file path")
+            await self.policy.check(url, _resolve)
+            return url
         root = self.file_root
         path = urlsplit(url).path if scheme == "file" else url
         if not root:
@@ -76,12 +78,16 @@ class PullManager:
         stream_id = body.get("streamId") or f"stream{secrets.token_hex(4)}"
         if not is_name(stream_id):
             raise Invalid(f"streamId must be {NAME_RULE}")
-        url = self.check_url(body.get("streamUrl"))
-        await self._records.create_stream(stream_id, app, {"streamUrl": body.get("streamUrl")})
+        url = await self.check_url(body.get("streamUrl"))
         try:
             live = await self._begin(stream_id, app, url)
         except PublishRejected as rej:
             raise Conflict(rej.description) from None
+        try:
+            await self._records.create_stream(stream_id, app, {"streamUrl": body.get("streamUrl")})
+        except BaseException:
+            await self._end(live, "its source could not be recorded")
+            raise
         source = PullSource(
             url, on_video_config=live.set_video, on_audio_config=live.set_audio, on_au=live.push,
             on_end=lambda reason: self._ended(live, source, reason))
@@ -109,3 +115,8 @@ class PullManager:
             source.stop()
         for source in sources:
             await source.wait()
+
+
+async def _resolve(host: str) -> Sequence[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, None)
+    return sorted({str(info[4][0]) for info in infos})
