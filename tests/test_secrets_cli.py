@@ -84,3 +84,17 @@ def test_password_in_a_mongo_argument_gets_a_warning(tmp_path: Path) -> None:
     out = mesh("node", "--role", "edge", "--mongo", "mongodb://op:pw-in-argv@127.0.0.1:1/", "--http-port",
                "70000")
     assert "--mongo-file" in out.stderr and "pw-in-argv" not in out.stderr
+
+
+def test_readme_token_commands_run_as_written() -> None:
+    """Every `mesh token` line of the README, exactly as written (the secret from the environment)."""
+    import shlex
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    lines = [line.split("#")[0].strip() for line in readme.splitlines() if line.startswith("mesh token ")]
+    assert len(lines) == 3, lines
+    for line in lines:
+        out = mesh(*shlex.split(line)[1:], MESH_CLUSTER_SECRET=SECRET)
+        assert out.returncode == 0, (line, out.stderr)
+        claims = tokens.decode(out.stdout.strip(), [SECRET], now=time.time())
+        assert claims.act in line and (claims.act == "rest" or claims.sub == "cam1")
