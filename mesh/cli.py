@@ -179,7 +179,7 @@ def node(config_path: str | None, cluster_secret_argv: str | None, **flags: Any)
 
 
 # -- db -----------------------------------------------------------------------------------------
-def read_password(password_file: str | None, what: str) -> str | None:
+def read_password(password_file: str | None) -> str | None:
     """The password from ``password_file``, else from MESH_DB_PASSWORD, else None."""
     from .credentials import SecretFileError, file_is_open_to_others, read_secret_file
 
@@ -222,7 +222,7 @@ def db(host: str, port: int, data_dir: str, user: str | None, password_file: str
     if password is not None:
         refuse_secret_in_argv("--password", "put the password in a file (chmod 600) and pass "
                               "--password-file FILE, or set MESH_DB_PASSWORD")
-    secret = read_password(password_file, "password") if user else None
+    secret = read_password(password_file) if user else None
     if user and not secret:
         fail("--user needs a password: --password-file FILE or the MESH_DB_PASSWORD environment variable")
     if not user and (password_file or uri_file):
@@ -482,7 +482,7 @@ def mode(mode: str, mongo_host: str | None, user: str | None, password: str | No
             click.echo("warning: this URI's password is visible in the process list while the "
                        "command runs; prefer MONGO_HOST USER --password-file FILE", err=True)
     else:
-        secret = read_password(password_file, "password") if user else None
+        secret = read_password(password_file) if user else None
         if user and not secret:
             fail(f"user {user} needs a password: --password-file FILE or MESH_DB_PASSWORD")
         if not user and password_file:
@@ -525,7 +525,8 @@ def streams(mongo: str | None, mongo_file: str | None, app: str | None, as_json:
 @main.command()
 @click.option("--stream", "stream_id", default=None, metavar="ID", help="The stream id the token is for.")
 @click.option("--play", "action", flag_value="play", help="A token to play the stream (HLS ?token=).")
-@click.option("--publish", "action", flag_value="publish", help="A token to publish the stream (RTMP ?token=).")
+@click.option("--publish", "action", flag_value="publish",
+              help="A token to publish the stream (RTMP ?token=).")
 @click.option("--rest", "action", flag_value="rest", help="A bearer token for the REST API instead.")
 @click.option("--scope", multiple=True, help="With --rest: a scope to grant (repeatable).")
 @click.option("--ttl", "ttl_s", type=click.IntRange(1, 366 * 24 * 3600), default=3600, show_default=True,

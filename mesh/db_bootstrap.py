@@ -42,12 +42,9 @@ def _apply(data_dir: str, users: dict[str, str]) -> dict[str, Any]:
         existing = {u["user"] for u in dispatch({"usersInfo": 1, "$db": "admin"}, ctx).get("users", [])}
         created, updated = [], []
         for name, password in users.items():
-            if name in existing:
-                reply = dispatch({"updateUser": name, "pwd": password, "roles": ROOT_ROLE, "$db": "admin"}, ctx)
-                updated.append(name)
-            else:
-                reply = dispatch({"createUser": name, "pwd": password, "roles": ROOT_ROLE, "$db": "admin"}, ctx)
-                created.append(name)
+            verb = "updateUser" if name in existing else "createUser"
+            reply = dispatch({verb: name, "pwd": password, "roles": ROOT_ROLE, "$db": "admin"}, ctx)
+            (updated if name in existing else created).append(name)
             if reply.get("ok") != 1.0:
                 raise BootstrapError(f"user {name!r}: {reply.get('errmsg', 'refused')}")
         storage.checkpoint()

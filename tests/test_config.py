@@ -58,16 +58,19 @@ def test_secrets_from_file_env_and_toml_with_precedence(tmp_path: Path) -> None:
     secret_file.write_text(SECRET + "\n")
     cfg = load_config(None, env={}, cluster_secret_file=str(secret_file))
     assert cfg.cluster_secret == SECRET, "one trailing newline is not part of the secret"
-    assert load_config(None, env={"MESH_CLUSTER_SECRET": "from-env-0123456789"}).cluster_secret == "from-env-0123456789"
+    env = {"MESH_CLUSTER_SECRET": "from-env-0123456789"}
+    assert load_config(None, env=env).cluster_secret == "from-env-0123456789"
     # A file given as a flag beats the environment's value; the environment's file beats the TOML's value.
-    cfg = load_config(None, env={"MESH_CLUSTER_SECRET": "from-env-0123456789"}, cluster_secret_file=str(secret_file))
+    cfg = load_config(None, env=env, cluster_secret_file=str(secret_file))
     assert cfg.cluster_secret == SECRET
     toml = tmp_path / "m.toml"
     toml.write_text('[node]\ncluster_secret = "from-toml-0123456789"\n')
     assert load_config(toml, env={"MESH_CLUSTER_SECRET_FILE": str(secret_file)}).cluster_secret == SECRET
     assert load_config(toml, env={}).cluster_secret == "from-toml-0123456789"
-    toml.write_text(f'[node]\ncluster_secret = "from-toml-0123456789"\ncluster_secret_file = "{secret_file}"\n')
-    with pytest.raises(ConfigError, match="'cluster_secret': give cluster_secret or cluster_secret_file, not both"):
+    toml.write_text('[node]\ncluster_secret = "from-toml-0123456789"\n'
+                    f'cluster_secret_file = "{secret_file}"\n')
+    with pytest.raises(ConfigError, match="'cluster_secret': give cluster_secret or cluster_secret_file, "
+                                          "not both"):
         load_config(toml, env={})
 
 
@@ -87,7 +90,8 @@ def test_mongo_uri_from_a_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("overrides, env, field, words", [
     ({"cluster_secret": "short"}, {}, "cluster_secret", "at least 16"),
-    ({"cluster_secret": SECRET, "cluster_secret_previous": "old"}, {}, "cluster_secret_previous", "at least 16"),
+    ({"cluster_secret": SECRET, "cluster_secret_previous": "old"}, {}, "cluster_secret_previous",
+     "at least 16"),
     ({"cluster_secret_previous": SECRET}, {}, "cluster_secret_previous", "rotation"),
     ({"require_play_token": True}, {}, "require_play_token", "needs cluster_secret"),
     ({}, {"MESH_REQUIRE_PUBLISH_TOKEN": "yes"}, "require_publish_token", "needs cluster_secret"),

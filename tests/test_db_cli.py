@@ -232,8 +232,8 @@ def test_db_password_from_environment_and_uri_file(tmp_path: Path) -> None:
         assert uri_file.stat().st_mode & 0o777 in (0o640, 0o600)
         for pid in pids_of_tree(proc.pid) - {proc.pid}:  # the server child does not inherit it
             assert secret.encode() not in proc_text(pid, "environ")
-        out = subprocess.run([sys.executable, "-m", "mesh", "cluster", "nodes", "--mongo-file", str(uri_file)],
-                             capture_output=True, text=True, env=node_env(), timeout=60)
+        out = subprocess.run([sys.executable, "-m", "mesh", "cluster", "nodes", "--mongo-file",
+                              str(uri_file)], capture_output=True, text=True, env=node_env(), timeout=60)
         assert out.returncode == 0 and out.stdout.strip() == "no nodes registered", out.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -243,9 +243,11 @@ def test_db_password_from_environment_and_uri_file(tmp_path: Path) -> None:
 
 def test_db_password_on_the_command_line_is_refused(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "mesh", "db", "--data-dir", str(tmp_path / "n"), "--user",
-                          "op", "--password", "pw1"], capture_output=True, text=True, env=node_env(), timeout=60)
+                          "op", "--password", "pw1"], capture_output=True, text=True, env=node_env(),
+                         timeout=60)
     assert out.returncode == 2
-    assert "--password-file" in out.stderr and "MESH_DB_PASSWORD" in out.stderr and "process list" in out.stderr
+    assert "--password-file" in out.stderr and "MESH_DB_PASSWORD" in out.stderr
+    assert "process list" in out.stderr
     assert not (tmp_path / "n").exists(), "nothing was started"
     out = subprocess.run([sys.executable, "-m", "mesh", "db", "--data-dir", str(tmp_path / "n"), "--user",
                           "op"], capture_output=True, text=True, env=node_env(), timeout=60)
@@ -261,7 +263,8 @@ def test_db_restart_with_user_keeps_data_and_reports_unknown_users(tmp_path: Pat
     first = start_db("--port", str(port), "--data-dir", str(data), "--user", "old",
                      "--password-file", str(password_file(tmp_path, "first-password")))
     read_uri(first)
-    client = pymongo.MongoClient(f"mongodb://old:first-password@127.0.0.1:{port}/", serverSelectionTimeoutMS=3000)
+    client = pymongo.MongoClient(f"mongodb://old:first-password@127.0.0.1:{port}/",
+                                 serverSelectionTimeoutMS=3000)
     client.mesh.kept.insert_one({"_id": 1})
     client.close()
     first.send_signal(signal.SIGTERM)
@@ -271,7 +274,8 @@ def test_db_restart_with_user_keeps_data_and_reports_unknown_users(tmp_path: Pat
                       "--password-file", str(password_file(tmp_path, "second-password")))
     try:
         read_uri(second)
-        client = pymongo.MongoClient(f"mongodb://op:second-password@127.0.0.1:{port}/", serverSelectionTimeoutMS=3000)
+        client = pymongo.MongoClient(f"mongodb://op:second-password@127.0.0.1:{port}/",
+                                     serverSelectionTimeoutMS=3000)
         assert client.mesh.kept.find_one({"_id": 1}) == {"_id": 1}
         client.close()
     finally:

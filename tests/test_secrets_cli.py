@@ -28,7 +28,8 @@ def test_token_prints_a_verifiable_token_and_never_the_secret(tmp_path: Path) ->
     secret_file = tmp_path / "cluster.secret"
     secret_file.write_text(SECRET + "\n")
     before = time.time()
-    out = mesh("token", "--stream", "cam1", "--play", "--ttl", "3600", "--cluster-secret-file", str(secret_file))
+    out = mesh("token", "--stream", "cam1", "--play", "--ttl", "3600", "--cluster-secret-file",
+               str(secret_file))
     assert out.returncode == 0, out.stderr
     token = out.stdout.strip()
     assert SECRET not in out.stdout + out.stderr and len(out.stdout.splitlines()) == 1

@@ -19,7 +19,8 @@ def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def forge(header: dict | bytes, claims: dict | bytes, secret: str | None = SECRET, sig: str | None = None) -> str:
+def forge(header: dict | bytes, claims: dict | bytes, secret: str | None = SECRET,
+          sig: str | None = None) -> str:
     """A token built by hand (any header/claims bytes), signed with ``secret`` unless ``sig`` is given."""
     import hashlib
     import hmac
@@ -28,7 +29,8 @@ def forge(header: dict | bytes, claims: dict | bytes, secret: str | None = SECRE
     c = claims if isinstance(claims, bytes) else json.dumps(claims).encode()
     signing_input = f"{b64(h)}.{b64(c)}"
     if sig is None:
-        sig = b64(hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest()) if secret else ""
+        mac = hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256) if secret else None
+        sig = b64(mac.digest()) if mac else ""
     return f"{signing_input}.{sig}"
 
 
