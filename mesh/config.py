@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from .credentials import SecretFileError, read_secret_file, write_private_file
+from .credentials import SecretFileError, mask_uri, read_secret_file, write_private_file
 
 ROLES = ("origin", "edge", "standalone")
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -242,8 +242,6 @@ def _read_secret_files(values: dict[str, Any], level: dict[str, int]) -> None:
 
 def as_dict(cfg: NodeConfig) -> dict[str, Any]:
     """The config as plain data, secrets shown as ``***`` (safe to print or serve)."""
-    from .credentials import mask_uri
-
     data = dataclasses.asdict(cfg)
     data.pop("extra", None)
     data["mongo"] = mask_uri(cfg.mongo)

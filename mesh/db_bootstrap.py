@@ -36,7 +36,7 @@ def _apply(data_dir: str, users: dict[str, str]) -> dict[str, Any]:
     from secantus.cursors import CursorRegistry
     from secantus.storage import Storage
 
-    storage = Storage(data_dir, durable=True, ttl_sweep_seconds=0)
+    storage = Storage(data_dir, ttl_sweep_seconds=0)  # durability as the server will open it
     try:
         ctx = CommandContext(connection_id=0, storage=storage, cursors=CursorRegistry(), db_name="admin")
         existing = {u["user"] for u in dispatch({"usersInfo": 1, "$db": "admin"}, ctx).get("users", [])}
