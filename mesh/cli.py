@@ -244,9 +244,6 @@ def db(host: str, port: int, data_dir: str, user: str | None, password_file: str
                    f"{server.display_uri} with the password in place of ***)")
     else:
         click.echo("  use it   mesh node --role origin --mongo " + uri)
-    if server.other_users:
-        click.echo(f"  warning  the data directory also has the users {', '.join(server.other_users)}; "
-                   f"drop any you did not create", err=True)
     sys.stdout.flush()
 
     def stop(signum: int, frame: Any) -> None:

@@ -133,7 +133,8 @@ class NodeConfig:
                       "e.g. mongodb://user:pass@10.0.0.5:27017/")
         if self.role != "standalone" and not self.mongo:
             raise bad("mongo", f"a {self.role} node needs the cluster's database: pass "
-                      "--mongo mongodb://USER:PASS@HOST:27017/ (or MESH_MONGO), or run "
+                      "--mongo-file FILE holding mongodb://USER:PASS@HOST:27017/ (or MESH_MONGO, "
+                      "--mongo), or run "
                       "`mesh db` for a local one; only standalone starts its own")
         for name in ("cluster_secret", "cluster_secret_previous"):
             value = getattr(self, name)

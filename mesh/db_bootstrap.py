@@ -55,14 +55,21 @@ def _apply(data_dir: str, users: dict[str, str]) -> dict[str, Any]:
 
 def bootstrap_users(data_dir: str | Path, users: dict[str, str], timeout_s: float = 60.0) -> dict[str, Any]:
     """Write ``users`` (name → password, role root) into the stopped database at ``data_dir``."""
-    proc = subprocess.run([sys.executable, "-m", "mesh.db_bootstrap", str(data_dir)],
-                          input=json.dumps({"users": users}), capture_output=True, text=True,
-                          timeout=timeout_s, env=env_without_secrets())
+    try:
+        proc = subprocess.run([sys.executable, "-m", "mesh.db_bootstrap", str(data_dir)],
+                              input=json.dumps({"users": users}), capture_output=True, text=True,
+                              timeout=timeout_s, env=env_without_secrets())
+    except subprocess.TimeoutExpired:
+        raise BootstrapError(f"writing the database users into {data_dir} took over "
+                             f"{timeout_s:.0f} s") from None
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         tail = " | ".join(proc.stderr.strip().splitlines()[-2:])
         raise BootstrapError(f"could not create the database users in {data_dir}: {tail or 'no output'}")
-    return json.loads(lines[-1])
+    try:
+        return dict(json.loads(lines[-1]))
+    except ValueError:
+        raise BootstrapError(f"the user bootstrap for {data_dir} printed {lines[-1][:80]!r}") from None
 
 
 def main() -> int:
