@@ -319,6 +319,11 @@ def cluster_up(origins: int, edges: int, http_port: int, rtmp_port: int, mongo: 
     from .credentials import mask_uri
 
     setup_logging("warning")
+    from .credentials import uri_has_password
+
+    if mongo and uri_has_password(mongo):
+        click.echo("warning: the --mongo URI holds a password that every local user can read in the "
+                   "process list; use --mongo-file FILE instead", err=True)
     if mongo_file:
         mongo = mongo_uri(None, mongo_file)
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="mesh-cluster-"))
