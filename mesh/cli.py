@@ -43,12 +43,22 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-def mongo_uri(explicit: str | None) -> str:
-    """--mongo, else MESH_MONGO, else the config file's, else a local `mesh db`."""
-    if explicit:
-        return explicit
-    if os.environ.get("MESH_MONGO"):
-        return os.environ["MESH_MONGO"]
+def mongo_uri(explicit: str | None, mongo_file: str | None = None) -> str:
+    """--mongo, else --mongo-file, else MESH_MONGO / MESH_MONGO_FILE, else the config file's, else
+    a local `mesh db`."""
+    from .credentials import SecretFileError, read_secret_file
+
+    try:
+        if explicit:
+            return explicit
+        if mongo_file:
+            return read_secret_file(mongo_file, "mongo URI")
+        if os.environ.get("MESH_MONGO"):
+            return os.environ["MESH_MONGO"]
+        if os.environ.get("MESH_MONGO_FILE"):
+            return read_secret_file(os.environ["MESH_MONGO_FILE"], "mongo URI")
+    except SecretFileError as exc:
+        fail(str(exc))
     path = default_config_path()
     if path.exists():
         try:
@@ -58,6 +68,18 @@ def mongo_uri(explicit: str | None) -> str:
         except ConfigError:
             pass
     return DEFAULT_MONGO
+
+
+def refuse_secret_in_argv(option: str, instead: str) -> None:
+    """A secret given on the command line is readable by every local user (ps, /proc/*/cmdline)."""
+    fail(f"{option} would put a secret in the process list, where every local user can read it "
+         f"(ps, /proc/PID/cmdline); {instead}")
+
+
+def mongo_file_option(fn: Any) -> Any:
+    return click.option("--mongo-file", type=click.Path(dir_okay=False), default=None,
+                        help="A file holding the database URI (keeps its password out of the "
+                             "process list) [or MESH_MONGO_FILE].")(fn)
 
 
 def run_registry(uri: str, job: Any) -> Any:
@@ -119,12 +141,32 @@ def main() -> None:
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False),
               help=f"Where the embedded database keeps its files [default: {DEFAULT_DATA_DIR}].")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
-def node(config_path: str | None, **flags: Any) -> None:
+@click.option("--mongo-file", type=click.Path(dir_okay=False), default=None,
+              help="A file holding the --mongo URI, so its password stays out of the process list.")
+@click.option("--cluster-secret-file", type=click.Path(dir_okay=False), default=None,
+              help="A file holding the cluster secret that signs play/publish/REST tokens "
+                   "[or MESH_CLUSTER_SECRET, or cluster_secret in the config file].")
+@click.option("--cluster-secret", "cluster_secret_argv", default=None, hidden=True)
+@click.option("--require-play-token/--no-require-play-token", default=None,
+              help="Playlists and segments need ?token= (a play token from `mesh token`).")
+@click.option("--require-publish-token/--no-require-publish-token", default=None,
+              help="Publishing needs a publish token from `mesh token`.")
+def node(config_path: str | None, cluster_secret_argv: str | None, **flags: Any) -> None:
     """Run one node until SIGTERM/Ctrl-C.
 
     Every option can also come from the config file or from MESH_<OPTION> environment variables
     (e.g. MESH_MONGO, MESH_HTTP_PORT); flags win over the environment, which wins over the file.
+    Secrets (a --mongo URI with a password, the cluster secret) belong in a file (--mongo-file,
+    --cluster-secret-file) or the environment, not on the command line.
     """
+    if cluster_secret_argv is not None:
+        refuse_secret_in_argv("--cluster-secret", "put it in a file (chmod 600) and pass "
+                              "--cluster-secret-file FILE, or set MESH_CLUSTER_SECRET")
+    from .credentials import uri_has_password
+
+    if flags.get("mongo") and uri_has_password(flags["mongo"]):
+        click.echo("warning: the --mongo URI holds a password that every local user can read in "
+                   "the process list; use --mongo-file FILE or MESH_MONGO instead", err=True)
     path = config_path or (str(default_config_path()) if default_config_path().exists() else None)
     try:
         cfg = load_config(path, **flags)
@@ -137,31 +179,71 @@ def node(config_path: str | None, **flags: Any) -> None:
 
 
 # -- db -----------------------------------------------------------------------------------------
+def read_password(password_file: str | None) -> str | None:
+    """The password from ``password_file``, else from MESH_DB_PASSWORD, else None."""
+    from .credentials import SecretFileError, file_is_open_to_others, read_secret_file
+
+    if password_file:
+        try:
+            password = read_secret_file(password_file, "password")
+        except SecretFileError as exc:
+            fail(str(exc))
+        if file_is_open_to_others(password_file):
+            click.echo(f"warning: {password_file} is readable by every local user; "
+                       f"chmod 600 it", err=True)
+        return password
+    return os.environ.get("MESH_DB_PASSWORD") or None
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=27017, show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False), default=str(DEFAULT_DATA_DIR / "db"),
               show_default=True, help="Where the database keeps its files.")
-@click.option("--user", default=None, help="Create this user and require authentication.")
-@click.option("--password", default=None, help="Password for --user.")
-def db(host: str, port: int, data_dir: str, user: str | None, password: str | None) -> None:
+@click.option("--user", default=None, help="Create this user (role root) and require authentication.")
+@click.option("--password-file", type=click.Path(dir_okay=False), default=None,
+              help="A file holding the password for --user [or MESH_DB_PASSWORD].")
+@click.option("--password", default=None, hidden=True)
+@click.option("--uri-file", type=click.Path(dir_okay=False), default=None,
+              help="Also write the full URI (with the password) to this file, mode 0640, for "
+                   "`mesh node --mongo-file`.")
+def db(host: str, port: int, data_dir: str, user: str | None, password_file: str | None,
+       password: str | None, uri_file: str | None) -> None:
     """Run the embedded MongoDB-wire database (SecantusDB) until Ctrl-C/SIGTERM.
 
-    Any real MongoDB 4.2+ works in its place; this one needs nothing but pip.
+    Any real MongoDB 4.2+ works in its place; this one needs nothing but pip. With --user, the
+    user is written into the data directory before the server starts, and the server never
+    listens without authentication. The password comes from --password-file or
+    MESH_DB_PASSWORD, never from the command line, and is printed as ***.
     """
+    from .credentials import write_private_file
     from .embedded_db import EmbeddedDb, EmbeddedDbError
 
-    if bool(user) != bool(password):
-        fail("--user and --password go together")
+    if password is not None:
+        refuse_secret_in_argv("--password", "put the password in a file (chmod 600) and pass "
+                              "--password-file FILE, or set MESH_DB_PASSWORD")
+    secret = read_password(password_file) if user else None
+    if user and not secret:
+        fail("--user needs a password: --password-file FILE or the MESH_DB_PASSWORD environment variable")
+    if not user and (password_file or uri_file):
+        fail("--password-file and --uri-file go with --user")
     setup_logging("warning")
-    server = EmbeddedDb(data_dir, host=host, port=port, users={user: password} if user else None)
+    server = EmbeddedDb(data_dir, host=host, port=port, users={user: secret} if user and secret else None)
     try:
         uri = server.start()
     except EmbeddedDbError as exc:
         fail(str(exc))
-    click.echo(f"mesh db ready: {uri}")
+    if uri_file:
+        write_private_file(uri_file, uri + "\n")
+    click.echo(f"mesh db ready: {server.display_uri}")
     click.echo(f"  data     {Path(data_dir).resolve()}")
-    click.echo("  use it   mesh node --role origin --mongo " + uri)
+    if uri_file:
+        click.echo(f"  use it   mesh node --role origin --mongo-file {uri_file}")
+    elif user:
+        click.echo(f"  use it   mesh node --role origin --mongo-file FILE   (FILE holding "
+                   f"{server.display_uri} with the password in place of ***)")
+    else:
+        click.echo("  use it   mesh node --role origin --mongo " + uri)
     sys.stdout.flush()
 
     def stop(signum: int, frame: Any) -> None:
@@ -184,13 +266,14 @@ def cluster() -> None:
 
 @cluster.command("nodes")
 @click.option("--mongo", metavar="URI", default=None, help=f"[default: MESH_MONGO or {DEFAULT_MONGO}]")
+@mongo_file_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def cluster_nodes(mongo: str | None, as_json: bool) -> None:
+def cluster_nodes(mongo: str | None, mongo_file: str | None, as_json: bool) -> None:
     """List the nodes of the cluster, alive or dead (judged on the database server's clock)."""
     from .console import ago, size, table
     from .http.cluster import node_json
 
-    views = run_registry(mongo_uri(mongo), lambda r: r.list_nodes())
+    views = run_registry(mongo_uri(mongo, mongo_file), lambda r: r.list_nodes())
     if as_json:
         click.echo(json.dumps([node_json(v) for v in views], indent=2, default=str))
         return
@@ -214,6 +297,7 @@ def cluster_nodes(mongo: str | None, as_json: bool) -> None:
 @click.option("--http-port", type=int, default=5080, show_default=True, help="The load balancer's HTTP port.")
 @click.option("--rtmp-port", type=int, default=1935, show_default=True, help="The load balancer's RTMP port.")
 @click.option("--mongo", metavar="URI", default=None, help="Use this database instead of an embedded one.")
+@mongo_file_option
 @click.option("--publish", "publish_stream", is_flag=False, flag_value="cam1", default=None,
               metavar="[STREAM]", help="Also run a test publisher (stream cam1 unless named).")
 @click.option("--no-lb", is_flag=True, help="No nginx: publish to an origin and play from an edge directly.")
@@ -222,7 +306,8 @@ def cluster_nodes(mongo: str | None, as_json: bool) -> None:
 @click.option("--duration", "duration_s", type=float, default=0.0,
               help="Stop after this many seconds (0 = until Ctrl-C).")
 def cluster_up(origins: int, edges: int, http_port: int, rtmp_port: int, mongo: str | None,
-               publish_stream: str | None, no_lb: bool, workdir: str | None, duration_s: float) -> None:
+               mongo_file: str | None, publish_stream: str | None, no_lb: bool, workdir: str | None,
+               duration_s: float) -> None:
     """Start a local cluster: embedded database, origins, edges and nginx in front.
 
     Prints where to publish and where to play, then runs until Ctrl-C (which stops everything).
@@ -231,8 +316,16 @@ def cluster_up(origins: int, edges: int, http_port: int, rtmp_port: int, mongo: 
     import time
 
     from .cluster import ClusterError, LocalCluster
+    from .credentials import mask_uri
 
     setup_logging("warning")
+    from .credentials import uri_has_password
+
+    if mongo and uri_has_password(mongo):
+        click.echo("warning: the --mongo URI holds a password that every local user can read in the "
+                   "process list; use --mongo-file FILE instead", err=True)
+    if mongo_file:
+        mongo = mongo_uri(None, mongo_file)
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="mesh-cluster-"))
     say = lambda msg: click.echo(f"mesh cluster: {msg}", err=True)  # noqa: E731
     cl = LocalCluster(work, origins=origins, edges=edges, mongo=mongo, lb=not no_lb,
@@ -250,7 +343,8 @@ def cluster_up(origins: int, edges: int, http_port: int, rtmp_port: int, mongo: 
                    f"{', nginx in front' if cl.nginx else ''}")
         rows = [("publish", cl.publish_url("{stream_id}")), ("play", cl.play_url("{stream_id}")),
                 ("player", f"{cl.http}/{cl.app}/play.html?id={{stream_id}}"),
-                ("cluster", f"{cl.http}/#/cluster"), ("database", cl.mongo or ""), ("logs", str(work))]
+                ("cluster", f"{cl.http}/#/cluster"), ("database", mask_uri(cl.mongo or "")),
+                ("logs", str(work))]
         for name, value in rows:
             click.echo(f"  {name:<9}{value}")
         if publish_stream:
@@ -286,6 +380,7 @@ def lb() -> None:
 
 
 def _lb_options(fn: Any) -> Any:
+    fn = mongo_file_option(fn)
     fn = click.option("--mongo", metavar="URI", default=None,
                       help=f"[default: MESH_MONGO or {DEFAULT_MONGO}]")(fn)
     fn = click.option("--listen", default="0.0.0.0", show_default=True)(fn)
@@ -296,10 +391,10 @@ def _lb_options(fn: Any) -> Any:
     return fn
 
 
-def _alive_backends(mongo: str | None) -> Any:
+def _alive_backends(mongo: str | None, mongo_file: str | None = None) -> Any:
     from .lb import Backends
 
-    views = run_registry(mongo_uri(mongo), lambda r: r.list_nodes())
+    views = run_registry(mongo_uri(mongo, mongo_file), lambda r: r.list_nodes())
     return Backends.from_nodes([v.doc for v in views if v.alive])
 
 
@@ -313,13 +408,14 @@ def _emit(text: str, out: str | None) -> None:
 
 @lb.command("nginx")
 @_lb_options
-def lb_nginx(mongo: str | None, listen: str, http_port: int, rtmp_port: int, out: str | None) -> None:
+def lb_nginx(mongo: str | None, mongo_file: str | None, listen: str, http_port: int, rtmp_port: int,
+             out: str | None) -> None:
     """nginx.conf: stream{} for RTMP (least connections to origins), http{} with an HLS cache
     (round-robin to edges). Needs Debian's libnginx-mod-stream."""
     from .lb import render_nginx
 
     try:
-        _emit(render_nginx(_alive_backends(mongo), listen=listen, http_port=http_port,
+        _emit(render_nginx(_alive_backends(mongo, mongo_file), listen=listen, http_port=http_port,
                            rtmp_port=rtmp_port), out)
     except ValueError as exc:
         fail(str(exc))
@@ -327,12 +423,13 @@ def lb_nginx(mongo: str | None, listen: str, http_port: int, rtmp_port: int, out
 
 @lb.command("haproxy")
 @_lb_options
-def lb_haproxy(mongo: str | None, listen: str, http_port: int, rtmp_port: int, out: str | None) -> None:
+def lb_haproxy(mongo: str | None, mongo_file: str | None, listen: str, http_port: int, rtmp_port: int,
+             out: str | None) -> None:
     """haproxy.cfg: TCP for RTMP to origins, HTTP round-robin to edges with health checks."""
     from .lb import render_haproxy
 
     try:
-        _emit(render_haproxy(_alive_backends(mongo), listen=listen, http_port=http_port,
+        _emit(render_haproxy(_alive_backends(mongo, mongo_file), listen=listen, http_port=http_port,
                              rtmp_port=rtmp_port), out)
     except ValueError as exc:
         fail(str(exc))
@@ -343,26 +440,31 @@ def lb_haproxy(mongo: str | None, listen: str, http_port: int, rtmp_port: int, o
 @click.argument("mongo_host", required=False)
 @click.argument("user", required=False)
 @click.argument("password", required=False)
+@click.option("--password-file", type=click.Path(dir_okay=False), default=None,
+              help="A file holding USER's password [or MESH_DB_PASSWORD].")
 @click.option("--role", type=click.Choice(["origin", "edge"]), default="origin", show_default=True,
               help="The role of this node in cluster mode.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="The config file to write [default: the one `mesh node` reads].")
 @click.option("--no-check", is_flag=True, help="Do not try the database before writing.")
-def mode(mode: str, mongo_host: str | None, user: str | None, password: str | None, role: str,
-         config_path: str | None, no_check: bool) -> None:
+def mode(mode: str, mongo_host: str | None, user: str | None, password: str | None,
+         password_file: str | None, role: str, config_path: str | None, no_check: bool) -> None:
     """Switch this node between standalone and cluster mode (like Ant Media's change_server_mode.sh).
 
     \b
       mesh mode cluster 10.0.0.5                    a MongoDB without authentication
-      mesh mode cluster 10.0.0.5:27017 USER PASS    with a user and password
-      mesh mode cluster mongodb://u:p@db1,db2/?replicaSet=rs0
+      mesh mode cluster 10.0.0.5:27017 USER --password-file FILE    with a user and password
+      MESH_DB_PASSWORD=... mesh mode cluster 10.0.0.5 USER          the same, from the environment
       mesh mode standalone                          back to one process with its own database
 
+    The password is never taken from the command line (every local user can read that). The
+    config file holds it, so it is written 0640, group mesh (root if there is no mesh group).
     Then restart the node (e.g. systemctl restart mesh-origin).
     """
     from urllib.parse import quote_plus
 
     from .config import set_config_values
+    from .credentials import uri_has_password
 
     path = Path(config_path) if config_path else default_config_path()
     if mode == "standalone":
@@ -370,14 +472,25 @@ def mode(mode: str, mongo_host: str | None, user: str | None, password: str | No
         click.echo(f"wrote {path}: standalone mode (embedded database). Restart the node to apply.")
         return
     if not mongo_host:
-        fail("cluster mode needs the database address: mesh mode cluster MONGO_HOST [USER PASS]")
-    if bool(user) != bool(password):
-        fail("give both USER and PASS, or neither")
+        fail("cluster mode needs the database address: mesh mode cluster MONGO_HOST [USER]")
+    if password is not None:
+        refuse_secret_in_argv("a PASS argument", "put the password in a file (chmod 600) and pass "
+                              "--password-file FILE, or set MESH_DB_PASSWORD")
     if mongo_host.startswith(("mongodb://", "mongodb+srv://")):
+        if user:
+            fail("give the user inside the mongodb:// URI, or MONGO_HOST USER, not both")
         uri = mongo_host
+        if uri_has_password(uri):
+            click.echo("warning: this URI's password is visible in the process list while the "
+                       "command runs; prefer MONGO_HOST USER --password-file FILE", err=True)
     else:
+        secret = read_password(password_file) if user else None
+        if user and not secret:
+            fail(f"user {user} needs a password: --password-file FILE or MESH_DB_PASSWORD")
+        if not user and password_file:
+            fail("--password-file goes with USER: mesh mode cluster MONGO_HOST USER --password-file FILE")
         host = mongo_host if ":" in mongo_host else f"{mongo_host}:27017"
-        creds = f"{quote_plus(user)}:{quote_plus(password)}@" if user and password else ""
+        creds = f"{quote_plus(user)}:{quote_plus(secret)}@" if user and secret else ""
         uri = f"mongodb://{creds}{host}/"
     if not no_check:
         run_registry(uri, lambda r: r.count_nodes())  # a bad address or password fails here, clearly
@@ -388,16 +501,17 @@ def mode(mode: str, mongo_host: str | None, user: str | None, password: str | No
 
 @main.command()
 @click.option("--mongo", metavar="URI", default=None, help=f"[default: MESH_MONGO or {DEFAULT_MONGO}]")
+@mongo_file_option
 @click.option("--app", default=None, help="Only this application's streams.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def streams(mongo: str | None, app: str | None, as_json: bool) -> None:
+def streams(mongo: str | None, mongo_file: str | None, app: str | None, as_json: bool) -> None:
     """List streams: status, origin node, epoch, segments."""
     from .console import since, table
 
     async def job(registry: Any) -> Any:
         return await registry.list_streams(app=app), await registry.server_time()
 
-    docs, now = run_registry(mongo_uri(mongo), job)
+    docs, now = run_registry(mongo_uri(mongo, mongo_file), job)
     if as_json:
         click.echo(json.dumps(docs, indent=2, default=str))
         return
@@ -407,6 +521,65 @@ def streams(mongo: str | None, app: str | None, as_json: bool) -> None:
     rows = [[d["_id"], d.get("app", ""), d["status"], d.get("origin_node", ""), d.get("epoch", 0),
              d.get("media_sequence", 0), since(d.get("updated_at"), now)] for d in docs]
     click.echo(table(["stream", "app", "status", "origin", "epoch", "segments", "updated"], rows))
+
+
+# -- token --------------------------------------------------------------------------------------
+@main.command()
+@click.option("--stream", "stream_id", default=None, metavar="ID", help="The stream id the token is for.")
+@click.option("--play", "action", flag_value="play", help="A token to play the stream (HLS ?token=).")
+@click.option("--publish", "action", flag_value="publish",
+              help="A token to publish the stream (RTMP ?token=).")
+@click.option("--rest", "action", flag_value="rest", help="A bearer token for the REST API instead.")
+@click.option("--scope", multiple=True, help="With --rest: a scope to grant (repeatable).")
+@click.option("--ttl", "ttl_s", type=click.IntRange(1, 366 * 24 * 3600), default=3600, show_default=True,
+              help="Seconds until the token expires.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="The config file holding cluster_secret [default: the one `mesh node` reads].")
+@click.option("--cluster-secret-file", type=click.Path(dir_okay=False), default=None,
+              help="A file holding the cluster secret [or MESH_CLUSTER_SECRET].")
+def token(stream_id: str | None, action: str | None, scope: tuple[str, ...], ttl_s: int,
+          config_path: str | None, cluster_secret_file: str | None) -> None:
+    """Print a signed token (JWT HS256) for one stream and action, or for the REST API.
+
+    \b
+      mesh token --stream cam1 --play --ttl 3600      then play .../cam1.m3u8?token=TOKEN
+      mesh token --stream cam1 --publish              then publish to rtmp://.../LiveApp/cam1?token=TOKEN
+      mesh token --rest                               then send Authorization: Bearer TOKEN
+
+    The secret comes from --cluster-secret-file, MESH_CLUSTER_SECRET or the config file's
+    cluster_secret; only the token is printed.
+    """
+    import time
+
+    from . import tokens
+
+    if action is None:
+        fail("say what the token allows: --play or --publish (with --stream ID), or --rest")
+    if action == "rest":
+        if stream_id:
+            fail("--stream goes with --play or --publish; a --rest token is for the whole API")
+    elif not stream_id:
+        fail(f"--{action} needs --stream ID")
+    elif scope:
+        fail("--scope goes with --rest")
+    path = config_path or (str(default_config_path()) if default_config_path().exists() else None)
+    try:
+        cfg = load_config(path, role="standalone", cluster_secret_file=cluster_secret_file)
+    except ConfigError as exc:
+        fail(str(exc))
+    if not cfg.cluster_secret:
+        fail("no cluster secret: pass --cluster-secret-file FILE, set MESH_CLUSTER_SECRET, or put "
+             "cluster_secret in the config file (the nodes must use the same one)")
+    now = time.time()
+    if action == "rest":
+        text = tokens.issue_rest_token(cfg.cluster_secret, ttl_s=ttl_s, now=now, scope=scope)
+    else:
+        assert stream_id is not None
+        try:
+            text = tokens.issue_stream_token(cfg.cluster_secret, stream_id, action, ttl_s=ttl_s, now=now)
+        except ValueError as exc:
+            fail(str(exc))
+    click.echo(text)
 
 
 def entry() -> None:  # pragma: no cover - console-script shim

@@ -147,10 +147,12 @@ def start_node(role: str, workdir: Path, *, node_id: str, mongo: str | None = No
     args = [sys.executable, "-m", "mesh", "node", "--role", role, "--node-id", node_id,
             "--http-port", str(http_port), "--rtmp-port", str(rtmp_port), "--bus-port", str(bus_port),
             "--data-dir", str(workdir / f"data-{node_id}"), "--log-level", "info"]
-    if mongo:
-        args += ["--mongo", mongo]
+    extra_env = {"MESH_DB_NAME": db_name}
+    if mongo:  # in the environment, not argv: the URI may hold a password
+        extra_env["MESH_MONGO"] = mongo
+    extra_env.update(env or {})
     args += extra_args or []
-    proc = NodeProcess(args, node_env(MESH_DB_NAME=db_name, **(env or {})), workdir / f"{node_id}.log")
+    proc = NodeProcess(args, node_env(**extra_env), workdir / f"{node_id}.log")
     return proc.wait_ready() if wait else proc
 
 

@@ -5,6 +5,13 @@ environment variables, command-line flags. Validation happens once, at start, an
 names the field and says what would be accepted. Units are in the field names.
 
 A commented sample lives in ``deploy/mesh.toml``.
+
+Secrets (``mongo`` when it holds a password, ``cluster_secret``, ``cluster_secret_previous``)
+never need to be on the command line: each can come from the TOML file, from its environment
+variable, or from a file named by ``<field>_file`` (``--mongo-file``, ``--cluster-secret-file``,
+``MESH_MONGO_FILE``...). When both a field and its ``_file`` are given, the higher-precedence
+source wins; both at the same level is an error. Secrets are left out of ``repr`` and
+:func:`as_dict`.
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from .credentials import SecretFileError, mask_uri, read_secret_file, write_private_file
 from .names import NAME_RULE, is_name
 
 ROLES = ("origin", "edge", "standalone")
@@ -37,7 +45,8 @@ class NodeConfig:
     bus_port: int = 5560  # PUB socket; 0 = OS-assigned
     snapshot_port: int = 0  # ROUTER socket; 0 = bus_port + 1 when bus_port is set, else OS-assigned
     app: str = "LiveApp"
-    mongo: str = ""  # mongodb:// URI; empty = embedded database (standalone only)
+    mongo: str = field(default="", repr=False)  # mongodb:// URI; empty = embedded database (standalone only)
+    mongo_file: str = ""  # a file holding the mongo URI (so its password is not in argv)
     db_name: str = "mesh"
     data_dir: str = str(DEFAULT_DATA_DIR)
     log_level: str = "info"
@@ -62,7 +71,15 @@ class NodeConfig:
     # Accepted publishers are read together, at most this far apart (0 = as each socket wakes):
     # fewer wake-ups per packet, at the price of up to this much delay on a busy origin.
     rtmp_read_max_interval_s: float = 0.04
-    publish_token: str = ""  # when set, RTMP publishers must pass ?token=
+    publish_token: str = field(default="", repr=False)  # when set, RTMP publishers must pass ?token=
+    # stream and REST tokens (mesh/tokens.py): JWT HS256 signed with the cluster secret; during a
+    # rotation tokens signed with the previous secret are accepted too
+    cluster_secret: str = field(default="", repr=False)
+    cluster_secret_file: str = ""
+    cluster_secret_previous: str = field(default="", repr=False)
+    cluster_secret_previous_file: str = ""
+    require_play_token: bool = False  # HLS playlists and segments need ?token= (act play)
+    require_publish_token: bool = False  # RTMP publish and REST create need a publish token
     pull_file_root: str = ""  # pull sources may read files only below this directory ("" = none)
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -114,14 +131,32 @@ class NodeConfig:
                       "e.g. mongodb://user:pass@10.0.0.5:27017/")
         if self.role != "standalone" and not self.mongo:
             raise bad("mongo", f"a {self.role} node needs the cluster's database: pass "
-                      "--mongo mongodb://USER:PASS@HOST:27017/ (or MESH_MONGO), or run "
+                      "--mongo-file FILE holding mongodb://USER:PASS@HOST:27017/ (or MESH_MONGO, "
+                      "--mongo), or run "
                       "`mesh db` for a local one; only standalone starts its own")
+        for name in ("cluster_secret", "cluster_secret_previous"):
+            value = getattr(self, name)
+            if value and len(value.encode("utf-8")) < MIN_SECRET_BYTES:
+                raise bad(name, f"use at least {MIN_SECRET_BYTES} characters, e.g. the output of "
+                          "`openssl rand -hex 32`")
+        if self.cluster_secret_previous and not self.cluster_secret:
+            raise bad("cluster_secret_previous", "is only used next to cluster_secret (rotation); "
+                      "set cluster_secret to the new secret")
+        for name in ("require_play_token", "require_publish_token"):
+            if getattr(self, name) and not self.cluster_secret:
+                raise bad(name, "needs cluster_secret to check tokens with: set it in the config "
+                          "file, MESH_CLUSTER_SECRET or --cluster-secret-file")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise bad("log_level", "use debug, info, warning or error")
         return self
 
 
 _FIELDS = {f.name: f for f in fields(NodeConfig) if f.name != "extra"}
+MIN_SECRET_BYTES = 16
+#: Fields that hold secrets; each has a ``<name>_file`` companion.
+SECRET_FIELDS = ("mongo", "cluster_secret", "cluster_secret_previous")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
 
 
 def _coerce(name: str, raw: Any) -> Any:
@@ -136,6 +171,12 @@ def _coerce(name: str, raw: Any) -> Any:
             if isinstance(raw, bool):
                 raise ValueError
             return float(raw)
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            if isinstance(raw, str) and raw.strip().lower() in _TRUE + _FALSE:
+                return raw.strip().lower() in _TRUE
+            raise ValueError
         if kind == "str":
             if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
                 raise ValueError
@@ -149,6 +190,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
                 **overrides: Any) -> NodeConfig:
     """Build and validate a :class:`NodeConfig`. ``overrides`` are flags; ``None`` means unset."""
     values: dict[str, Any] = {}
+    level: dict[str, int] = {}  # 1 file, 2 environment, 3 flag: which source set each field
     if path:
         try:
             with open(path, "rb") as fh:
@@ -164,24 +206,47 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
             if key not in _FIELDS:
                 raise ConfigError(f"config file {path}: unknown field '{key}' "
                                   f"(known: {', '.join(sorted(_FIELDS))})")
-            values[key] = _coerce(key, raw)
+            values[key], level[key] = _coerce(key, raw), 1
     env = os.environ if env is None else env
     for name in _FIELDS:
         raw = env.get("MESH_" + name.upper())
         if raw is not None and raw != "":
-            values[name] = _coerce(name, raw)
+            values[name], level[name] = _coerce(name, raw), 2
     for name, raw in overrides.items():
         if raw is None:
             continue
         if name not in _FIELDS:
             raise AssertionError(f"unknown config override {name}")
-        values[name] = _coerce(name, raw)
+        values[name], level[name] = _coerce(name, raw), 3
+    _read_secret_files(values, level)
     return NodeConfig(**values).validate()
 
 
+def _read_secret_files(values: dict[str, Any], level: dict[str, int]) -> None:
+    """Fill each secret field from its ``_file`` companion, unless a higher source set it directly."""
+    for name in SECRET_FIELDS:
+        companion = name + "_file"
+        if not values.get(companion):
+            continue
+        if values.get(name):
+            if level[name] == level[companion]:
+                raise ConfigError(f"config field '{name}': give {name} or {companion}, not both")
+            if level[name] > level[companion]:
+                continue
+        try:
+            values[name] = read_secret_file(values[companion], name.replace("_", " "))
+        except SecretFileError as exc:
+            raise ConfigError(f"config field '{companion}': {exc}") from None
+
+
 def as_dict(cfg: NodeConfig) -> dict[str, Any]:
+    """The config as plain data, secrets shown as ``***`` (safe to print or serve)."""
     data = dataclasses.asdict(cfg)
     data.pop("extra", None)
+    data["mongo"] = mask_uri(cfg.mongo)
+    for name in ("cluster_secret", "cluster_secret_previous", "publish_token"):
+        if data[name]:
+            data[name] = "***"
     return data
 
 
@@ -206,8 +271,5 @@ def set_config_values(path: str | Path, values: dict[str, Any]) -> None:
         else:
             rendered = repr(value)
         lines.append(f"{key} = {rendered}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.chmod(tmp, 0o600)  # it may hold a database password
-    tmp.replace(path)
+    # It may hold a database password or the cluster secret: 0640, group mesh (or root).
+    write_private_file(path, "\n".join(lines) + "\n")

@@ -4,6 +4,11 @@ mesh talks to it only through pymongo, the same code path as a real MongoDB. Thi
 child's lifecycle: check the port and the data directory before starting (so the operator gets one
 clear line instead of a WiredTiger traceback), wait until it answers ``ping``, and stop it with
 SIGTERM (then SIGKILL after a bound).
+
+With users, the server never runs without authentication: the users are written offline into
+the stopped data directory first (:mod:`mesh.db_bootstrap`, no socket at all), then the server
+starts with ``--auth``. Passwords never appear in the child's argv, in logs or in printed URIs
+(:attr:`EmbeddedDb.display_uri` shows ``***``).
 """
 from __future__ import annotations
 
@@ -22,6 +27,9 @@ from urllib.parse import quote_plus
 
 import pymongo
 import pymongo.errors
+
+from .credentials import env_without_secrets, mask_uri
+from .db_bootstrap import BootstrapError, bootstrap_users
 
 log = logging.getLogger("mesh.db")
 
@@ -78,8 +86,11 @@ class EmbeddedDb:
     Call :meth:`start` from the thread that will outlive the child (the main thread): the child is
     bound to its parent thread's life with ``PR_SET_PDEATHSIG``.
 
-    ``users`` (name → password) are created on first start, after which the server is restarted
-    with ``--auth`` (SecantusDB has no localhost exception once auth is on).
+    ``users`` (name → password, role root) are written into the data directory before the
+    server starts (offline, see :mod:`mesh.db_bootstrap`), and the server then runs with
+    ``--auth`` (SecantusDB has no localhost exception once auth is on). An existing user's
+    password is set to the one given. Other users found in the data directory are listed in
+    :attr:`other_users` and logged, so an operator learns about a user they did not create.
     """
 
     def __init__(self, data_dir: str | Path, host: str = "127.0.0.1", port: int = 27017,
@@ -90,9 +101,11 @@ class EmbeddedDb:
         self.users = dict(users or {})
         self.log_path = Path(log_path) if log_path else self.data_dir / "secantusd.log"
         self._proc: subprocess.Popen[bytes] | None = None
+        self.other_users: list[str] = []
 
     @property
     def uri(self) -> str:
+        """The URI to connect with, password included: hand it to code, never print it."""
         if self.users:
             name, password = next(iter(self.users.items()))
             return f"mongodb://{quote_plus(name)}:{quote_plus(password)}@{self.host}:{self.port}/"
@@ -110,7 +123,7 @@ class EmbeddedDb:
                 f"port {self.host}:{self.port} is already in use; stop whatever listens there "
                 f"(another `mesh db`?) or pass --port with a free port")
         try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # it holds credential hashes
         except OSError as exc:
             raise EmbeddedDbError(f"cannot create data dir {self.data_dir}: {exc.strerror}; "
                                   f"pass --data-dir with a writable directory") from None
@@ -119,19 +132,25 @@ class EmbeddedDb:
                 f"data dir {self.data_dir} is in use by another database server; stop it or "
                 f"pass --data-dir with another directory")
         if self.users:
-            self._spawn(auth=False)
-            self._wait_ready(timeout_s, auth=False)
-            self._create_users()
-            self._terminate()
+            try:
+                report = bootstrap_users(self.data_dir, self.users, timeout_s)
+            except BootstrapError as exc:
+                raise EmbeddedDbError(f"{exc}; check that {self.data_dir} is a SecantusDB data "
+                                      f"directory that no server is using") from None
+            self.other_users = list(report.get("others", []))
+            if self.other_users:
+                log.warning("the database in %s also has the users %s; drop any you did not create "
+                            "(dropUser)", self.data_dir, ", ".join(self.other_users))
         self._spawn(auth=bool(self.users))
         self._wait_ready(timeout_s, auth=bool(self.users))
-        log.info("embedded database ready at %s (data %s, pid %s)", self._display_uri(),
+        log.info("embedded database ready at %s (data %s, pid %s)", self.display_uri,
                  self.data_dir, self._proc.pid if self._proc else "?")
         return self.uri
 
-    def _display_uri(self) -> str:
-        return self.uri.replace(quote_plus(next(iter(self.users.values()))), "***") if self.users \
-            else self.uri
+    @property
+    def display_uri(self) -> str:
+        """:attr:`uri` with the password replaced by ``***``: safe to print and log."""
+        return mask_uri(self.uri)
 
     def _spawn(self, auth: bool) -> None:
         args = [sys.executable, "-m", "secantus", "--host", self.host, "--port", str(self.port),
@@ -142,6 +161,7 @@ class EmbeddedDb:
         try:
             self._proc = subprocess.Popen(args, stdout=logfile, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, start_new_session=True,
+                                          env=env_without_secrets(),
                                           preexec_fn=_die_with_parent)
         finally:
             logfile.close()
@@ -169,19 +189,6 @@ class EmbeddedDb:
                         raise EmbeddedDbError(f"the embedded database did not answer ping within "
                                               f"{timeout_s:.0f} s; see {self.log_path}") from None
                     time.sleep(0.05)
-        finally:
-            client.close()
-
-    def _create_users(self) -> None:
-        client = self._client(auth=False)
-        try:
-            existing = {u["user"] for u in client.admin.command("usersInfo").get("users", [])}
-            for name, password in self.users.items():
-                if name in existing:
-                    client.admin.command("updateUser", name, pwd=password)
-                else:
-                    client.admin.command("createUser", name, pwd=password,
-                                         roles=[{"role": "root", "db": "admin"}])
         finally:
             client.close()
 

@@ -20,7 +20,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterable
-from urllib.parse import urlsplit
+from urllib.parse import unquote, unquote_plus, urlsplit
 
 import pymongo
 import pymongo.errors
@@ -90,13 +90,33 @@ class NodeView:
 
 
 def _redact(uri: str) -> str:
-    parts = urlsplit(uri)
-    host = parts.hostname or "?"
-    return f"{host}:{parts.port or 27017}"
+    try:
+        parts = urlsplit(uri)
+        return f"{parts.hostname or '?'}:{parts.port or 27017}"
+    except ValueError:
+        return "?"
 
 
 def _user(uri: str) -> str:
-    return urlsplit(uri).username or ""
+    try:
+        return urlsplit(uri).username or ""
+    except ValueError:
+        return ""
+
+
+def _scrub(text: str, uri: str) -> str:
+    """``text`` (e.g. a driver's error message) with the URI's password, raw or decoded, as ``***``."""
+    rest = uri.split("://", 1)[-1]
+    if "@" not in rest:
+        return text
+    creds = rest.rsplit("@", 1)[0]
+    if ":" not in creds:
+        return text
+    password = creds.split(":", 1)[1]
+    for secret in sorted({password, unquote_plus(password), unquote(password)}, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 def _aware(value: Any) -> dt.datetime | None:
@@ -113,9 +133,13 @@ class Registry:
         self.uri = uri
         self.node_dead_after_s = node_dead_after_s
         self._timeout_ms = int(timeout_s * 1000)
-        self._client: AsyncMongoClient = AsyncMongoClient(
-            uri, serverSelectionTimeoutMS=self._timeout_ms, connectTimeoutMS=self._timeout_ms,
-            tz_aware=True, appname="mesh")
+        try:
+            self._client: AsyncMongoClient = AsyncMongoClient(
+                uri, serverSelectionTimeoutMS=self._timeout_ms, connectTimeoutMS=self._timeout_ms,
+                tz_aware=True, appname="mesh")
+        except (pymongo.errors.PyMongoError, ValueError) as exc:
+            raise RegistryError(f"MongoDB URI is not usable: {_scrub(str(exc), uri)}; fix --mongo / "
+                                f"MESH_MONGO (user and password percent-encoded)") from None
         self._db = self._client[db_name]
         self.nodes = self._db["nodes"]
         self.streams = self._db["streams"]
@@ -134,10 +158,11 @@ class Registry:
                 raise RegistryError(
                     f"MongoDB at {_redact(self.uri)} refused {who} (authentication failed); "
                     f"check the user and password in --mongo / MESH_MONGO") from None
+            detail = str(exc.details.get("errmsg", exc) if exc.details else exc)
             raise RegistryError(f"MongoDB at {_redact(self.uri)} refused a command: "
-                                f"{exc.details.get('errmsg', exc) if exc.details else exc}") from None
+                                f"{_scrub(detail, self.uri)}") from None
         except pymongo.errors.ConfigurationError as exc:
-            raise RegistryError(f"MongoDB URI is not usable: {exc}") from None
+            raise RegistryError(f"MongoDB URI is not usable: {_scrub(str(exc), self.uri)}") from None
         except pymongo.errors.PyMongoError:
             raise RegistryError(
                 f"cannot reach MongoDB at {_redact(self.uri)} within {self._timeout_ms / 1000:.0f} s; "

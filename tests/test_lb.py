@@ -70,8 +70,9 @@ def test_mode_switches_between_cluster_and_standalone(tmp_path: Path, mongo: str
     assert out.returncode == 0, out.stderr
     doc = tomllib.loads(path.read_text())["node"]
     assert doc == {"role": "edge", "mongo": f"mongodb://{host}/"}
-    assert path.stat().st_mode & 0o077 == 0, "the file may hold a password: owner-only"
-    out = run("cluster", f"127.0.0.1:{free_port()}", "op", "pw")
+    assert path.stat().st_mode & 0o037 == 0, "the file may hold a password: owner and group read only"
+    (tmp_path / "pw").write_text("pw\n")
+    out = run("cluster", f"127.0.0.1:{free_port()}", "op", "--password-file", str(tmp_path / "pw"))
     assert out.returncode == 2 and "cannot reach MongoDB" in out.stderr
     assert tomllib.loads(path.read_text())["node"]["role"] == "edge", "a failed switch changes nothing"
     out = run("standalone")
@@ -81,15 +82,27 @@ def test_mode_switches_between_cluster_and_standalone(tmp_path: Path, mongo: str
 def test_mode_cluster_with_user_and_password(tmp_path: Path, auth_mongo) -> None:
     user, password, host, port = auth_mongo
     path = tmp_path / "mesh.toml"
-    cmd = [sys.executable, "-m", "mesh", "mode", "cluster", f"{host}:{port}", user, password,
-           "--config", str(path)]
+    (tmp_path / "pw").write_text(password + "\n")
+    cmd = [sys.executable, "-m", "mesh", "mode", "cluster", f"{host}:{port}", user,
+           "--password-file", str(tmp_path / "pw"), "--config", str(path)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=node_env())
     assert out.returncode == 0, out.stderr
     assert tomllib.loads(path.read_text())["node"]["mongo"] == f"mongodb://{user}:{password}@{host}:{port}/"
-    bad = subprocess.run(cmd[:7] + ["nope", "--config", str(tmp_path / "other.toml")],
-                         capture_output=True, text=True, timeout=60, env=node_env())
+    assert password not in out.stdout + out.stderr
+    # The same from the environment; a wrong password changes nothing.
+    env_cmd = cmd[:7] + ["--config", str(tmp_path / "env.toml")]
+    out = subprocess.run(env_cmd, capture_output=True, text=True, timeout=60,
+                         env=node_env(MESH_DB_PASSWORD=password))
+    assert out.returncode == 0 and (tmp_path / "env.toml").exists(), out.stderr
+    bad = subprocess.run(cmd[:7] + ["--config", str(tmp_path / "other.toml")],
+                         capture_output=True, text=True, timeout=60, env=node_env(MESH_DB_PASSWORD="nope"))
     assert bad.returncode == 2 and "authentication failed" in bad.stderr
     assert not (tmp_path / "other.toml").exists()
+    # A password as an argument would be in the process list: refused, nothing written.
+    argv = subprocess.run(cmd[:7] + [password, "--config", str(tmp_path / "argv.toml")],
+                          capture_output=True, text=True, timeout=60, env=node_env())
+    assert argv.returncode == 2 and "--password-file" in argv.stderr and "MESH_DB_PASSWORD" in argv.stderr
+    assert not (tmp_path / "argv.toml").exists()
 
 
 @pytest.mark.integration
