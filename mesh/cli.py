@@ -275,7 +275,7 @@ def cluster_nodes(mongo: str | None, mongo_file: str | None, as_json: bool) -> N
 
     views = run_registry(mongo_uri(mongo, mongo_file), lambda r: r.list_nodes())
     if as_json:
-        click.echo(json.dumps([node_json(v) for v in views], indent=2, default=str))
+        click.echo(json.dumps([node_json(v, internal=True) for v in views], indent=2, default=str))
         return
     if not views:
         click.echo("no nodes registered")

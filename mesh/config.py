@@ -16,6 +16,7 @@ source wins; both at the same level is an error. Secrets are left out of ``repr`
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import socket
 import tomllib
@@ -81,6 +82,13 @@ class NodeConfig:
     require_play_token: bool = False  # HLS playlists and segments need ?token= (act play)
     require_publish_token: bool = False  # RTMP publish and REST create need a publish token
     pull_file_root: str = ""  # pull sources may read files only below this directory ("" = none)
+    # hosts pull sources may reach besides global ones (names, *.suffix, addresses, networks; see
+    # mesh/ingest/source_policy.py); loopback, link-local and private addresses need listing
+    pull_allowed_hosts: list[str] = field(default_factory=list)
+    # REST calls that change state need a Bearer token (cluster_secret) unless they come from here
+    rest_allowed_cidrs: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    # peers whose X-Forwarded-For names the real client (the load balancer); loopback by default
+    trusted_proxies: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # -- derived ---------------------------------------------------------------------------
@@ -142,6 +150,12 @@ class NodeConfig:
         if self.cluster_secret_previous and not self.cluster_secret:
             raise bad("cluster_secret_previous", "is only used next to cluster_secret (rotation); "
                       "set cluster_secret to the new secret")
+        for name in ("rest_allowed_cidrs", "trusted_proxies"):
+            for entry in getattr(self, name):
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError:
+                    raise bad(name, f"{entry!r} is not an address or network such as 10.0.0.0/8") from None
         for name in ("require_play_token", "require_publish_token"):
             if getattr(self, name) and not self.cluster_secret:
                 raise bad(name, "needs cluster_secret to check tokens with: set it in the config "
@@ -181,6 +195,12 @@ def _coerce(name: str, raw: Any) -> Any:
             if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
                 raise ValueError
             return str(raw)
+        if kind == "list[str]":  # a TOML array of strings, or "a,b,c" from the environment or a flag
+            if isinstance(raw, str):
+                return [part.strip() for part in raw.split(",") if part.strip()]
+            if isinstance(raw, (list, tuple)) and all(isinstance(x, str) for x in raw):
+                return [x.strip() for x in raw if x.strip()]
+            raise ValueError
     except (TypeError, ValueError):
         raise ConfigError(f"config field '{name}': {raw!r} is not a valid {kind}") from None
     raise AssertionError(f"unhandled config type {kind} for {name}")

@@ -165,6 +165,8 @@ backend mesh_rtmp
 frontend http_in
     mode http
     bind {listen}:{http_port}
+    # the client's address, as the nodes' REST authentication reads it (never the client's own header)
+    http-request set-header X-Forwarded-For %[src]
     acl create path_reg ^/[^/]+/rest/v2/broadcasts/create$
     use_backend mesh_origins if create
     default_backend mesh_edges

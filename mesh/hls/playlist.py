@@ -38,7 +38,8 @@ def target_duration(segments: Sequence[SegmentRef], configured_s: float) -> int:
 
 
 def render_media_playlist(base: str, segments: Sequence[SegmentRef], *, configured_target_s: float,
-                          ended: bool) -> str:
+                          ended: bool, query: str = "") -> str:
+    """``query`` (e.g. ``?token=...``) is appended to every segment URI."""
     lines = ["#EXTM3U", "#EXT-X-VERSION:3",
              f"#EXT-X-TARGETDURATION:{target_duration(segments, configured_target_s)}"]
     if segments:
@@ -51,7 +52,7 @@ def render_media_playlist(base: str, segments: Sequence[SegmentRef], *, configur
         if seg.pdt_ms is not None:
             lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{_pdt(seg.pdt_ms)}")
         lines.append(f"#EXTINF:{seg.duration_s:.3f},")
-        lines.append(segment_name(base, seg.seq))
+        lines.append(segment_name(base, seg.seq) + query)
         previous = seg
     if ended:
         lines.append("#EXT-X-ENDLIST")
@@ -71,8 +72,9 @@ class Variant:
     frame_rate: float | None = None
 
 
-def render_master_playlist(variants: Sequence[Variant]) -> str:
-    """A master playlist listing ``variants`` highest bandwidth first."""
+def render_master_playlist(variants: Sequence[Variant], query: str = "") -> str:
+    """A master playlist listing ``variants`` highest bandwidth first; ``query`` is appended to
+    every variant URI."""
     lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-INDEPENDENT-SEGMENTS"]
     for v in sorted(variants, key=lambda v: -v.bandwidth):
         attrs = [f"BANDWIDTH={max(v.bandwidth, 1)}"]
@@ -85,5 +87,5 @@ def render_master_playlist(variants: Sequence[Variant]) -> str:
         if v.frame_rate:
             attrs.append(f"FRAME-RATE={v.frame_rate:.3f}")
         lines.append(f"#EXT-X-STREAM-INF:{','.join(attrs)}")
-        lines.append(v.uri)
+        lines.append(v.uri + query)
     return "\n".join(lines) + "\n"

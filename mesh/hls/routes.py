@@ -9,13 +9,21 @@ layer's fast path (:meth:`HlsRoutes.fast_get`) with replies built once: the play
 when the window changes, not per request, and a segment's bytes go out of a memory file with
 ``sendfile``. Everything else (first requests, 404s, master playlists, unusual requests) goes
 through :meth:`HlsRoutes.handle`, which has the same effects and headers.
+
+Protected streams (``require_play_token``): every playlist and segment request needs
+``?token=`` with a play token for that stream (:mod:`mesh.tokens`); the playlists carry the same
+query on every URI they list, so a player needs nothing but the tokenised playlist URL, and the
+same URL gets the same bytes from every edge. Without a valid token: 403. Such requests carry a
+query, so they never take the fast path, and a balancer's cache keyed on the whole URI never
+serves a protected object to a request without the token.
 """
 from __future__ import annotations
 
 import re
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Callable
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -23,6 +31,7 @@ from .. import metrics
 from ..errors import MeshError, NotFound
 from ..http.app import HttpError, HttpServer, Reply
 from ..names import NAME_PATTERN
+from ..tokens import TokenError
 from .playlist import Variant, render_master_playlist
 from .stream import EdgeStream
 from .streams import EdgeStreams
@@ -38,6 +47,9 @@ PLAYLIST_CACHE_CONTROL = "max-age=1"
 SEGMENT_FILES_MAX = 256  # memory files for sendfile: bounded in descriptors...
 SEGMENT_FILES_MAX_BYTES = 128 << 20  # ... and in bytes (they copy segments the window holds)
 VIEWER_HORIZON_S = 10.0  # a viewer counts while it asked for a playlist this recently
+
+#: ``check(stream_id, token)`` raises :class:`mesh.tokens.TokenError` unless ``token`` may play it.
+PlayCheck = Callable[[str, str], None]
 
 
 class SegmentFiles:
@@ -88,8 +100,9 @@ def as_http(exc: MeshError) -> HttpError:
 
 
 class HlsRoutes:
-    def __init__(self, streams: EdgeStreams, app_name: str):
+    def __init__(self, streams: EdgeStreams, app_name: str, play_check: PlayCheck | None = None):
         self.streams = streams
+        self.play_check = play_check
         self.prefix = f"/{app_name}/streams/"
         self.files = SegmentFiles()
         self._playlists: dict[str, tuple[int, Reply]] = {}
@@ -142,7 +155,9 @@ class HlsRoutes:
     def fast_get(self, name: str, remote: str) -> Reply | None:
         """The fast path's route (see :meth:`mesh.http.app.HttpServer.add_fast_get`): a playlist
         or segment of a stream already open here, with :meth:`handle`'s effects; None when
-        :meth:`handle` has more to do (open a stream, answer 404, a master playlist)."""
+        :meth:`handle` has more to do (open a stream, answer 404, a master playlist, a token)."""
+        if self.play_check is not None:
+            return None  # protected: every request carries ?token=, checked by handle()
         if name.endswith(".ts"):
             m = SEGMENT_RE.fullmatch(name)
             if m is None or (stream := self.streams.get(m.group(1))) is None:
@@ -165,22 +180,43 @@ class HlsRoutes:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         try:
             return await self._handle(request, request.match_info["name"])
+        except TokenError as exc:
+            kind = "segment" if request.match_info["name"].endswith(".ts") else "playlist"
+            metrics.VIEWER_REQUESTS.labels(kind, "403").inc()
+            raise HttpError(403, f"{exc}", f"token_{exc.reason}") from None
         except MeshError as exc:
             kind = "segment" if request.match_info["name"].endswith(".ts") else "playlist"
             metrics.VIEWER_REQUESTS.labels(kind, "404").inc()
             raise as_http(exc) from None
 
+    def _token_query(self, request: web.Request, stream_id: str) -> str:
+        """The query to carry on listed URIs: ``?token=...`` for a protected stream whose token
+        is valid (raises TokenError otherwise), "" for an open one."""
+        if self.play_check is None:
+            return ""
+        token = request.query.get("token", "")
+        self.play_check(stream_id, token)
+        return "?token=" + quote(token, safe="")
+
     async def _handle(self, request: web.Request, name: str) -> web.StreamResponse:
         if m := PLAYLIST_RE.fullmatch(name):
             base = m.group(1)
             if base.endswith(ADAPTIVE):
-                return await self._master(base[: -len(ADAPTIVE)])
+                stream_id = base[: -len(ADAPTIVE)]
+                return await self._master(stream_id, self._token_query(request, stream_id))
+            query = self._token_query(request, base)
             stream = await self.streams.open(base)
             self._viewers[(request.remote or "?", base)] = time.monotonic()
             self._playlist_ok.inc()
+            if query:
+                text = stream.window.playlist(query).encode()
+                self.egress_bytes += len(text)
+                return web.Response(body=text, headers={"Cache-Control": PLAYLIST_CACHE_CONTROL,
+                                                        "Content-Type": PLAYLIST_CONTENT_TYPE})
             return self._sent(self._playlist(stream)).response()
         if m := SEGMENT_RE.fullmatch(name):
             base, seq = m.group(1), int(m.group(2))
+            self._token_query(request, base)
             stream = await self.streams.open(base)
             data = stream.window.segment(seq)
             if data is None:
@@ -192,7 +228,7 @@ class HlsRoutes:
         raise NotFound(f"{name[:100]!r} is not a playlist ({{id}}.m3u8) or segment "
                        f"({{id}}NNNNNNNNN.ts) name", "path")
 
-    async def _master(self, stream_id: str) -> web.Response:
+    async def _master(self, stream_id: str, query: str) -> web.Response:
         stream = await self.streams.open(stream_id)
         w = stream.window
         peak, average = w.peak_and_average_bps()
@@ -200,7 +236,7 @@ class HlsRoutes:
         variant = Variant(f"{stream_id}.m3u8", peak, average or None,
                           w.video.width if w.video else None, w.video.height if w.video else None,
                           codecs or None)
-        text = render_master_playlist([variant])
+        text = render_master_playlist([variant], query)
         self.egress_bytes += len(text)
         return web.Response(text=text, content_type=PLAYLIST_TYPE,
                             headers={"Cache-Control": PLAYLIST_CACHE_CONTROL})

@@ -253,9 +253,9 @@ class RenditionWindow:
         return True
 
     # -- output ----------------------------------------------------------------------------
-    def playlist(self) -> str:
+    def playlist(self, query: str = "") -> str:
         return render_media_playlist(self.base, list(self.listed), configured_target_s=self.target_s,
-                                     ended=self.ended)
+                                     ended=self.ended, query=query)
 
     def segment(self, seq: int) -> bytes | None:
         return self.data.get(seq)

@@ -42,18 +42,21 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
                         content_type="application/json", headers=headers)
 
 
-def json_error(status: int, message: str, reason: str = "request") -> web.Response:
+def json_error(status: int, message: str, reason: str = "request",
+               headers: dict[str, str] | None = None) -> web.Response:
     if 400 <= status < 500:
         metrics.reject("http", reason, "%d %s", status, message)
-    return json_response({"error": message}, status=status)
+    return json_response({"error": message}, status=status, headers=headers)
 
 
 class HttpError(Exception):
     """Raised by handlers to answer with a JSON error."""
 
-    def __init__(self, status: int, message: str, reason: str = "request"):
+    def __init__(self, status: int, message: str, reason: str = "request",
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.reason = status, message, reason
+        self.headers = headers
 
 
 @web.middleware
@@ -63,7 +66,7 @@ async def errors_and_cors(request: web.Request, handler: Handler) -> web.StreamR
     try:
         response = await handler(request)
     except HttpError as exc:
-        response = json_error(exc.status, exc.message, exc.reason)
+        response = json_error(exc.status, exc.message, exc.reason, exc.headers)
     except web.HTTPNotFound:
         response = json_error(404, f"no such resource: {request.path[:200]}", "notfound")
     except web.HTTPMethodNotAllowed as exc:

@@ -4,6 +4,8 @@
 - ``GET  /{app}/rest/v2/broadcasts/list/{offset}/{size}``  streams of the app
 - ``POST /{app}/rest/v2/broadcasts/create``                ``{"streamId", "streamUrl"}``: pull a
   source (origins only; other nodes answer 409 naming an origin to ask)
+
+Calls that change state pass :class:`~.auth.RestAuth` first (an allowed network or a REST token).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from ..errors import Conflict, Invalid, MeshError
 from ..names import NAME_RULE, is_name
 from ..registry import Registry
 from .app import HttpError, json_response
+from .auth import RestAuth
 from .cluster import page_args
 
 CreateHandler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]  # -> stream document
@@ -62,7 +65,8 @@ def stream_id_arg(request: web.Request) -> str:
 
 
 def add_broadcast_routes(app: web.Application, registry: Registry, app_name: str,
-                         create: CreateHandler | None, no_create_hint: Callable[[], Awaitable[str]]) -> None:
+                         create: CreateHandler | None, no_create_hint: Callable[[], Awaitable[str]],
+                         auth: RestAuth) -> None:
     base = f"/{app_name}/rest/v2/broadcasts"
 
     async def get_one(request: web.Request) -> web.Response:
@@ -78,6 +82,7 @@ def add_broadcast_routes(app: web.Application, registry: Registry, app_name: str
         return json_response([broadcast_json(d) for d in docs])
 
     async def create_one(request: web.Request) -> web.Response:
+        auth.require(request)
         if create is None:
             raise HttpError(409, f"this node does not ingest; {await no_create_hint()}", "role")
         if request.content_type != "application/json":

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from ..registry import NodeView, Registry
 from .app import HttpError, json_response
+from .auth import RestAuth
 
 MAX_PAGE = 1000
 
@@ -29,7 +30,9 @@ def page_args(request: web.Request) -> tuple[int, int]:
     return offset, min(size, MAX_PAGE)
 
 
-def node_json(view: NodeView) -> dict[str, Any]:
+def node_json(view: NodeView, internal: bool = False) -> dict[str, Any]:
+    """A node as the REST API shows it; its internal endpoints (bus, direct RTMP) only when
+    ``internal`` (an authenticated caller)."""
     doc = view.doc
     load = doc.get("load") if isinstance(doc.get("load"), dict) else {}
     return {
@@ -46,20 +49,21 @@ def node_json(view: NodeView) -> dict[str, Any]:
         "ingestKbps": load.get("ingest_kbps"),
         "egressKbps": load.get("egress_kbps"),
         "httpUrl": doc.get("http_url"),
-        "rtmpUrl": doc.get("rtmp_url") or None,
-        "busEndpoint": doc.get("bus_endpoint") or None,
         "version": doc.get("version"),
+        **({"rtmpUrl": doc.get("rtmp_url") or None, "busEndpoint": doc.get("bus_endpoint") or None}
+           if internal else {}),
     }
 
 
 def add_cluster_routes(app: web.Application, registry: Registry,
-                       health: Callable[[], dict[str, Any]]) -> None:
+                       health: Callable[[], dict[str, Any]], auth: RestAuth) -> None:
     async def node_count(request: web.Request) -> web.Response:
         return json_response({"number": await registry.count_nodes()})
 
     async def nodes(request: web.Request) -> web.Response:
         offset, size = page_args(request)
-        return json_response([node_json(v) for v in await registry.list_nodes(offset, size)])
+        internal = auth.authenticated(request)
+        return json_response([node_json(v, internal) for v in await registry.list_nodes(offset, size)])
 
     async def healthz(request: web.Request) -> web.Response:
         report = health()

@@ -6,6 +6,7 @@ registry as their directory, and the HTTP routes that map viewers' requests to t
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import zmq.asyncio
@@ -13,7 +14,8 @@ from aiohttp import web
 
 from ..broker.subscriber import BusSubscriber
 from ..config import NodeConfig
-from ..hls.routes import HlsRoutes
+from .. import tokens
+from ..hls.routes import HlsRoutes, PlayCheck
 from ..hls.stream import Directory
 from ..hls.streams import EdgeStreams, HlsSettings
 from ..http.app import HttpServer
@@ -28,6 +30,18 @@ def hls_settings(cfg: NodeConfig) -> HlsSettings:
                        packetise_workers=cfg.edge_packetise_workers)
 
 
+def play_check(cfg: NodeConfig) -> PlayCheck | None:
+    """The play-token check of a node that requires tokens (None: streams play without one)."""
+    if not cfg.require_play_token:
+        return None
+    secrets = tokens.secrets_of(cfg.cluster_secret, cfg.cluster_secret_previous)
+
+    def check(stream_id: str, token: str) -> None:
+        tokens.verify_stream_token(token, secrets, stream_id, tokens.PLAY, now=time.time())
+
+    return check
+
+
 class EdgePart:
     name = "edge"
 
@@ -35,7 +49,7 @@ class EdgePart:
                  app: web.Application, http: HttpServer):
         self.bus = BusSubscriber(ctx)
         self.streams = EdgeStreams(hls_settings(cfg), directory, self.bus)
-        self.routes = HlsRoutes(self.streams, cfg.app)
+        self.routes = HlsRoutes(self.streams, cfg.app, play_check(cfg))
         self.routes.install(app, http)
 
     async def start(self) -> None:

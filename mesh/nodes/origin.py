@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from typing import Any
 
 import zmq.asyncio
 
-from .. import metrics
+from .. import metrics, tokens
 from ..broker.publisher import BusPublisher
 from ..config import NodeConfig
 from ..ingest.bookkeeping import SequenceBook
@@ -46,6 +47,7 @@ class OriginPart:
         self.live: dict[str, LiveStream] = {}
         self._claiming: set[str] = set()
         self._gauge = metrics.STREAMS.labels("origin")
+        self._secrets = tokens.secrets_of(cfg.cluster_secret, cfg.cluster_secret_previous)
         from ..ingest.pulls import PullManager  # PyAV is only imported when a node has an origin
 
         self.pulls = PullManager(registry, self.begin_stream, self.end_stream,
@@ -134,8 +136,16 @@ class OriginPart:
     # -- RtmpHandler -----------------------------------------------------------------------
     async def on_publish(self, conn: RtmpConnectionInfo, app: str, stream_name: str,
                          query: dict[str, str]) -> FlvPublish:
-        token = self.cfg.publish_token
-        if token and not hmac.compare_digest(query.get("token", "").encode(), token.encode()):
+        cfg = self.cfg
+        if cfg.require_publish_token:
+            try:
+                tokens.verify_stream_token(query.get("token", ""), self._secrets, stream_name,
+                                           tokens.PUBLISH, now=time.time())
+            except tokens.TokenError as exc:
+                metrics.reject("rtmp", f"token_{exc.reason}")
+                raise PublishRejected("NetStream.Publish.Denied", str(exc)) from None
+        elif cfg.publish_token and not hmac.compare_digest(query.get("token", "").encode(),
+                                                           cfg.publish_token.encode()):
             raise PublishRejected("NetStream.Publish.Denied",
                                   "a valid ?token= is required to publish on this origin")
         live = await self.begin_stream(stream_name, app, "rtmp")
