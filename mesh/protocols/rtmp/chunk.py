@@ -277,12 +277,7 @@ class ChunkReader:
         if fmt < 2:
             length = _BE32(buf, p + 2)[0] & 0xFFFFFF
             if length > self.max_message_size or length > self.max_buffered:
-                # checked before we wait for (and buffer) the payload
-                limit = min(self.max_message_size, self.max_buffered)
-                raise RemoteProtocolError(
-                    f"message of {length} bytes (type {buf[p + 6]}) on chunk stream {csid} exceeds the "
-                    f"{limit}-byte limit" + ("" if limit == self.max_message_size else
-                                             " for a connection that is not publishing"), reason="oversize")
+                raise self._too_long(length, buf[p + 6], csid)  # before we wait for (and buffer) the payload
             n = length if length < self.chunk_size else self.chunk_size
         else:
             if st is None:
@@ -313,6 +308,8 @@ class ChunkReader:
                        ) -> tuple[int, int, int, int, bytes] | object:
         """First chunk of a message: its ``n`` payload bytes start at ``p`` (all buffered)."""
         length = st.length
+        if length > self.max_buffered:  # a fmt 2/3 header repeating a length the cap no longer allows
+            raise self._too_long(length, st.type_id, csid)
         self._pos = p + n
         if n == length:  # the whole message is in this chunk (the common case)
             type_id = st.type_id
@@ -330,6 +327,13 @@ class ChunkReader:
         self._partial_bytes += n
         self._partial_count += 1
         return _CONSUMED
+
+    def _too_long(self, length: int, type_id: int, csid: int) -> RemoteProtocolError:
+        limit = min(self.max_message_size, self.max_buffered)
+        return RemoteProtocolError(
+            f"message of {length} bytes (type {type_id}) on chunk stream {csid} exceeds the {limit}-byte "
+            f"limit" + ("" if limit == self.max_message_size else " for a connection that is not publishing"),
+            reason="oversize")
 
     def _complete(self, msg: tuple[int, int, int, int, bytes]) -> tuple[int, int, int, int, bytes]:
         type_id = msg[1]

@@ -240,6 +240,12 @@ class ServerSession:
         """Received bytes not yet parsed (for the driver's read back-pressure)."""
         return len(self._hs) + self._reader.buffered
 
+    @property
+    def held_bytes(self) -> int:
+        """What this connection holds in memory: unparsed input plus partial message bodies
+        (the quantity the setup and publishing caps bound)."""
+        return len(self._hs) + self._reader.held
+
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Add bytes from the peer; ``b""`` means end of stream. Never raises on bad input."""
         if self._eof:
