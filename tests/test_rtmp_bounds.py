@@ -358,6 +358,8 @@ def test_amplification_attack_against_a_node_stays_within_the_memory_budget(tmp_
 
         peak, late = asyncio.run(asyncio.wait_for(main(), 120))
         after = rss_bytes(node.pid)
+        print(f"node RSS: {before / MB:.1f} MB before, {peak / MB:.1f} MB with 100 connections holding 59,904 "
+              f"bytes each, {after / MB:.1f} MB after (budget: +{RSS_BUDGET / MB:.0f} MB)")
         assert peak - before < RSS_BUDGET, f"RSS grew {(peak - before) / MB:.1f} MB during the attack"
         assert after - before < RSS_BUDGET, f"RSS grew {(after - before) / MB:.1f} MB after the attack"
         assert metric(node.http, "rtmp", "oversize") >= oversize0 + 100
