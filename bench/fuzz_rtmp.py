@@ -85,6 +85,10 @@ def _flv_tag(type_id: int, ts: int, body: bytes) -> bytes:
 
 
 SEEDS = [publisher_bytes(128), publisher_bytes(4096)]
+#: handshake + connect, as the seeds start (random chunks then land in a connected session)
+CONNECTED = SEEDS[0][:HANDSHAKE_LEN + len(ChunkWriter(128).write(3, 20, 0, 0, amf0.encode(
+    "connect", 1.0, {"app": "LiveApp", "type": "nonprivate", "flashVer": "FMLE/3.0 (compatible; Lavf)",
+                     "tcUrl": "rtmp://127.0.0.1:1935/LiveApp"})))]
 AMF_SEEDS = [
     amf0.encode("connect", 1.0, {"app": "LiveApp", "tcUrl": "rtmp://h/LiveApp", "fpad": False}),
     amf0.encode("@setDataFrame", "onMetaData", amf0.EcmaArray(width=640.0, encoder="Lavf", stereo=True)),
@@ -217,7 +221,7 @@ def one_input(rnd: random.Random) -> bool:
     if kind < 0.72:
         return run_session(SEEDS[0][:HANDSHAKE_LEN] + rnd.randbytes(rnd.randint(0, 2000)), rnd)
     if kind < 0.82:
-        prefix = SEEDS[0][:SEEDS[0].index(b"releaseStream") - 20] if rnd.random() < 0.5 else SEEDS[0][:HANDSHAKE_LEN]
+        prefix = CONNECTED if rnd.random() < 0.5 else SEEDS[0][:HANDSHAKE_LEN]
         return run_session(prefix + random_chunks(rnd), rnd)
     if kind < 0.92:
         try:

@@ -212,7 +212,8 @@ def test_held_bytes_over_the_cap_are_refused() -> None:
     r.feed(fmt0(6, 0, 900, 9, 1) + b"z" * 128 + fmt0(4, 0, 900, 8, 1) + b"a" * 128)
     assert r.next_message() is None and r.held == 256
     r.feed(b"".join(fmt3(csid) + b"q" * 128 for _ in range(3) for csid in (6, 4)))  # 1024 held
-    with pytest.raises(RemoteProtocolError, match="1024 bytes buffered on this connection.*1000-byte limit") as info:
+    with pytest.raises(RemoteProtocolError,
+                       match="1024 bytes buffered on this connection.*1000-byte limit") as info:
         r.next_message()
     assert info.value.reason == "oversize"
 

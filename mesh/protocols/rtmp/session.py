@@ -193,7 +193,8 @@ class ServerSession:
     """One RTMP server connection (publish only). See the module docstring for the contract."""
 
     def __init__(self, *, max_message_size: int = 8 << 20, max_setup_bytes: int = 64 << 10,
-                 out_chunk_size: int = 4096, window_ack_size: int = 2_500_000, peer_bandwidth: int = 2_500_000,
+                 out_chunk_size: int = 4096, window_ack_size: int = 2_500_000,
+                 peer_bandwidth: int = 2_500_000,
                  random_bytes: Callable[[int], bytes] = os.urandom) -> None:
         self.state = State.AWAIT_C0C1
         self._setup_bytes = max_setup_bytes
