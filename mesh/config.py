@@ -117,14 +117,14 @@ class NodeConfig:
         if not 4096 <= self.rtmp_max_setup_bytes <= self.rtmp_max_message_bytes:
             raise bad("rtmp_max_setup_bytes", "use 4096 bytes (room for a connect command) up to "
                       "rtmp_max_message_bytes")
-        if self.rtmp_max_connections_per_ip > self.rtmp_max_connections:
-            raise bad("rtmp_max_connections_per_ip", "must not be more than rtmp_max_connections")
         if not 0 <= self.rtmp_read_max_interval_s <= 0.5:
             raise bad("rtmp_read_max_interval_s", "use 0 to 0.5 seconds")
         for name in ("bus_hwm", "snapshot_max_bytes", "max_publishers", "rtmp_max_message_bytes",
                      "rtmp_max_connections", "rtmp_max_connections_per_ip"):
             if getattr(self, name) <= 0:
                 raise bad(name, "must be a positive integer")
+        if self.rtmp_max_connections_per_ip > self.rtmp_max_connections:
+            raise bad("rtmp_max_connections_per_ip", "must not be more than rtmp_max_connections")
         if self.mongo and not self.mongo.startswith(("mongodb://", "mongodb+srv://")):
             raise bad("mongo", "must be a mongodb:// or mongodb+srv:// URI, "
                       "e.g. mongodb://user:pass@10.0.0.5:27017/")

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from mesh.config import ConfigError, load_config
+from mesh.ingest.rtmp_server import RtmpServer, server_limits
 from mesh.metrics import bad_input_count
 from mesh.protocols.rtmp import NEED_DATA, PAUSED, RemoteProtocolError, ServerSession, State
 from mesh.protocols.rtmp.chunk import basic_header
@@ -52,6 +54,33 @@ def partial(csid: int, declared: int, sent: int) -> bytes:
     for off in range(128, sent, 128):
         out += basic_header(3, csid) + b"p" * min(128, sent - off)
     return bytes(out)
+
+
+# ------------------------------------------------------------------ config
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"rtmp_max_connections": 0}, "rtmp_max_connections"),
+    ({"rtmp_max_connections_per_ip": 0}, "rtmp_max_connections_per_ip"),
+    ({"rtmp_max_connections": 10, "rtmp_max_connections_per_ip": 11}, "rtmp_max_connections_per_ip"),
+    ({"rtmp_handshake_timeout_s": 0}, "rtmp_handshake_timeout_s"),
+    ({"rtmp_idle_timeout_s": -1}, "rtmp_idle_timeout_s"),
+    ({"rtmp_max_setup_bytes": 100}, "rtmp_max_setup_bytes"),
+    ({"rtmp_max_setup_bytes": 9 << 20}, "rtmp_max_setup_bytes"),  # more than rtmp_max_message_bytes
+])
+def test_limit_fields_are_validated_by_name(overrides: dict, field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, env={}, **overrides)
+    assert f"'{field}'" in str(err.value)
+
+
+def test_the_origin_passes_the_limit_fields_to_its_rtmp_server() -> None:
+    cfg = load_config(None, env={"MESH_RTMP_MAX_CONNECTIONS_PER_IP": "5", "MESH_RTMP_IDLE_TIMEOUT_S": "7.5"},
+                      rtmp_max_setup_bytes=8192)
+    server = RtmpServer(RecordingHandler(), host="127.0.0.1", port=0, **server_limits(cfg))
+    assert (server.max_connections, server.max_connections_per_ip, server.handshake_timeout_s,
+            server.idle_timeout_s, server.max_setup_bytes, server.max_message_size) == (1000, 5, 10.0, 7.5, 8192,
+                                                                                      8 << 20)
 
 
 # ------------------------------------------------------------------ the sans-IO session
@@ -321,43 +350,41 @@ RSS_BUDGET = 40 * MB
 @needs_ffmpeg
 @pytest.mark.integration
 def test_amplification_attack_against_a_node_stays_within_the_memory_budget(tmp_path: Path, nodes) -> None:
-    node = start_node("standalone", tmp_path, env={"MESH_RTMP_HANDSHAKE_TIMEOUT_S": "6"})
+    node = start_node("standalone", tmp_path)  # the default limits
     nodes.append(node)
     port = int(node.rtmp.split(":")[2].split("/")[0])
-    early = ffmpeg_publish(node.rtmp_url("early"), 60)  # publishing before, during and after
+    early = ffmpeg_publish(node.rtmp_url("early"), 90)  # publishing before, during and after
     late = None
     try:
         wait_until(lambda: len(segments(node.http, "early")) >= 2, timeout_s=60, interval_s=0.3,
                    message="the first stream's playlist")
+        early_before = segments(node.http, "early")[-1]
         before = rss_bytes(node.pid)
         oversize0, timeout0 = metric(node.http, "rtmp", "oversize"), metric(node.http, "rtmp", "timeout")
 
-        async def attack() -> int:
-            async def amplify(i: int) -> None:  # the attack: refused at the first header
-                reader, writer = await handshake_from(port, f"127.0.3.{i + 1}")
-                writer.write(amplification())
-                await closed(reader)
-                writer.close()
+        async def amplify(i: int) -> None:  # the attack: refused at its first header
+            reader, writer = await handshake_from(port, f"127.0.3.{i + 1}")
+            writer.write(amplification())
+            await closed(reader)
+            writer.close()
 
-            async def linger(i: int) -> tuple[Any, Any]:  # the most a connection may hold: ~60 KB
-                return await connected_from(port, f"127.0.4.{i + 1}",
-                                            partial(6, 40_000, 29_952) + partial(4, 40_000, 29_952))
+        async def linger(i: int) -> tuple[Any, Any]:  # the most a connection may hold: ~60 KB each
+            return await connected_from(port, f"127.0.4.{i + 1}",
+                                        partial(6, 40_000, 29_952) + partial(4, 40_000, 29_952))
 
+        async def attack() -> tuple[int, Any]:
+            publisher = ffmpeg_publish(node.rtmp_url("late"), 90)  # a legit publisher arrives with the attack
             await asyncio.gather(*(amplify(i) for i in range(100)))
             held = await asyncio.gather(*(linger(i) for i in range(100)))
-            peak = rss_bytes(node.pid)  # every lingering connection holds its 60 KB now
-            await asyncio.gather(*(closed(r, 30) for r, _ in held))  # the setup deadline ends them
+            await asyncio.to_thread(node.wait_for_line, r"rtmp publish start: LiveApp/late from ", 30)
+            assert not any(r.at_eof() for r, _ in held)  # accepted while 100 strangers hold their bytes
+            peak = rss_bytes(node.pid)
+            await asyncio.gather(*(closed(r, 30) for r, _ in held))  # the 10 s setup deadline ends them
             for _, w in held:
                 w.close()
-            return peak
+            return peak, publisher
 
-        async def main() -> tuple[int, Any]:
-            attacking = asyncio.create_task(attack())
-            await asyncio.sleep(0)  # the attack's first connections are on their way ...
-            publisher = ffmpeg_publish(node.rtmp_url("late"), 20)  # ... when this one starts
-            return await attacking, publisher
-
-        peak, late = asyncio.run(asyncio.wait_for(main(), 120))
+        peak, late = asyncio.run(asyncio.wait_for(attack(), 120))
         after = rss_bytes(node.pid)
         print(f"node RSS: {before / MB:.1f} MB before, {peak / MB:.1f} MB with 100 connections holding "
               f"59,904 bytes each, {after / MB:.1f} MB after (budget: +{RSS_BUDGET / MB:.0f} MB)")
@@ -365,12 +392,12 @@ def test_amplification_attack_against_a_node_stays_within_the_memory_budget(tmp_
         assert after - before < RSS_BUDGET, f"RSS grew {(after - before) / MB:.1f} MB after the attack"
         assert metric(node.http, "rtmp", "oversize") >= oversize0 + 100
         assert metric(node.http, "rtmp", "timeout") >= timeout0 + 100
-        node.wait_for_line(r"rtmp publish start: LiveApp/late from ")
         wait_until(lambda: len(segments(node.http, "late")) >= 2, timeout_s=60, interval_s=0.3,
                    message="the stream published during the attack")
         for stream in ("late", "early"):
             streams = ffprobe_streams(f"{node.http}/LiveApp/streams/{stream}.m3u8")
             assert {s["codec_name"] for s in streams} == {"h264", "aac"}, stream
+        assert segments(node.http, "early")[-1] > early_before  # the first stream kept flowing
         assert late.poll() is None and early.poll() is None, "a legit publisher was cut off"
         out = node.output()
         assert "Traceback" not in out, out
