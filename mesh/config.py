@@ -60,7 +60,7 @@ class NodeConfig:
     rtmp_max_message_bytes: int = 8 << 20
     # What a stranger's RTMP connection may cost (README "Resource budget"):
     rtmp_max_connections: int = 1000  # open RTMP connections per node, publishing or not
-    rtmp_max_connections_per_ip: int = 32  # per source address (behind a balancer: the balancer's)
+    rtmp_max_connections_per_ip: int = 128  # per source address (behind a balancer: the balancer's)
     rtmp_handshake_timeout_s: float = 10.0  # handshake + connect + publish must finish within this
     rtmp_idle_timeout_s: float = 30.0  # a connection that sends nothing for this long is closed
     rtmp_max_setup_bytes: int = 64 << 10  # input a connection may hold before its publish is accepted

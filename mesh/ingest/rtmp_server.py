@@ -474,7 +474,7 @@ class RtmpServer:
     """Listens for RTMP publishers; see the module docstring. ``start()`` binds, ``stop()`` ends all."""
 
     def __init__(self, handler: RtmpHandler, *, host: str, port: int, max_connections: int = 1000,
-                 max_connections_per_ip: int = 32, handshake_timeout_s: float = 10.0,
+                 max_connections_per_ip: int = 128, handshake_timeout_s: float = 10.0,
                  idle_timeout_s: float = 30.0, max_message_size: int = 8 << 20,
                  max_setup_bytes: int = 64 << 10,
                  media_read_max_interval_s: float = MEDIA_READ_MAX_INTERVAL_S,
