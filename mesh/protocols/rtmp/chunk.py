@@ -229,8 +229,8 @@ class ChunkReader:
                         n = size
                     if p + n > end:
                         break
-                    # (a bytearray slice beats a memoryview slice for chunk-sized copies)
-                    body[received:received + n] = buf[p:p + n]
+                    # grow by what came (a bytearray slice beats a memoryview slice at chunk sizes)
+                    body += buf[p:p + n]
                     received += n
                     pos = p + n
                     consumed = True
