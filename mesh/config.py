@@ -69,6 +69,12 @@ class NodeConfig:
     # ingest
     max_publishers: int = 500
     rtmp_max_message_bytes: int = 8 << 20
+    # What a stranger's RTMP connection may cost (README "Resource budget"):
+    rtmp_max_connections: int = 1000  # open RTMP connections per node, publishing or not
+    rtmp_max_connections_per_ip: int = 128  # per source address (behind a balancer: the balancer's)
+    rtmp_handshake_timeout_s: float = 10.0  # handshake + connect + publish must finish within this
+    rtmp_idle_timeout_s: float = 30.0  # a connection that sends nothing for this long is closed
+    rtmp_max_setup_bytes: int = 64 << 10  # input a connection may hold before its publish is accepted
     # Accepted publishers are read together, at most this far apart (0 = as each socket wakes):
     # fewer wake-ups per packet, at the price of up to this much delay on a busy origin.
     rtmp_read_max_interval_s: float = 0.04
@@ -129,11 +135,20 @@ class NodeConfig:
                       "can fill its window from the snapshot")
         if not 0 <= self.edge_packetise_workers <= 64:
             raise bad("edge_packetise_workers", "use 0 (packetise on the event loop) to 64 threads")
+        for name in ("rtmp_handshake_timeout_s", "rtmp_idle_timeout_s"):
+            if not 0 < getattr(self, name) <= 3600:
+                raise bad(name, "use more than 0 and at most 3600 seconds")
+        if not 4096 <= self.rtmp_max_setup_bytes <= self.rtmp_max_message_bytes:
+            raise bad("rtmp_max_setup_bytes", "use 4096 bytes (room for a connect command) up to "
+                      "rtmp_max_message_bytes")
         if not 0 <= self.rtmp_read_max_interval_s <= 0.5:
             raise bad("rtmp_read_max_interval_s", "use 0 to 0.5 seconds")
-        for name in ("bus_hwm", "snapshot_max_bytes", "max_publishers", "rtmp_max_message_bytes"):
+        for name in ("bus_hwm", "snapshot_max_bytes", "max_publishers", "rtmp_max_message_bytes",
+                     "rtmp_max_connections", "rtmp_max_connections_per_ip"):
             if getattr(self, name) <= 0:
                 raise bad(name, "must be a positive integer")
+        if self.rtmp_max_connections_per_ip > self.rtmp_max_connections:
+            raise bad("rtmp_max_connections_per_ip", "must not be more than rtmp_max_connections")
         if self.mongo and not self.mongo.startswith(("mongodb://", "mongodb+srv://")):
             raise bad("mongo", "must be a mongodb:// or mongodb+srv:// URI, "
                       "e.g. mongodb://user:pass@10.0.0.5:27017/")

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import struct
+import sys
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh.protocols.rtmp.chunk import (ChunkReader, ChunkWriter, basic_header, check_chunk_size)
+from mesh.protocols.rtmp.chunk import (MAX_PARTIAL_MESSAGES, ChunkReader, ChunkWriter, basic_header,
+                                       check_chunk_size)
 from mesh.protocols.rtmp.errors import RemoteProtocolError
 
 
@@ -191,12 +193,76 @@ def test_oversize_message_rejected_before_its_payload_arrives() -> None:
     assert info.value.reason == "oversize"
 
 
-def test_many_partial_large_messages_are_bounded() -> None:
-    r = ChunkReader(max_message_size=1000)
-    data = b"".join(fmt0(csid, 0, 1000, 9, 1) + b"z" * 128 for csid in range(3, 10))
-    with pytest.raises(RemoteProtocolError, match="too many large messages in progress") as info:
-        read_all(r, data)
+def test_declared_length_allocates_nothing_until_the_bytes_arrive() -> None:
+    """The issue-11 amplification: an 8 MB message announced with 128 bytes sent holds ~128 bytes."""
+    r = ChunkReader(max_message_size=8 << 20, max_buffered=(8 << 20) + (64 << 10))
+    r.feed(fmt0(6, 0, 8 << 20, 9, 1) + b"z" * 128)
+    assert r.next_message() is None
+    assert r.held == 128
+    body = r._streams[6].body
+    assert body is not None and len(body) == 128
+    assert sys.getsizeof(body) < 1024  # the object itself, not a preallocated 8 MB
+    # and it keeps growing only with what arrives (fmt 3 continuations, 128 bytes each)
+    r.feed((fmt3(6) + b"y" * 128) * 10)
+    assert r.next_message() is None and r.held == 11 * 128
+
+
+def test_held_bytes_over_the_cap_are_refused() -> None:
+    r = ChunkReader(max_message_size=1 << 20, max_buffered=1000)
+    r.feed(fmt0(6, 0, 900, 9, 1) + b"z" * 128 + fmt0(4, 0, 900, 8, 1) + b"a" * 128)
+    assert r.next_message() is None and r.held == 256
+    r.feed(b"".join(fmt3(csid) + b"q" * 128 for _ in range(3) for csid in (6, 4)))  # 1024 held
+    with pytest.raises(RemoteProtocolError,
+                       match="1024 bytes buffered on this connection.*1000-byte limit") as info:
+        r.next_message()
     assert info.value.reason == "oversize"
+
+
+def test_a_header_announcing_more_than_the_cap_is_refused_before_its_payload() -> None:
+    r = ChunkReader(max_message_size=8 << 20, max_buffered=64 << 10)
+    r.feed(fmt0(6, 0, 8 << 20, 9, 1))
+    with pytest.raises(RemoteProtocolError, match="8388608 bytes .* exceeds the 65536-byte limit for a "
+                       "connection that is not publishing") as info:
+        r.next_message()
+    assert info.value.reason == "oversize"
+
+
+def test_unparsed_input_counts_against_the_cap() -> None:
+    r = ChunkReader(max_message_size=1 << 20, max_buffered=1000)
+    r.feed(set_chunk_size(400))
+    assert r.next_message() is not None
+    r.feed(fmt0(6, 0, 900, 9, 1) + b"z" * 400 + fmt3(6) + b"z" * 400)  # 800 bytes of a partial body
+    assert r.next_message() is None and r.held == 800 and r.buffered == 0
+    r.feed(fmt0(4, 0, 300, 8, 1) + b"a" * 150)  # an incomplete chunk waits, unparsed
+    assert r.next_message() is None and r.held == 962 and r.buffered == 162
+    r.feed(b"a" * 100)
+    with pytest.raises(RemoteProtocolError, match="1062 bytes buffered") as info:
+        r.next_message()
+    assert info.value.reason == "oversize"
+
+
+def test_too_many_partial_messages_at_once() -> None:
+    r = ChunkReader(max_message_size=1000)
+    data = b"".join(fmt0(csid, 0, 1000, 9, 1) + b"z" * 128 for csid in range(3, 3 + MAX_PARTIAL_MESSAGES))
+    assert read_all(r, data) == [] and r.held == 128 * MAX_PARTIAL_MESSAGES
+    with pytest.raises(RemoteProtocolError, match=f"more than {MAX_PARTIAL_MESSAGES} messages in progress") \
+            as info:
+        read_all(r, fmt0(60, 0, 1000, 9, 1) + b"z" * 128)
+    assert info.value.reason == "limit"
+
+
+def test_finished_and_aborted_messages_release_their_bytes() -> None:
+    r = ChunkReader(max_message_size=1000)
+    r.feed(fmt0(6, 0, 300, 9, 1) + b"a" * 128 + fmt0(4, 0, 300, 8, 1) + b"b" * 128)
+    assert r.next_message() is None and r.held == 256
+    r.feed(fmt3(6) + b"a" * 128 + fmt3(6) + b"a" * 44)
+    assert r.next_message().payload == b"a" * 300
+    assert r.held == 128
+    r.feed(fmt0(2, 0, 4, 2, 0) + struct.pack(">I", 4))  # Abort csid 4
+    assert r.next_message().type_id == 2
+    assert r.next_message() is None and r.held == 0
+    r.feed(b"".join(fmt0(csid, 0, 300, 9, 1) + b"z" * 128 for csid in range(10, 10 + MAX_PARTIAL_MESSAGES)))
+    assert r.next_message() is None  # the two finished slots are free again
 
 
 def test_too_many_chunk_streams() -> None:

@@ -11,6 +11,13 @@ itself, and timeouts (handshake, idle) and a bounded close make sure it goes awa
 Bad input is counted with :func:`mesh.metrics.reject` under the session error's fixed
 ``reason`` word, logged once with the peer's address, and closes only that connection.
 
+What a stranger can cost (the README's "Resource budget"): connections are capped per node
+(``max_connections``) and per source address (``max_connections_per_ip``); a connection must
+finish the handshake, ``connect`` and ``publish`` within ``handshake_timeout_s`` and is closed
+after ``idle_timeout_s`` without a byte; until its publish is accepted it may hold at most
+``max_setup_bytes`` of input (the session enforces that, and ``max_message_size`` after).
+Each refusal is one counter increment and one debug line (no traceback, no warning flood).
+
 Reading media in batches. Until a publish is accepted, the asyncio transport reads each
 connection as data arrives (handshake and commands answer at once). From then on, the
 connection's socket joins the server's :class:`_MediaReader`: one epoll set of publishers whose
@@ -54,6 +61,15 @@ MEDIA_READ_PER_PUBLISHER_S = 0.001  # ... and this far apart per publisher below
 _READ_BUFFER = 256 << 10  # one read per publisher per tick, usually much less
 _MAX_READ_PER_TICK = 4 << 20  # a fast sender waits in its socket buffer for the next tick
 _conn_ids = itertools.count(1)
+
+
+def server_limits(cfg: Any) -> dict[str, Any]:
+    """:class:`RtmpServer` keyword arguments from a node config's ``rtmp_*`` fields."""
+    return {"max_connections": cfg.rtmp_max_connections,
+            "max_connections_per_ip": cfg.rtmp_max_connections_per_ip,
+            "handshake_timeout_s": cfg.rtmp_handshake_timeout_s, "idle_timeout_s": cfg.rtmp_idle_timeout_s,
+            "max_message_size": cfg.rtmp_max_message_bytes, "max_setup_bytes": cfg.rtmp_max_setup_bytes,
+            "media_read_max_interval_s": cfg.rtmp_read_max_interval_s}
 
 
 class PublishRejected(Exception):
@@ -133,7 +149,8 @@ class _RtmpConnection(asyncio.Protocol):
     def __init__(self, server: RtmpServer) -> None:
         self._server = server
         self._loop = asyncio.get_running_loop()
-        self._session = ServerSession(max_message_size=server.max_message_size)
+        self._session = ServerSession(max_message_size=server.max_message_size,
+                                      max_setup_bytes=server.max_setup_bytes)
         self._transport: asyncio.Transport | None = None
         self._info: RtmpConnectionInfo | None = None
         self._sink: PublishSink | None = None
@@ -145,12 +162,14 @@ class _RtmpConnection(asyncio.Protocol):
         self._unpublish_task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._started = self._last_rx = self._loop.time()
+        self._accepted = False  # a publish was accepted: the setup deadline no longer applies
         self._counts = [0, 0]  # video, audio messages of the current publish
         self._media: list[tuple[int, int, bytes]] = []  # read_media's batch, reused
         self._on_media: Callable[[list[tuple[int, int, bytes]]], None] | None = None
         self._fd = -1  # >= 0 while the server's _MediaReader reads this connection
         self.conn_id = next(_conn_ids)
         self.peer = "?"
+        self.ip = "?"
 
     # ------------------------------------------------------------------ asyncio callbacks
 
@@ -159,11 +178,11 @@ class _RtmpConnection(asyncio.Protocol):
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-        if not self._server._register(self):
+        self.ip = str(peer[0]) if peer else "?"
+        refused = self._server._register(self)
+        if refused is not None:
             self._closed = True
-            metrics.reject("rtmp", "limit", "%s: over max_connections", self.peer)
-            log.warning("rtmp %s refused: %d connections already open (max_connections)", self.peer,
-                        self._server.connection_count)
+            metrics.reject("rtmp", refused[0], "%s: refused, %s", self.peer, refused[1])
             transport.abort()
             return
         self._arm_timer()
@@ -348,6 +367,7 @@ class _RtmpConnection(asyncio.Protocol):
             self._end_publish(self._close_reason)
             return
         self._session.accept_publish()
+        self._accepted = True
         log.info("rtmp publish start: %s from %s", self._stream, self.peer)
         self._flush()
         self._set_reading(True)
@@ -378,10 +398,11 @@ class _RtmpConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ closing, timers
 
     def _bad_input(self, reason: str, message: str) -> None:
-        metrics.reject("rtmp", reason, "%s: %s", self.peer, message)
-        level = logging.INFO if reason in ("handshake", "timeout") else logging.WARNING
-        log.log(level, "rtmp %s%s: %s; closing the connection", self.peer,
-                f" ({self._stream})" if self._stream else "", message)
+        """Count, log and close. A stranger's bad bytes are one debug line (the counter's); a
+        connection that asked to publish a stream also gets one info line naming it."""
+        metrics.reject("rtmp", reason, "%s: %s; closing the connection", self.peer, message)
+        if self._stream:
+            log.info("rtmp %s (%s): %s; closing the connection", self.peer, self._stream, message)
         self._shutdown("error" if reason != "timeout" else "disconnect")
 
     def _shutdown(self, reason: str) -> None:
@@ -432,28 +453,36 @@ class _RtmpConnection(asyncio.Protocol):
         now = self._loop.time()
         state = self._session.state
         srv = self._server
-        if state in (State.AWAIT_C0C1, State.AWAIT_C2):
-            if now - self._started > srv.handshake_timeout_s:
-                self._bad_input("timeout", f"handshake not completed within {srv.handshake_timeout_s:g} s")
-                return
-        elif self._reading and now - self._last_rx > srv.idle_timeout_s:
+        if (not self._accepted and state in _SETUP_STATES and now - self._started > srv.handshake_timeout_s):
+            step = "handshake" if state in (State.AWAIT_C0C1, State.AWAIT_C2) else "connect and publish"
+            self._bad_input("timeout", f"{step} not completed within {srv.handshake_timeout_s:g} s")
+            return
+        if self._reading and now - self._last_rx > srv.idle_timeout_s:
             self._bad_input("timeout", f"no data for {srv.idle_timeout_s:g} s")
             return
         self._arm_timer()
+
+
+#: States in which a connection is still on its way to a publish (the decision itself, which is
+#: our side's work, is not counted against the deadline).
+_SETUP_STATES = frozenset({State.AWAIT_C0C1, State.AWAIT_C2, State.AWAIT_CONNECT, State.CONNECTED})
 
 
 class RtmpServer:
     """Listens for RTMP publishers; see the module docstring. ``start()`` binds, ``stop()`` ends all."""
 
     def __init__(self, handler: RtmpHandler, *, host: str, port: int, max_connections: int = 1000,
-                 handshake_timeout_s: float = 10.0, idle_timeout_s: float = 30.0,
-                 max_message_size: int = 8 << 20,
+                 max_connections_per_ip: int = 128, handshake_timeout_s: float = 10.0,
+                 idle_timeout_s: float = 30.0, max_message_size: int = 8 << 20,
+                 max_setup_bytes: int = 64 << 10,
                  media_read_max_interval_s: float = MEDIA_READ_MAX_INTERVAL_S,
                  media_read_per_publisher_s: float = MEDIA_READ_PER_PUBLISHER_S) -> None:
         self.handler = handler
         self.host = host
         self.port = port
         self.max_connections = max_connections
+        self.max_connections_per_ip = max_connections_per_ip
+        self.max_setup_bytes = max_setup_bytes
         self.handshake_timeout_s = handshake_timeout_s
         self.idle_timeout_s = idle_timeout_s
         self.max_message_size = max_message_size
@@ -461,6 +490,7 @@ class RtmpServer:
         self.media_read_per_publisher_s = media_read_per_publisher_s
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[_RtmpConnection] = set()
+        self._per_ip: dict[str, int] = {}  # open connections per source address
         self._tasks: set[asyncio.Task[None]] = set()
         self._reader: _MediaReader | None = None
         self._closed_bytes = 0  # received on connections that have ended
@@ -506,14 +536,31 @@ class RtmpServer:
 
     # ------------------------------------------------------------------ for connections
 
-    def _register(self, conn: _RtmpConnection) -> bool:
+    def _register(self, conn: _RtmpConnection) -> tuple[str, str] | None:
+        """Admit ``conn``, or say why not: ``(reason, detail)``."""
         if len(self._conns) >= self.max_connections:
-            return False
+            return "limit", f"{len(self._conns)} connections open (max_connections {self.max_connections})"
+        count = self._per_ip.get(conn.ip, 0)
+        if count >= self.max_connections_per_ip:
+            return "ip_limit", (f"{count} connections open from {conn.ip} "
+                                f"(max_connections_per_ip {self.max_connections_per_ip})")
+        self._per_ip[conn.ip] = count + 1
         self._conns.add(conn)
-        return True
+        return None
 
     def _unregister(self, conn: _RtmpConnection) -> None:
-        self._conns.discard(conn)
+        if conn not in self._conns:
+            return
+        self._conns.remove(conn)
+        left = self._per_ip[conn.ip] - 1
+        if left:
+            self._per_ip[conn.ip] = left
+        else:
+            del self._per_ip[conn.ip]
+
+    def connections_from(self, ip: str) -> int:
+        """Open connections from source address ``ip``."""
+        return self._per_ip.get(ip, 0)
 
     def _join_media_reader(self, fd: int, conn: _RtmpConnection) -> None:
         if self._reader is None:

@@ -20,7 +20,7 @@ from ..config import NodeConfig
 from ..ingest.bookkeeping import SequenceBook
 from ..ingest.flv_source import FlvPublish
 from ..ingest.live import LiveStream
-from ..ingest.rtmp_server import PublishRejected, RtmpConnectionInfo, RtmpServer
+from ..ingest.rtmp_server import PublishRejected, RtmpConnectionInfo, RtmpServer, server_limits
 from ..names import NAME_RULE, is_name
 from ..registry import FINISHED, NodeInfo, Registry, RegistryError, StreamBusy
 
@@ -39,10 +39,7 @@ class OriginPart:
             ctx, bind=cfg.bind, port=cfg.bus_port, snapshot_port=snapshot_port,
             advertise_host=cfg.host, hwm=cfg.bus_hwm, window_segments=cfg.snapshot_segments,
             window_bytes=cfg.snapshot_max_bytes, heartbeat_interval_s=cfg.stream_heartbeat_interval_s)
-        self.rtmp = RtmpServer(self, host=cfg.bind, port=cfg.rtmp_port,
-                               max_connections=cfg.max_publishers * 2,
-                               max_message_size=cfg.rtmp_max_message_bytes,
-                               media_read_max_interval_s=cfg.rtmp_read_max_interval_s)
+        self.rtmp = RtmpServer(self, host=cfg.bind, port=cfg.rtmp_port, **server_limits(cfg))
         self.book = SequenceBook(registry, info.node_id)
         self.live: dict[str, LiveStream] = {}
         self._claiming: set[str] = set()

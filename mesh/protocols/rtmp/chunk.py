@@ -18,6 +18,13 @@ Quirk accepted on purpose: librtmp sends its first user-control message on a fre
 with a fmt 1 header; we treat the missing fields as zero (stream 0, time 0), as SRS does.
 Any other fmt 1/2/3 chunk on a csid never seen with fmt 0 is a protocol error.
 
+Memory follows the bytes that arrived, never a declared length: a message's body grows
+chunk by chunk, and what one connection holds -- unparsed input plus the bodies of partial
+messages on every csid -- is capped by :attr:`ChunkReader.max_buffered` (the session keeps it
+small until a publish is accepted), as is the number of messages partial at once
+(:data:`MAX_PARTIAL_MESSAGES`). A header declaring more than either cap allows is refused
+at once, before its payload is waited for.
+
 Speed: the input is one ``bytearray`` consumed by index and compacted only when the
 consumed prefix is large; headers are read with ``struct.unpack_from``; a message that
 fits in one chunk is copied once. ``next_raw()`` returns a message as a plain tuple (the
@@ -50,6 +57,7 @@ AGGREGATE = 22
 DEFAULT_CHUNK_SIZE = 128
 MAX_CHUNK_SIZE = 0xFFFFFF  # a message can never be longer, so a larger chunk means nothing
 MAX_CHUNK_STREAMS = 256  # distinct csids one connection may use (ffmpeg uses 5, OBS 6)
+MAX_PARTIAL_MESSAGES = 8  # messages in progress at once, on distinct csids (publishers interleave 2-3)
 _COMPACT_AT = 1 << 16
 
 _BE32 = struct.Struct(">I").unpack_from
@@ -87,7 +95,7 @@ class _ChunkStream:
         self.type_id = 0
         self.stream_id = 0
         self.body: bytearray | None = None  # set while a multi-chunk message is in progress
-        self.received = 0
+        self.received = 0  # == len(body): bodies grow as chunks arrive
 
 
 def _chunk_error(message: str) -> RemoteProtocolError:
@@ -107,21 +115,40 @@ class ChunkReader:
 
     ``feed(data)`` appends input; ``next_message()`` returns the next complete message or
     ``None`` when more input is needed. Raises :class:`RemoteProtocolError` on bad input
-    (``reason`` ``chunk`` or ``oversize``); after that the reader must not be used.
+    (``reason`` ``chunk``, ``oversize`` or ``limit``); after that the reader must not be used.
+
+    ``max_buffered`` caps :attr:`held` (checked whenever parsing runs out of input, and against
+    every declared message length); the owner may change it between calls. Default: one
+    maximal message plus 64 KiB.
     """
 
-    def __init__(self, max_message_size: int = 8 << 20) -> None:
+    def __init__(self, max_message_size: int = 8 << 20, max_buffered: int | None = None) -> None:
         self.chunk_size = DEFAULT_CHUNK_SIZE
         self.max_message_size = max_message_size
+        self.max_buffered = max_message_size + (64 << 10) if max_buffered is None else max_buffered
         self._buf = bytearray()
         self._pos = 0
         self._streams: dict[int, _ChunkStream] = {}
-        self._pending_total = 0  # declared bytes of all messages in progress
+        self._partial_bytes = 0  # body bytes received of all messages in progress
+        self._partial_count = 0  # messages in progress
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet parsed."""
         return len(self._buf) - self._pos
+
+    @property
+    def held(self) -> int:
+        """What this connection holds: unparsed input plus the bodies of partial messages."""
+        return len(self._buf) - self._pos + self._partial_bytes
+
+    def check_held(self) -> None:
+        """Raise ``oversize`` if :attr:`held` exceeds :attr:`max_buffered`."""
+        held = len(self._buf) - self._pos + self._partial_bytes
+        if held > self.max_buffered:
+            raise RemoteProtocolError(
+                f"{held} bytes buffered on this connection (unparsed input and partial messages), "
+                f"over the {self.max_buffered}-byte limit", reason="oversize")
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         pos = self._pos
@@ -145,6 +172,8 @@ class ChunkReader:
         while True:
             msg = next_chunk()
             if msg is not _CONSUMED:
+                if msg is None and len(self._buf) - self._pos + self._partial_bytes > self.max_buffered:
+                    self.check_held()
                 return msg  # type: ignore[return-value]
 
     def _next_chunk(self) -> tuple[int, int, int, int, bytes] | object | None:
@@ -200,8 +229,8 @@ class ChunkReader:
                         n = size
                     if p + n > end:
                         break
-                    # (a bytearray slice beats a memoryview slice for chunk-sized copies)
-                    body[received:received + n] = buf[p:p + n]
+                    # grow by what came (a bytearray slice beats a memoryview slice at chunk sizes)
+                    body += buf[p:p + n]
                     received += n
                     pos = p + n
                     consumed = True
@@ -211,11 +240,13 @@ class ChunkReader:
                 if not consumed:
                     return None
                 self._pos = pos
+                self._partial_bytes += received - st.received
                 st.received = received
                 if received < length:
                     return _CONSUMED
                 st.body = None
-                self._pending_total -= length
+                self._partial_bytes -= length
+                self._partial_count -= 1
                 return self._complete((csid, st.type_id, st.stream_id, st.timestamp, bytes(body)))
             # a new message that repeats the previous header and delta
             length = st.length
@@ -245,10 +276,8 @@ class ChunkReader:
             q += 4
         if fmt < 2:
             length = _BE32(buf, p + 2)[0] & 0xFFFFFF
-            if length > self.max_message_size:  # checked before we wait for (and buffer) the payload
-                raise RemoteProtocolError(
-                    f"message of {length} bytes (type {buf[p + 6]}) on chunk stream {csid} exceeds the "
-                    f"{self.max_message_size}-byte limit", reason="oversize")
+            if length > self.max_message_size or length > self.max_buffered:
+                raise self._too_long(length, buf[p + 6], csid)  # before we wait for (and buffer) the payload
             n = length if length < self.chunk_size else self.chunk_size
         else:
             if st is None:
@@ -279,6 +308,8 @@ class ChunkReader:
                        ) -> tuple[int, int, int, int, bytes] | object:
         """First chunk of a message: its ``n`` payload bytes start at ``p`` (all buffered)."""
         length = st.length
+        if length > self.max_buffered:  # a fmt 2/3 header repeating a length the cap no longer allows
+            raise self._too_long(length, st.type_id, csid)
         self._pos = p + n
         if n == length:  # the whole message is in this chunk (the common case)
             type_id = st.type_id
@@ -286,15 +317,23 @@ class ChunkReader:
             if type_id == SET_CHUNK_SIZE or type_id == ABORT:
                 self._control(msg)
             return msg
-        if self._pending_total + length > 2 * self.max_message_size:
+        if self._partial_count >= MAX_PARTIAL_MESSAGES:
             raise RemoteProtocolError(
-                f"too many large messages in progress at once ({self._pending_total + length} bytes "
-                f"declared, limit {2 * self.max_message_size})", reason="oversize")
-        body = st.body = bytearray(length)
-        body[0:n] = self._buf[p:p + n]
+                f"more than {MAX_PARTIAL_MESSAGES} messages in progress at once on one connection "
+                f"(chunk stream {csid} starts another); finish a message before starting the next",
+                reason="limit")
+        st.body = self._buf[p:p + n]  # grows as its chunks arrive, never to a declared length
         st.received = n
-        self._pending_total += length
+        self._partial_bytes += n
+        self._partial_count += 1
         return _CONSUMED
+
+    def _too_long(self, length: int, type_id: int, csid: int) -> RemoteProtocolError:
+        limit = min(self.max_message_size, self.max_buffered)
+        return RemoteProtocolError(
+            f"message of {length} bytes (type {type_id}) on chunk stream {csid} exceeds the {limit}-byte "
+            f"limit" + ("" if limit == self.max_message_size else " for a connection that is not publishing"),
+            reason="oversize")
 
     def _complete(self, msg: tuple[int, int, int, int, bytes]) -> tuple[int, int, int, int, bytes]:
         type_id = msg[1]
@@ -314,7 +353,8 @@ class ChunkReader:
         elif type_id == ABORT:
             st = self._streams.get(value)
             if st is not None and st.body is not None:
-                self._pending_total -= st.length
+                self._partial_bytes -= st.received
+                self._partial_count -= 1
                 st.body = None
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 #: The fixed vocabulary of ``RemoteProtocolError.reason`` (and of the bad-input counter).
 REASONS = frozenset(
-    {"handshake", "chunk", "amf", "oversize", "badname", "order", "command", "timeout", "limit", "slow"}
+    {"handshake", "chunk", "amf", "oversize", "badname", "order", "command", "timeout", "limit", "ip_limit", "slow"}
 )
 
 

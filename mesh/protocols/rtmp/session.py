@@ -12,6 +12,11 @@ controls how far parsing runs ahead: after :class:`PublishRequested` the session
 :data:`PAUSED` and parses nothing until the application calls :meth:`accept_publish` or
 :meth:`reject_publish` (media that the client sends early stays unparsed in the buffer).
 
+Memory: until a publish is accepted, the bytes a connection may hold (unparsed input plus
+partial messages) are capped at ``max_setup_bytes`` (64 KiB: commands are small); while it
+publishes, at one ``max_message_size`` message plus that. A peer over the cap, or announcing
+a message longer than the cap allows, gets ``RemoteProtocolError`` (``oversize``) at once.
+
 Bad input raises :class:`RemoteProtocolError` from ``next_event()``; the session is then
 errored (later calls raise the same error) and ``data_to_send()`` may still hold a last
 reply for the client (``onStatus ... BadName``) that the driver should flush before it
@@ -185,11 +190,14 @@ def _parse_query(query: str) -> dict[str, str]:
 class ServerSession:
     """One RTMP server connection (publish only). See the module docstring for the contract."""
 
-    def __init__(self, *, max_message_size: int = 8 << 20, out_chunk_size: int = 4096,
-                 window_ack_size: int = 2_500_000, peer_bandwidth: int = 2_500_000,
+    def __init__(self, *, max_message_size: int = 8 << 20, max_setup_bytes: int = 64 << 10,
+                 out_chunk_size: int = 4096, window_ack_size: int = 2_500_000,
+                 peer_bandwidth: int = 2_500_000,
                  random_bytes: Callable[[int], bytes] = os.urandom) -> None:
         self.state = State.AWAIT_C0C1
-        self._reader = ChunkReader(max_message_size)
+        self._setup_bytes = max_setup_bytes
+        self._publishing_bytes = max_message_size + max_setup_bytes
+        self._reader = ChunkReader(max_message_size, max_buffered=max_setup_bytes)
         self._writer = ChunkWriter()
         self._out = bytearray()
         self._hs = bytearray()
@@ -230,6 +238,12 @@ class ServerSession:
     def buffered_bytes(self) -> int:
         """Received bytes not yet parsed (for the driver's read back-pressure)."""
         return len(self._hs) + self._reader.buffered
+
+    @property
+    def held_bytes(self) -> int:
+        """What this connection holds in memory: unparsed input plus partial message bodies
+        (the quantity the setup and publishing caps bound)."""
+        return len(self._hs) + self._reader.held
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Add bytes from the peer; ``b""`` means end of stream. Never raises on bad input."""
@@ -351,6 +365,8 @@ class ServerSession:
                 raise LocalProtocolError(f"{trigger.value} is not allowed {self.state.value}")
             raise RemoteProtocolError(f"{trigger.value} is not allowed {self.state.value}", reason="order")
         self.state = new
+        # what the connection may hold: one full message while publishing, a few commands otherwise
+        self._reader.max_buffered = self._publishing_bytes if new is _PUBLISHING else self._setup_bytes
 
     def _send(self, csid: int, type_id: int, stream_id: int, payload: bytes) -> None:
         self._out += self._writer.write(csid, type_id, stream_id, 0, payload)
@@ -381,6 +397,7 @@ class ServerSession:
                 return self._events.popleft()
             state = self.state
             if state is State.PUBLISH_PENDING:
+                self._reader.check_held()  # input sent before the answer stays within the setup cap
                 return PAUSED
             if state is State.AWAIT_C0C1 or state is State.AWAIT_C2:
                 if not self._handshake():
