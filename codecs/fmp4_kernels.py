@@ -1,0 +1,270 @@
+"""Numba kernel behind :meth:`mesh_codecs.fmp4.Fmp4Packetiser.fragment`.
+
+One call to :func:`fragment` builds a whole ``moof`` + ``mdat`` from flat arrays: the access units'
+payloads concatenated into one uint8 buffer plus an int64 table with one row per access unit (the
+same table the MPEG-TS kernel takes). Pass 1 validates every row (track, DTS order, AVCC length
+fields, 32-bit ranges) and sizes the fragment exactly; pass 2 writes the boxes and the ``trun``
+sample tables and copies each payload byte once into the ``mdat`` (video samples first, then
+audio). Bus video is already AVCC with 4-byte NAL lengths -- the framing ISO/IEC 14496-15 stores in
+an ``avc1`` sample -- so samples are copied as they are; the walk over the length fields only
+proves that they are.
+
+Box layout (ISO/IEC 14496-12), sizes in bytes::
+
+    moof 8                         traf (video) 8          traf (audio) 8
+      mfhd 16                        tfhd 16                 tfhd 24 (default duration, flags)
+      traf (video), traf (audio)     tfdt 20 (version 1)     tfdt 20 (version 1)
+    mdat 8 + samples                 trun 20 + 16 / sample   trun 20 + 4 / sample
+
+Compiled with :mod:`mesh_codecs.jit`'s decorators (``nogil=True``, ``cache=True``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .jit import inline, jit
+
+# Rows of the access-unit table (``meta``), as in :mod:`mesh_codecs.ts_kernels`.
+COL_TRACK = 0
+COL_PTS = 1
+COL_DTS = 2
+COL_KEY = 3
+COL_LEN = 4
+META_COLS = 5
+
+TRACK_VIDEO = 0
+TRACK_AUDIO = 1
+
+# Error codes returned by :func:`fragment` (with the index of the access unit).
+OK = 0
+ERR_AVCC = 1  # a NAL length runs past the end of the access unit
+ERR_TRACK = 2  # an unknown track, or a track this packetiser has no config for
+ERR_DTS_ORDER = 3  # a DTS below the previous one of the same track
+ERR_RANGE = 4  # a DTS, duration or composition offset that does not fit the box fields
+ERR_NEXT_DTS = 5  # next_dts is below the last video DTS
+ERR_TOO_BIG = 6  # the fragment would not fit 32-bit box sizes and data offsets
+ERR_EMPTY = 7  # no access units
+
+DTS_LIMIT = 1 << 44  # 6 years of 90 kHz ticks; keeps DTS * audio rate inside int64
+U32 = (1 << 32) - 1
+I32_MIN = -(1 << 31)
+I32_MAX = (1 << 31) - 1
+HALF_TICK = 45_000  # 90 kHz -> audio rate rounds to nearest
+CLOCK_HZ = 90_000
+
+# Sample flags (ISO/IEC 14496-12 8.8.3.1): sample_depends_on 2 (an I-frame) and sync, or
+# sample_depends_on 1 and sample_is_non_sync_sample.
+FLAGS_SYNC = 0x02000000
+FLAGS_NON_SYNC = 0x01010000
+
+TFHD_BASE_IS_MOOF = 0x020000
+TFHD_DEFAULT_DURATION = 0x000008
+TFHD_DEFAULT_FLAGS = 0x000020
+TRUN_VIDEO = 0x000F01  # data offset, duration, size, flags, composition offset
+TRUN_AUDIO = 0x000201  # data offset, size
+
+_MOOF = 0x6D6F6F66
+_MFHD = 0x6D666864
+_TRAF = 0x74726166
+_TFHD = 0x74666864
+_TFDT = 0x74666474
+_TRUN = 0x7472756E
+_MDAT = 0x6D646174
+
+MFHD_SIZE = 16
+TFHD_SIZE = 16
+TFHD_AUDIO_SIZE = 24
+TFDT_SIZE = 20
+TRUN_HEAD = 20
+VIDEO_ROW = 16
+AUDIO_ROW = 4
+
+
+@inline
+def _put32(out, p, v):
+    out[p] = (v >> 24) & 0xFF
+    out[p + 1] = (v >> 16) & 0xFF
+    out[p + 2] = (v >> 8) & 0xFF
+    out[p + 3] = v & 0xFF
+
+
+@inline
+def _box(out, p, size, kind):
+    _put32(out, p, size)
+    _put32(out, p + 4, kind)
+    return p + 8
+
+
+@inline
+def _full_box(out, p, size, kind, version, flags):
+    p = _box(out, p, size, kind)
+    _put32(out, p, (version << 24) | flags)
+    return p + 4
+
+
+@inline
+def _be32(buf, p):
+    """A big-endian 32-bit NAL length as int64 (uint8 arithmetic would not stay integral)."""
+    hi = (np.int64(buf[p]) << 24) | (np.int64(buf[p + 1]) << 16)
+    return hi | (np.int64(buf[p + 2]) << 8) | np.int64(buf[p + 3])
+
+
+@inline
+def _is_avcc(payload, off, length):
+    """True when the 4-byte length fields tile ``payload[off:off+length]`` exactly."""
+    pos = off
+    end = off + length
+    while pos < end:
+        if pos + 4 > end:
+            return False
+        size = _be32(payload, pos)
+        pos += 4
+        if size > end - pos:
+            return False
+        pos += size
+    return True
+
+
+@inline
+def _tfdt(out, p, base):
+    p = _full_box(out, p, TFDT_SIZE, _TFDT, 1, 0)
+    _put32(out, p, base >> 32)
+    _put32(out, p + 4, base & U32)
+    return p + 8
+
+
+@jit
+def fragment(payload, meta, sequence, next_dts, video_id, audio_id, audio_rate, audio_duration,
+             default_video_duration):
+    """Build one ``moof`` + ``mdat``. Returns ``(out, error, index)``.
+
+    ``payload``: all access units' bytes; ``meta``: int64 (n, 5) rows of track, pts, dts, key,
+    length (90 kHz); ``sequence``: the ``mfhd`` sequence number; ``next_dts``: the DTS of the video
+    access unit after this fragment (-1: unknown); ``video_id`` / ``audio_id``: track IDs (0: no
+    such track); ``audio_rate``: the audio timescale; ``audio_duration``: ticks per audio sample;
+    ``default_video_duration``: a lone video sample's duration when ``next_dts`` is unknown.
+
+    On success ``error`` is ``OK`` and ``out`` is the fragment; otherwise ``index`` is the
+    offending access unit (or -1 for the fragment as a whole).
+    """
+    n = meta.shape[0]
+    if n == 0:
+        return np.empty(0, np.uint8), ERR_EMPTY, -1
+    offsets = np.empty(n, np.int64)
+    order = np.empty(n, np.int64)  # video rows first, then audio rows, each in input order
+    nv = 0
+    na = 0
+    vbytes = 0
+    abytes = 0
+    last_v = 0
+    last_a = 0
+    off = 0
+    for i in range(n):
+        track = meta[i, COL_TRACK]
+        length = meta[i, COL_LEN]
+        dts = meta[i, COL_DTS]
+        offsets[i] = off
+        if dts < 0 or dts >= DTS_LIMIT:
+            return np.empty(0, np.uint8), ERR_RANGE, i
+        if track == TRACK_VIDEO and video_id > 0:
+            if not _is_avcc(payload, off, length):
+                return np.empty(0, np.uint8), ERR_AVCC, i
+            if nv > 0 and dts < last_v:
+                return np.empty(0, np.uint8), ERR_DTS_ORDER, i
+            if nv > 0 and dts - last_v > U32:
+                return np.empty(0, np.uint8), ERR_RANGE, i
+            cto = meta[i, COL_PTS] - dts
+            if cto < I32_MIN or cto > I32_MAX:
+                return np.empty(0, np.uint8), ERR_RANGE, i
+            last_v = dts
+            nv += 1
+            vbytes += length
+        elif track == TRACK_AUDIO and audio_id > 0:
+            if na > 0 and dts < last_a:
+                return np.empty(0, np.uint8), ERR_DTS_ORDER, i
+            last_a = dts
+            na += 1
+            abytes += length
+        else:
+            return np.empty(0, np.uint8), ERR_TRACK, i
+        off += length
+    if nv > 0 and next_dts >= 0 and (next_dts < last_v or next_dts - last_v > U32):
+        return np.empty(0, np.uint8), ERR_NEXT_DTS, -1
+
+    vi = 0
+    ai = nv
+    for i in range(n):
+        if meta[i, COL_TRACK] == TRACK_VIDEO:
+            order[vi] = i
+            vi += 1
+        else:
+            order[ai] = i
+            ai += 1
+
+    traf_v = 0
+    if nv > 0:
+        traf_v = 8 + TFHD_SIZE + TFDT_SIZE + TRUN_HEAD + VIDEO_ROW * nv
+    traf_a = 0
+    if na > 0:
+        traf_a = 8 + TFHD_AUDIO_SIZE + TFDT_SIZE + TRUN_HEAD + AUDIO_ROW * na
+    moof = 8 + MFHD_SIZE + traf_v + traf_a
+    total = moof + 8 + vbytes + abytes
+    if total > I32_MAX:
+        return np.empty(0, np.uint8), ERR_TOO_BIG, -1
+
+    out = np.empty(total, np.uint8)
+    p = _box(out, 0, moof, _MOOF)
+    p = _full_box(out, p, MFHD_SIZE, _MFHD, 0, 0)
+    _put32(out, p, sequence)
+    p += 4
+    data_at = moof + 8  # the first sample's offset from the moof's first byte
+    if nv > 0:
+        p = _box(out, p, traf_v, _TRAF)
+        p = _full_box(out, p, TFHD_SIZE, _TFHD, 0, TFHD_BASE_IS_MOOF)
+        _put32(out, p, video_id)
+        p = _tfdt(out, p + 4, meta[order[0], COL_DTS])
+        p = _full_box(out, p, TRUN_HEAD + VIDEO_ROW * nv, _TRUN, 1, TRUN_VIDEO)
+        _put32(out, p, nv)
+        _put32(out, p + 4, data_at)
+        p += 8
+        duration = default_video_duration
+        for k in range(nv):
+            i = order[k]
+            dts = meta[i, COL_DTS]
+            if k + 1 < nv:
+                duration = meta[order[k + 1], COL_DTS] - dts
+            elif next_dts >= 0:
+                duration = next_dts - dts
+            # else: the previous sample's duration (or the default for a lone sample) stays
+            _put32(out, p, duration)
+            _put32(out, p + 4, meta[i, COL_LEN])
+            _put32(out, p + 8, FLAGS_SYNC if meta[i, COL_KEY] != 0 else FLAGS_NON_SYNC)
+            _put32(out, p + 12, (meta[i, COL_PTS] - dts) & U32)
+            p += VIDEO_ROW
+    if na > 0:
+        first = order[nv]
+        p = _box(out, p, traf_a, _TRAF)
+        tfhd_flags = TFHD_BASE_IS_MOOF | TFHD_DEFAULT_DURATION | TFHD_DEFAULT_FLAGS
+        p = _full_box(out, p, TFHD_AUDIO_SIZE, _TFHD, 0, tfhd_flags)
+        _put32(out, p, audio_id)
+        _put32(out, p + 4, audio_duration)
+        _put32(out, p + 8, FLAGS_SYNC)
+        base = (meta[first, COL_DTS] * audio_rate + HALF_TICK) // CLOCK_HZ
+        p = _tfdt(out, p + 12, base)
+        p = _full_box(out, p, TRUN_HEAD + AUDIO_ROW * na, _TRUN, 0, TRUN_AUDIO)
+        _put32(out, p, na)
+        _put32(out, p + 4, data_at + vbytes)
+        p += 8
+        for k in range(nv, n):
+            _put32(out, p, meta[order[k], COL_LEN])
+            p += AUDIO_ROW
+    p = _box(out, p, 8 + vbytes + abytes, _MDAT)
+    for k in range(n):
+        i = order[k]
+        start = offsets[i]
+        length = meta[i, COL_LEN]
+        # Unsigned indexes skip Numba's negative-index wraparound, so LLVM vectorises the copy.
+        for b in range(length):
+            out[np.uint64(p + b)] = payload[np.uint64(start + b)]
+        p += length
+    return out, OK, p
