@@ -193,6 +193,9 @@ class Fmp4Packetiser:
                 asc = parse_asc(audio.asc)
             except AacError as exc:
                 raise Fmp4Error(f"audio config: {exc}") from exc
+            if not 1 <= asc.core_object_type <= 4:  # the AAC cores whose frames hold 1024 samples
+                raise Fmp4Error(f"audio config: audio object type {asc.core_object_type} is not supported; "
+                                "AAC Main/LC/SSR/LTP, with or without SBR/PS, is")
             samples, rest = divmod(AAC_FRAME_SAMPLES * audio.sample_rate, asc.sample_rate)
             if rest or audio.sample_rate > 384_000:
                 raise Fmp4Error(f"audio config: sample rate {audio.sample_rate} Hz does not fit the "
