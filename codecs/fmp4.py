@@ -158,7 +158,8 @@ _ERRORS = {
     _k.ERR_TRACK: "access unit #{i} belongs to a track that is unknown or has no config in this packetiser",
     _k.ERR_DTS_ORDER: "access unit #{i} has a DTS below the previous one of its track",
     _k.ERR_RANGE: "access unit #{i} has a DTS, DTS step or PTS-DTS offset outside what fMP4 fields hold",
-    _k.ERR_NEXT_DTS: "next_dts is below the last video DTS of the part (or more than 2**32 after it)",
+    _k.ERR_NEXT_DTS: "the next video DTS (next_dts, or the next part's first) is below the part's last "
+                     "video DTS #{i}, or more than 2**32 after it",
     _k.ERR_TOO_BIG: "the access units add up to more than a 2 GB fragment",
     _k.ERR_EMPTY: "a fragment needs at least one access unit",
 }
@@ -211,38 +212,51 @@ class Fmp4Packetiser:
         ``next_dts``: the 90 kHz DTS of the first video access unit after this part, which
         sets the duration of the part's last video sample; ``None`` when not known.
         """
-        if not 0 <= sequence <= _U32:
-            raise Fmp4Error(f"sequence number {sequence} is outside 0..2**32-1")
-        if next_dts is not None and not 0 <= next_dts < _k.DTS_LIMIT:
-            raise Fmp4Error(f"next_dts {next_dts} is outside 0..2**44")
-        if not aus:
-            raise Fmp4Error(_ERRORS[_k.ERR_EMPTY])
-        payload = np.frombuffer(b"".join([au.data for au in aus]), np.uint8)
-        pack = _META_ROW.pack
-        try:
-            rows = b"".join([pack(au.track, au.pts, au.dts, au.key, len(au.data)) for au in aus])
-        except struct.error as exc:
-            raise Fmp4Error(f"access unit field out of range: {exc}") from exc
-        meta = np.frombuffer(rows, np.int64).reshape(len(aus), _k.META_COLS)
-        out, err, at = _k.fragment(payload, meta, sequence, -1 if next_dts is None else next_dts,
-                                   self._video_id, self._audio_id, self.audio_timescale,
-                                   self._audio_duration, self._default_duration)
-        if err:
-            raise Fmp4Error(_ERRORS[err].format(i=at))
-        return out.tobytes()
+        return self._fragments(aus, [0, len(aus)], sequence, next_dts, False)
 
     def segment(self, parts: Sequence[Sequence[AccessUnit]], first_sequence: int,
                 next_dts: int | None = None) -> bytes:
         """A segment: the fragments of ``parts`` numbered from ``first_sequence``, concatenated.
 
-        Each part's ``next_dts`` is the first video DTS in the parts after it, else ``next_dts``
-        (the first video DTS after the segment), exactly what :meth:`fragment` is given per part.
+        Part ``j`` gets, as :meth:`fragment` would, the sequence number ``first_sequence + j``
+        and as its ``next_dts`` the first video DTS in the parts after it, else ``next_dts`` (the
+        first video DTS after the segment). Built in one kernel call.
         """
-        follow = [next_dts] * len(parts)
-        for i in range(len(parts) - 1, 0, -1):
-            first_video = next((au.dts for au in parts[i] if au.track == VIDEO), None)
-            follow[i - 1] = first_video if first_video is not None else follow[i]
-        return b"".join([self.fragment(part, first_sequence + i, follow[i]) for i, part in enumerate(parts)])
+        bounds = [0]
+        for part in parts:
+            bounds.append(bounds[-1] + len(part))
+        return self._fragments([au for part in parts for au in part], bounds, first_sequence, next_dts, True)
+
+    def _fragments(self, aus: Sequence[AccessUnit], bounds: list[int], first_sequence: int,
+                   next_dts: int | None, name_parts: bool) -> bytes:
+        nparts = len(bounds) - 1
+        if not (0 <= first_sequence and first_sequence + max(nparts, 1) - 1 <= _U32):
+            raise Fmp4Error(f"sequence numbers {first_sequence}.. are outside 0..2**32-1")
+        if next_dts is not None and not 0 <= next_dts < _k.DTS_LIMIT:
+            raise Fmp4Error(f"next_dts {next_dts} is outside 0..2**44")
+        if nparts == 0:
+            return b""
+        for j in range(nparts):
+            if bounds[j] == bounds[j + 1]:
+                message = _ERRORS[_k.ERR_EMPTY]
+                raise Fmp4Error(f"part #{j}: {message}" if name_parts else message)
+        payload = np.frombuffer(b"".join([au.data for au in aus]), np.uint8)
+        pack = _META_ROW.pack
+        try:
+            # struct rows joined into one buffer: the cheapest way found to tabulate ~150 AUs.
+            rows = b"".join([pack(au.track, au.pts, au.dts, au.key, len(au.data)) for au in aus])
+        except struct.error as exc:
+            raise Fmp4Error(f"access unit field out of range: {exc}") from exc
+        meta = np.frombuffer(rows, np.int64).reshape(len(aus), _k.META_COLS)
+        starts = np.array(bounds, np.int64)
+        out, err, at = _k.fragments(payload, meta, starts, np.arange(first_sequence, first_sequence + nparts),
+                                    -1 if next_dts is None else next_dts, self._video_id, self._audio_id,
+                                    self.audio_timescale, self._audio_duration, self._default_duration)
+        if err:
+            part = max(0, int(np.searchsorted(starts, at, side="right")) - 1)
+            message = _ERRORS[err].format(i=at - bounds[part])
+            raise Fmp4Error(f"part #{part}: {message}" if name_parts else message)
+        return out.tobytes()
 
 
 def next_video_dts(aus: Sequence[AccessUnit]) -> int | None:

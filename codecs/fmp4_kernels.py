@@ -1,11 +1,12 @@
-"""Numba kernel behind :meth:`mesh_codecs.fmp4.Fmp4Packetiser.fragment`.
+"""Numba kernel behind :class:`mesh_codecs.fmp4.Fmp4Packetiser`.
 
-One call to :func:`fragment` builds a whole ``moof`` + ``mdat`` from flat arrays: the access units'
-payloads concatenated into one uint8 buffer plus an int64 table with one row per access unit (the
-same table the MPEG-TS kernel takes). Pass 1 validates every row (track, DTS order, AVCC length
-fields, 32-bit ranges) and sizes the fragment exactly; pass 2 writes the boxes and the ``trun``
-sample tables and copies each payload byte once into the ``mdat`` (video samples first, then
-audio). Bus video is already AVCC with 4-byte NAL lengths -- the framing ISO/IEC 14496-15 stores in
+One call to :func:`fragments` builds the ``moof`` + ``mdat`` of every part of a segment (or of
+one part) from flat arrays: the access units' payloads concatenated into one uint8 buffer plus an
+int64 table with one row per access unit (the same table the MPEG-TS kernel takes) and the rows
+where each part starts. Pass 1 validates every row (track, DTS order, AVCC length fields, 32-bit
+ranges) and sizes every fragment exactly; pass 2 writes the boxes and the ``trun`` sample tables
+and copies each payload byte once into the ``mdat`` (per part, video samples first, then audio).
+One call per segment keeps the Python work per access unit to building its table row. Bus video is already AVCC with 4-byte NAL lengths -- the framing ISO/IEC 14496-15 stores in
 an ``avc1`` sample -- so samples are copied as they are; the walk over the length fields only
 proves that they are.
 
@@ -43,7 +44,7 @@ ERR_DTS_ORDER = 3  # a DTS below the previous one of the same track
 ERR_RANGE = 4  # a DTS, duration or composition offset that does not fit the box fields
 ERR_NEXT_DTS = 5  # next_dts is below the last video DTS
 ERR_TOO_BIG = 6  # the fragment would not fit 32-bit box sizes and data offsets
-ERR_EMPTY = 7  # no access units
+ERR_EMPTY = 7  # a part with no access units
 
 DTS_LIMIT = 1 << 44  # 6 years of 90 kHz ticks; keeps DTS * audio rate inside int64
 U32 = (1 << 32) - 1
@@ -133,138 +134,182 @@ def _tfdt(out, p, base):
     return p + 8
 
 
-@jit
-def fragment(payload, meta, sequence, next_dts, video_id, audio_id, audio_rate, audio_duration,
-             default_video_duration):
-    """Build one ``moof`` + ``mdat``. Returns ``(out, error, index)``.
-
-    ``payload``: all access units' bytes; ``meta``: int64 (n, 5) rows of track, pts, dts, key,
-    length (90 kHz); ``sequence``: the ``mfhd`` sequence number; ``next_dts``: the DTS of the video
-    access unit after this fragment (-1: unknown); ``video_id`` / ``audio_id``: track IDs (0: no
-    such track); ``audio_rate``: the audio timescale; ``audio_duration``: ticks per audio sample;
-    ``default_video_duration``: a lone video sample's duration when ``next_dts`` is unknown.
-
-    On success ``error`` is ``OK`` and ``out`` is the fragment; otherwise ``index`` is the
-    offending access unit (or -1 for the fragment as a whole).
-    """
-    n = meta.shape[0]
-    if n == 0:
-        return np.empty(0, np.uint8), ERR_EMPTY, -1
-    offsets = np.empty(n, np.int64)
-    order = np.empty(n, np.int64)  # video rows first, then audio rows, each in input order
+@inline
+def _part_sizes(payload, meta, offsets, lo, hi, next_dts, video_id, audio_id):
+    """Validate rows ``lo:hi`` (one part); returns (error, index, video count, audio count,
+    video bytes, audio bytes)."""
     nv = 0
     na = 0
     vbytes = 0
     abytes = 0
     last_v = 0
     last_a = 0
-    off = 0
-    for i in range(n):
+    for i in range(lo, hi):
         track = meta[i, COL_TRACK]
         length = meta[i, COL_LEN]
         dts = meta[i, COL_DTS]
-        offsets[i] = off
+        off = offsets[i]
         if dts < 0 or dts >= DTS_LIMIT:
-            return np.empty(0, np.uint8), ERR_RANGE, i
+            return ERR_RANGE, i, 0, 0, 0, 0
         if track == TRACK_VIDEO and video_id > 0:
             if not _is_avcc(payload, off, length):
-                return np.empty(0, np.uint8), ERR_AVCC, i
+                return ERR_AVCC, i, 0, 0, 0, 0
             if nv > 0 and dts < last_v:
-                return np.empty(0, np.uint8), ERR_DTS_ORDER, i
+                return ERR_DTS_ORDER, i, 0, 0, 0, 0
             if nv > 0 and dts - last_v > U32:
-                return np.empty(0, np.uint8), ERR_RANGE, i
+                return ERR_RANGE, i, 0, 0, 0, 0
             cto = meta[i, COL_PTS] - dts
             if cto < I32_MIN or cto > I32_MAX:
-                return np.empty(0, np.uint8), ERR_RANGE, i
+                return ERR_RANGE, i, 0, 0, 0, 0
             last_v = dts
             nv += 1
             vbytes += length
         elif track == TRACK_AUDIO and audio_id > 0:
             if na > 0 and dts < last_a:
-                return np.empty(0, np.uint8), ERR_DTS_ORDER, i
+                return ERR_DTS_ORDER, i, 0, 0, 0, 0
             last_a = dts
             na += 1
             abytes += length
         else:
-            return np.empty(0, np.uint8), ERR_TRACK, i
-        off += length
+            return ERR_TRACK, i, 0, 0, 0, 0
     if nv > 0 and next_dts >= 0 and (next_dts < last_v or next_dts - last_v > U32):
-        return np.empty(0, np.uint8), ERR_NEXT_DTS, -1
+        return ERR_NEXT_DTS, hi - 1, 0, 0, 0, 0
+    return OK, 0, nv, na, vbytes, abytes
 
-    vi = 0
-    ai = nv
-    for i in range(n):
-        if meta[i, COL_TRACK] == TRACK_VIDEO:
-            order[vi] = i
-            vi += 1
-        else:
-            order[ai] = i
-            ai += 1
 
+@inline
+def _moof_size(nv, na):
     traf_v = 0
     if nv > 0:
         traf_v = 8 + TFHD_SIZE + TFDT_SIZE + TRUN_HEAD + VIDEO_ROW * nv
     traf_a = 0
     if na > 0:
         traf_a = 8 + TFHD_AUDIO_SIZE + TFDT_SIZE + TRUN_HEAD + AUDIO_ROW * na
-    moof = 8 + MFHD_SIZE + traf_v + traf_a
-    total = moof + 8 + vbytes + abytes
-    if total > I32_MAX:
-        return np.empty(0, np.uint8), ERR_TOO_BIG, -1
+    return traf_v, traf_a, 8 + MFHD_SIZE + traf_v + traf_a
+
+
+@jit
+def fragments(payload, meta, bounds, sequences, next_dts, video_id, audio_id, audio_rate, audio_duration,
+              default_video_duration):
+    """Build consecutive fragments, one ``moof`` + ``mdat`` per part. Returns ``(out, error, index)``.
+
+    ``payload``: all access units' bytes; ``meta``: int64 (n, 5) rows of track, pts, dts, key,
+    length (90 kHz); part ``j`` is rows ``bounds[j]:bounds[j + 1]``, numbered ``sequences[j]``
+    in its ``mfhd``; ``next_dts``: the DTS of the video access unit after the last part (-1:
+    unknown) -- for the other parts it is the first video DTS of the parts after them, so the
+    output is exactly the parts' fragments built one by one; ``video_id`` / ``audio_id``: track IDs
+    (0: no such track); ``audio_rate``: the audio timescale; ``audio_duration``: ticks per audio
+    sample; ``default_video_duration``: a lone video sample's duration when nothing follows it.
+
+    On success ``error`` is ``OK`` and ``out`` holds the fragments; otherwise ``index`` is the
+    offending row (the part's last row for a ``next_dts`` error).
+    """
+    n = meta.shape[0]
+    nparts = bounds.shape[0] - 1
+    offsets = np.empty(n, np.int64)
+    off = 0
+    for i in range(n):
+        offsets[i] = off
+        off += meta[i, COL_LEN]
+    # The DTS that follows each part's video.
+    follow = np.empty(nparts, np.int64)
+    nxt = next_dts
+    for j in range(nparts - 1, -1, -1):
+        follow[j] = nxt
+        for i in range(bounds[j], bounds[j + 1]):
+            if meta[i, COL_TRACK] == TRACK_VIDEO:
+                nxt = meta[i, COL_DTS]
+                break
+    counts = np.empty((nparts, 4), np.int64)  # video count, audio count, video bytes, audio bytes
+    total = 0
+    for j in range(nparts):
+        lo = bounds[j]
+        hi = bounds[j + 1]
+        if hi <= lo:
+            return np.empty(0, np.uint8), ERR_EMPTY, lo
+        err, at, nv, na, vbytes, abytes = _part_sizes(payload, meta, offsets, lo, hi, follow[j], video_id,
+                                                      audio_id)
+        if err != OK:
+            return np.empty(0, np.uint8), err, at
+        counts[j, 0] = nv
+        counts[j, 1] = na
+        counts[j, 2] = vbytes
+        counts[j, 3] = abytes
+        total += _moof_size(nv, na)[2] + 8 + vbytes + abytes
+        if total > I32_MAX:
+            return np.empty(0, np.uint8), ERR_TOO_BIG, hi - 1
 
     out = np.empty(total, np.uint8)
-    p = _box(out, 0, moof, _MOOF)
-    p = _full_box(out, p, MFHD_SIZE, _MFHD, 0, 0)
-    _put32(out, p, sequence)
-    p += 4
-    data_at = moof + 8  # the first sample's offset from the moof's first byte
-    if nv > 0:
-        p = _box(out, p, traf_v, _TRAF)
-        p = _full_box(out, p, TFHD_SIZE, _TFHD, 0, TFHD_BASE_IS_MOOF)
-        _put32(out, p, video_id)
-        p = _tfdt(out, p + 4, meta[order[0], COL_DTS])
-        p = _full_box(out, p, TRUN_HEAD + VIDEO_ROW * nv, _TRUN, 1, TRUN_VIDEO)
-        _put32(out, p, nv)
-        _put32(out, p + 4, data_at)
-        p += 8
-        duration = default_video_duration
-        for k in range(nv):
+    order = np.empty(n, np.int64)  # per part: video rows first, then audio rows, each in input order
+    p = 0
+    for j in range(nparts):
+        lo = bounds[j]
+        hi = bounds[j + 1]
+        nv = counts[j, 0]
+        na = counts[j, 1]
+        vbytes = counts[j, 2]
+        abytes = counts[j, 3]
+        vi = lo
+        ai = lo + nv
+        for i in range(lo, hi):
+            if meta[i, COL_TRACK] == TRACK_VIDEO:
+                order[vi] = i
+                vi += 1
+            else:
+                order[ai] = i
+                ai += 1
+        traf_v, traf_a, moof = _moof_size(nv, na)
+        data_at = moof + 8  # the first sample's offset from the moof's first byte
+        p = _box(out, p, moof, _MOOF)
+        p = _full_box(out, p, MFHD_SIZE, _MFHD, 0, 0)
+        _put32(out, p, sequences[j])
+        p += 4
+        if nv > 0:
+            p = _box(out, p, traf_v, _TRAF)
+            p = _full_box(out, p, TFHD_SIZE, _TFHD, 0, TFHD_BASE_IS_MOOF)
+            _put32(out, p, video_id)
+            p = _tfdt(out, p + 4, meta[order[lo], COL_DTS])
+            p = _full_box(out, p, TRUN_HEAD + VIDEO_ROW * nv, _TRUN, 1, TRUN_VIDEO)
+            _put32(out, p, nv)
+            _put32(out, p + 4, data_at)
+            p += 8
+            duration = default_video_duration
+            for k in range(lo, lo + nv):
+                i = order[k]
+                dts = meta[i, COL_DTS]
+                if k + 1 < lo + nv:
+                    duration = meta[order[k + 1], COL_DTS] - dts
+                elif follow[j] >= 0:
+                    duration = follow[j] - dts
+                # else: the previous sample's duration (or the default for a lone sample) stays
+                _put32(out, p, duration)
+                _put32(out, p + 4, meta[i, COL_LEN])
+                _put32(out, p + 8, FLAGS_SYNC if meta[i, COL_KEY] != 0 else FLAGS_NON_SYNC)
+                _put32(out, p + 12, (meta[i, COL_PTS] - dts) & U32)
+                p += VIDEO_ROW
+        if na > 0:
+            p = _box(out, p, traf_a, _TRAF)
+            tfhd_flags = TFHD_BASE_IS_MOOF | TFHD_DEFAULT_DURATION | TFHD_DEFAULT_FLAGS
+            p = _full_box(out, p, TFHD_AUDIO_SIZE, _TFHD, 0, tfhd_flags)
+            _put32(out, p, audio_id)
+            _put32(out, p + 4, audio_duration)
+            _put32(out, p + 8, FLAGS_SYNC)
+            base = (meta[order[lo + nv], COL_DTS] * audio_rate + HALF_TICK) // CLOCK_HZ
+            p = _tfdt(out, p + 12, base)
+            p = _full_box(out, p, TRUN_HEAD + AUDIO_ROW * na, _TRUN, 0, TRUN_AUDIO)
+            _put32(out, p, na)
+            _put32(out, p + 4, data_at + vbytes)
+            p += 8
+            for k in range(lo + nv, hi):
+                _put32(out, p, meta[order[k], COL_LEN])
+                p += AUDIO_ROW
+        p = _box(out, p, 8 + vbytes + abytes, _MDAT)
+        for k in range(lo, hi):
             i = order[k]
-            dts = meta[i, COL_DTS]
-            if k + 1 < nv:
-                duration = meta[order[k + 1], COL_DTS] - dts
-            elif next_dts >= 0:
-                duration = next_dts - dts
-            # else: the previous sample's duration (or the default for a lone sample) stays
-            _put32(out, p, duration)
-            _put32(out, p + 4, meta[i, COL_LEN])
-            _put32(out, p + 8, FLAGS_SYNC if meta[i, COL_KEY] != 0 else FLAGS_NON_SYNC)
-            _put32(out, p + 12, (meta[i, COL_PTS] - dts) & U32)
-            p += VIDEO_ROW
-    if na > 0:
-        first = order[nv]
-        p = _box(out, p, traf_a, _TRAF)
-        tfhd_flags = TFHD_BASE_IS_MOOF | TFHD_DEFAULT_DURATION | TFHD_DEFAULT_FLAGS
-        p = _full_box(out, p, TFHD_AUDIO_SIZE, _TFHD, 0, tfhd_flags)
-        _put32(out, p, audio_id)
-        _put32(out, p + 4, audio_duration)
-        _put32(out, p + 8, FLAGS_SYNC)
-        base = (meta[first, COL_DTS] * audio_rate + HALF_TICK) // CLOCK_HZ
-        p = _tfdt(out, p + 12, base)
-        p = _full_box(out, p, TRUN_HEAD + AUDIO_ROW * na, _TRUN, 0, TRUN_AUDIO)
-        _put32(out, p, na)
-        _put32(out, p + 4, data_at + vbytes)
-        p += 8
-        for k in range(nv, n):
-            _put32(out, p, meta[order[k], COL_LEN])
-            p += AUDIO_ROW
-    p = _box(out, p, 8 + vbytes + abytes, _MDAT)
-    for k in range(n):
-        i = order[k]
-        start = offsets[i]
-        length = meta[i, COL_LEN]
-        # Unsigned indexes skip Numba's negative-index wraparound, so LLVM vectorises the copy.
-        for b in range(length):
-            out[np.uint64(p + b)] = payload[np.uint64(start + b)]
-        p += length
+            start = offsets[i]
+            length = meta[i, COL_LEN]
+            # Unsigned indexes skip Numba's negative-index wraparound, so LLVM vectorises the copy.
+            for b in range(length):
+                out[np.uint64(p + b)] = payload[np.uint64(start + b)]
+            p += length
     return out, OK, p

@@ -472,7 +472,7 @@ def test_he_aac_samples_last_2048_output_samples():
         ([AccessUnit(VIDEO, 0, -1, True, b"")], None, "#0 has a DTS"),
         ([AccessUnit(VIDEO, 1 << 40, 0, True, b"")], None, "#0 has a DTS, DTS step or PTS-DTS"),
         ([AccessUnit(VIDEO, 0, 0, True, b""), AccessUnit(VIDEO, 1 << 33, 1 << 33, True, b"")], None, "#1 has a DTS"),
-        ([AccessUnit(VIDEO, 0, 3000, True, b"")], 2999, "next_dts is below"),
+        ([AccessUnit(VIDEO, 0, 3000, True, b"")], 2999, "next video DTS .* below the part's last video DTS #0"),
         ([AccessUnit(VIDEO, 1 << 64, 0, True, b"")], None, "out of range"),
         ([], None, "at least one access unit"),
     ],
@@ -507,6 +507,23 @@ def test_bad_configs_raise():
         Fmp4Packetiser(None, AudioConfig(b"\x11\x90", 44100, 2, "mp4a.40.2"))
     with pytest.raises(Fmp4Error, match="needs a video or an audio config"):
         Fmp4Packetiser(None, None)
+
+
+def test_segment_errors_name_the_part():
+    p = Fmp4Packetiser(VIDEO_CFG, AUDIO_CFG)
+    ok = [AccessUnit(VIDEO, 0, 0, True, avcc(b"\x65")), AccessUnit(AUDIO, 0, 0, True, b"\x21")]
+    later = [AccessUnit(VIDEO, 3000, 3000, False, avcc(b"\x41")), AccessUnit(VIDEO, 6000, 6000, False, b"\x01")]
+    with pytest.raises(Fmp4Error, match=r"^part #1: video access unit #1 is not AVCC"):
+        p.segment([ok, later], 1)
+    with pytest.raises(Fmp4Error, match=r"^part #1: a fragment needs at least one"):
+        p.segment([ok, [], ok], 1)
+    # Parts out of DTS order: part #0's last video sample would get a negative duration.
+    with pytest.raises(Fmp4Error, match=r"^part #0: the next video DTS"):
+        p.segment([later[:1], ok], 1)
+    with pytest.raises(Fmp4Error, match="sequence numbers"):
+        p.segment([ok, ok], (1 << 32) - 1)
+    assert p.segment([], 1) == b""
+    assert p.segment([ok, ok[1:]], (1 << 32) - 2, 3000) == p.fragment(ok, (1 << 32) - 2, 3000) + p.fragment(ok[1:], (1 << 32) - 1)
 
 
 def test_warm_up_runs():
