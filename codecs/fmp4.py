@@ -40,12 +40,14 @@ Decisions, and why:
 * Sample flags: a keyframe is a sync sample that depends on no other; other video samples depend
   on others and are non-sync; audio samples are all sync (``tfhd`` defaults).
 
-The per-byte work runs in :mod:`mesh_codecs.fmp4_kernels` (Numba). :meth:`Fmp4Packetiser.fragment`
-keeps no state between calls, releases the GIL while packetising and may be called from several
-threads.
+The boxes and sample tables are written by :mod:`mesh_codecs.fmp4_kernels` (Numba), one call per
+fragment or segment; the samples follow their boxes through one ``bytes.join``, the only copy of
+the payload (see that module for why). :class:`Fmp4Packetiser` keeps no state between calls,
+releases the GIL in its kernels and may be called from several threads.
 """
 from __future__ import annotations
 
+import bisect
 import struct
 from collections.abc import Sequence
 
@@ -212,7 +214,7 @@ class Fmp4Packetiser:
         ``next_dts``: the 90 kHz DTS of the first video access unit after this part, which
         sets the duration of the part's last video sample; ``None`` when not known.
         """
-        return self._fragments(aus, [0, len(aus)], sequence, next_dts, False)
+        return self._fragments([aus], sequence, next_dts, False)
 
     def segment(self, parts: Sequence[Sequence[AccessUnit]], first_sequence: int,
                 next_dts: int | None = None) -> bytes:
@@ -220,43 +222,62 @@ class Fmp4Packetiser:
 
         Part ``j`` gets, as :meth:`fragment` would, the sequence number ``first_sequence + j``
         and as its ``next_dts`` the first video DTS in the parts after it, else ``next_dts`` (the
-        first video DTS after the segment). Built in one kernel call.
+        first video DTS after the segment). Built with one kernel call.
         """
-        bounds = [0]
-        for part in parts:
-            bounds.append(bounds[-1] + len(part))
-        return self._fragments([au for part in parts for au in part], bounds, first_sequence, next_dts, True)
+        return self._fragments(parts, first_sequence, next_dts, True)
 
-    def _fragments(self, aus: Sequence[AccessUnit], bounds: list[int], first_sequence: int,
-                   next_dts: int | None, name_parts: bool) -> bytes:
-        nparts = len(bounds) - 1
+    def _fragments(self, parts: Sequence[Sequence[AccessUnit]], first_sequence: int, next_dts: int | None,
+                   name_parts: bool) -> bytes:
+        nparts = len(parts)
         if not (0 <= first_sequence and first_sequence + max(nparts, 1) - 1 <= _U32):
             raise Fmp4Error(f"sequence numbers {first_sequence}.. are outside 0..2**32-1")
         if next_dts is not None and not 0 <= next_dts < _k.DTS_LIMIT:
             raise Fmp4Error(f"next_dts {next_dts} is outside 0..2**44")
-        if nparts == 0:
-            return b""
-        for j in range(nparts):
-            if bounds[j] == bounds[j + 1]:
+        bounds = [0]
+        for j, part in enumerate(parts):
+            if not part:
                 message = _ERRORS[_k.ERR_EMPTY]
                 raise Fmp4Error(f"part #{j}: {message}" if name_parts else message)
-        payload = np.frombuffer(b"".join([au.data for au in aus]), np.uint8)
+            bounds.append(bounds[-1] + len(part))
+        if nparts == 0:
+            return b""
         pack = _META_ROW.pack
         try:
             # struct rows joined into one buffer: the cheapest way found to tabulate ~150 AUs.
-            rows = b"".join([pack(au.track, au.pts, au.dts, au.key, len(au.data)) for au in aus])
+            rows = b"".join([pack(au.track, au.pts, au.dts, au.key, len(au.data)) for part in parts for au in part])
         except struct.error as exc:
             raise Fmp4Error(f"access unit field out of range: {exc}") from exc
-        meta = np.frombuffer(rows, np.int64).reshape(len(aus), _k.META_COLS)
+        meta = np.frombuffer(rows, np.int64).reshape(bounds[-1], _k.META_COLS)
         starts = np.array(bounds, np.int64)
-        out, err, at = _k.fragments(payload, meta, starts, np.arange(first_sequence, first_sequence + nparts),
-                                    -1 if next_dts is None else next_dts, self._video_id, self._audio_id,
-                                    self.audio_timescale, self._audio_duration, self._default_duration)
+        boxes, box_bounds, err, at = _k.fragment_boxes(
+            meta, starts, np.arange(first_sequence, first_sequence + nparts), -1 if next_dts is None else next_dts,
+            self._video_id, self._audio_id, self.audio_timescale, self._audio_duration, self._default_duration)
         if err:
-            part = max(0, int(np.searchsorted(starts, at, side="right")) - 1)
-            message = _ERRORS[err].format(i=at - bounds[part])
-            raise Fmp4Error(f"part #{part}: {message}" if name_parts else message)
-        return out.tobytes()
+            self._raise(err, at, bounds, name_parts)
+        # Each part's boxes, then its video samples, then its audio samples: one copy of each byte.
+        view = memoryview(boxes)
+        ends = box_bounds.tolist()
+        pieces = []
+        both = self._video_id and self._audio_id
+        for j, part in enumerate(parts):
+            pieces.append(view[ends[j] : ends[j + 1]])
+            if both:
+                pieces += [au.data for au in part if au.track == VIDEO]
+                pieces += [au.data for au in part if au.track != VIDEO]
+            else:
+                pieces += [au.data for au in part]
+        data = b"".join(pieces)
+        if self._video_id:
+            bad = _k.check_video_samples(np.frombuffer(data, np.uint8), meta, starts, box_bounds)
+            if bad >= 0:
+                self._raise(_k.ERR_AVCC, bad, bounds, name_parts)
+        return data
+
+    @staticmethod
+    def _raise(err: int, at: int, bounds: list[int], name_parts: bool) -> None:
+        part = max(0, bisect.bisect_right(bounds, at) - 1)
+        message = _ERRORS[err].format(i=at - bounds[part])
+        raise Fmp4Error(f"part #{part}: {message}" if name_parts else message)
 
 
 def next_video_dts(aus: Sequence[AccessUnit]) -> int | None:

@@ -1,14 +1,18 @@
-"""Numba kernel behind :class:`mesh_codecs.fmp4.Fmp4Packetiser`.
+"""Numba kernels behind :class:`mesh_codecs.fmp4.Fmp4Packetiser`.
 
-One call to :func:`fragments` builds the ``moof`` + ``mdat`` of every part of a segment (or of
-one part) from flat arrays: the access units' payloads concatenated into one uint8 buffer plus an
-int64 table with one row per access unit (the same table the MPEG-TS kernel takes) and the rows
-where each part starts. Pass 1 validates every row (track, DTS order, AVCC length fields, 32-bit
-ranges) and sizes every fragment exactly; pass 2 writes the boxes and the ``trun`` sample tables
-and copies each payload byte once into the ``mdat`` (per part, video samples first, then audio).
-One call per segment keeps the Python work per access unit to building its table row. Bus video is already AVCC with 4-byte NAL lengths -- the framing ISO/IEC 14496-15 stores in
-an ``avc1`` sample -- so samples are copied as they are; the walk over the length fields only
-proves that they are.
+One call to :func:`fragment_boxes` writes every box of every part of a segment (or of one part)
+-- ``moof`` with its ``trun`` sample tables, and the ``mdat`` header -- from an int64 table with
+one row per access unit (the same table the MPEG-TS kernel takes) and the rows where each part
+starts: pass 1 validates every row (track, DTS order, 32-bit ranges) and sizes every fragment
+exactly, pass 2 writes. The caller then lays out each part's boxes followed by its samples with
+one ``bytes.join`` -- the single copy of every payload byte -- and :func:`check_video_samples`
+walks the NAL length fields of the video samples in place.
+
+Why the samples are not copied here: bus video is already AVCC with 4-byte NAL lengths, the
+framing ISO/IEC 14496-15 stores in an ``avc1`` sample, and AAC frames are stored raw, so there
+is nothing to convert. Copying them in a kernel needs them joined into one input buffer first and
+the kernel's output turned into ``bytes`` after: three copies of every byte where ``join`` makes
+one.
 
 Box layout (ISO/IEC 14496-12), sizes in bytes::
 
@@ -135,7 +139,7 @@ def _tfdt(out, p, base):
 
 
 @inline
-def _part_sizes(payload, meta, offsets, lo, hi, next_dts, video_id, audio_id):
+def _part_sizes(meta, lo, hi, next_dts, video_id, audio_id):
     """Validate rows ``lo:hi`` (one part); returns (error, index, video count, audio count,
     video bytes, audio bytes)."""
     nv = 0
@@ -148,12 +152,9 @@ def _part_sizes(payload, meta, offsets, lo, hi, next_dts, video_id, audio_id):
         track = meta[i, COL_TRACK]
         length = meta[i, COL_LEN]
         dts = meta[i, COL_DTS]
-        off = offsets[i]
         if dts < 0 or dts >= DTS_LIMIT:
             return ERR_RANGE, i, 0, 0, 0, 0
         if track == TRACK_VIDEO and video_id > 0:
-            if not _is_avcc(payload, off, length):
-                return ERR_AVCC, i, 0, 0, 0, 0
             if nv > 0 and dts < last_v:
                 return ERR_DTS_ORDER, i, 0, 0, 0, 0
             if nv > 0 and dts - last_v > U32:
@@ -189,28 +190,27 @@ def _moof_size(nv, na):
 
 
 @jit
-def fragments(payload, meta, bounds, sequences, next_dts, video_id, audio_id, audio_rate, audio_duration,
-              default_video_duration):
-    """Build consecutive fragments, one ``moof`` + ``mdat`` per part. Returns ``(out, error, index)``.
+def fragment_boxes(meta, bounds, sequences, next_dts, video_id, audio_id, audio_rate, audio_duration,
+                   default_video_duration):
+    """The boxes of consecutive fragments, one per part, up to each ``mdat``'s payload.
 
-    ``payload``: all access units' bytes; ``meta``: int64 (n, 5) rows of track, pts, dts, key,
-    length (90 kHz); part ``j`` is rows ``bounds[j]:bounds[j + 1]``, numbered ``sequences[j]``
-    in its ``mfhd``; ``next_dts``: the DTS of the video access unit after the last part (-1:
-    unknown) -- for the other parts it is the first video DTS of the parts after them, so the
-    output is exactly the parts' fragments built one by one; ``video_id`` / ``audio_id``: track IDs
-    (0: no such track); ``audio_rate``: the audio timescale; ``audio_duration``: ticks per audio
-    sample; ``default_video_duration``: a lone video sample's duration when nothing follows it.
+    Returns ``(boxes, box_bounds, error, index)``: part ``j``'s ``moof`` and ``mdat`` header are
+    ``boxes[box_bounds[j]:box_bounds[j + 1]]``, to be followed by the part's video samples, then
+    its audio samples, each in input order.
 
-    On success ``error`` is ``OK`` and ``out`` holds the fragments; otherwise ``index`` is the
-    offending row (the part's last row for a ``next_dts`` error).
+    ``meta``: int64 (n, 5) rows of track, pts, dts, key, length (90 kHz); part ``j`` is rows
+    ``bounds[j]:bounds[j + 1]``, numbered ``sequences[j]`` in its ``mfhd``; ``next_dts``: the DTS
+    of the video access unit after the last part (-1: unknown) -- for the other parts it is the
+    first video DTS of the parts after them, so the output is exactly the parts' fragments built
+    one by one; ``video_id`` / ``audio_id``: track IDs (0: no such track); ``audio_rate``: the
+    audio timescale; ``audio_duration``: ticks per audio sample; ``default_video_duration``: a
+    lone video sample's duration when nothing follows it.
+
+    On error ``index`` is the offending row (the part's last row for a ``next_dts`` error).
     """
     n = meta.shape[0]
     nparts = bounds.shape[0] - 1
-    offsets = np.empty(n, np.int64)
-    off = 0
-    for i in range(n):
-        offsets[i] = off
-        off += meta[i, COL_LEN]
+    box_bounds = np.zeros(nparts + 1, np.int64)
     # The DTS that follows each part's video.
     follow = np.empty(nparts, np.int64)
     nxt = next_dts
@@ -226,20 +226,21 @@ def fragments(payload, meta, bounds, sequences, next_dts, video_id, audio_id, au
         lo = bounds[j]
         hi = bounds[j + 1]
         if hi <= lo:
-            return np.empty(0, np.uint8), ERR_EMPTY, lo
-        err, at, nv, na, vbytes, abytes = _part_sizes(payload, meta, offsets, lo, hi, follow[j], video_id,
-                                                      audio_id)
+            return np.empty(0, np.uint8), box_bounds, ERR_EMPTY, lo
+        err, at, nv, na, vbytes, abytes = _part_sizes(meta, lo, hi, follow[j], video_id, audio_id)
         if err != OK:
-            return np.empty(0, np.uint8), err, at
+            return np.empty(0, np.uint8), box_bounds, err, at
         counts[j, 0] = nv
         counts[j, 1] = na
         counts[j, 2] = vbytes
         counts[j, 3] = abytes
-        total += _moof_size(nv, na)[2] + 8 + vbytes + abytes
+        moof = _moof_size(nv, na)[2]
+        box_bounds[j + 1] = box_bounds[j] + moof + 8
+        total += moof + 8 + vbytes + abytes
         if total > I32_MAX:
-            return np.empty(0, np.uint8), ERR_TOO_BIG, hi - 1
+            return np.empty(0, np.uint8), box_bounds, ERR_TOO_BIG, hi - 1
 
-    out = np.empty(total, np.uint8)
+    out = np.empty(box_bounds[nparts], np.uint8)
     order = np.empty(n, np.int64)  # per part: video rows first, then audio rows, each in input order
     p = 0
     for j in range(nparts):
@@ -304,12 +305,25 @@ def fragments(payload, meta, bounds, sequences, next_dts, video_id, audio_id, au
                 _put32(out, p, meta[order[k], COL_LEN])
                 p += AUDIO_ROW
         p = _box(out, p, 8 + vbytes + abytes, _MDAT)
-        for k in range(lo, hi):
-            i = order[k]
-            start = offsets[i]
+    return out, box_bounds, OK, 0
+
+
+@jit
+def check_video_samples(data, meta, bounds, box_bounds):
+    """Walk the NAL length fields of every video sample in ``data`` (the assembled fragments).
+
+    Returns the row of the first video access unit that is not AVCC with 4-byte lengths, or -1.
+    """
+    base = 0
+    for j in range(bounds.shape[0] - 1):
+        p = base + box_bounds[j + 1] - box_bounds[j]  # the part's first sample
+        size = 0
+        for i in range(bounds[j], bounds[j + 1]):
             length = meta[i, COL_LEN]
-            # Unsigned indexes skip Numba's negative-index wraparound, so LLVM vectorises the copy.
-            for b in range(length):
-                out[np.uint64(p + b)] = payload[np.uint64(start + b)]
-            p += length
-    return out, OK, p
+            size += length
+            if meta[i, COL_TRACK] == TRACK_VIDEO:
+                if not _is_avcc(data, p, length):
+                    return i
+                p += length
+        base += box_bounds[j + 1] - box_bounds[j] + size
+    return -1
