@@ -353,6 +353,41 @@ def test_single_track_streams_decode(media, tmp_path, track):
     assert ffmpeg_errors(path) == ""
 
 
+def write_vod(media: Media, packetiser: Fmp4Packetiser, out) -> None:
+    """An fMP4 HLS VOD playlist (EXT-X-MAP) over the packetiser's init and segments."""
+    (out / "init.mp4").write_bytes(packetiser.init)
+    lines = ["#EXTM3U", "#EXT-X-VERSION:7", "#EXT-X-TARGETDURATION:2", "#EXT-X-PLAYLIST-TYPE:VOD",
+             "#EXT-X-INDEPENDENT-SEGMENTS", '#EXT-X-MAP:URI="init.mp4"']
+    seq = 1
+    for i, parts in enumerate(media.segments):
+        (out / f"seg{i}.m4s").write_bytes(packetiser.segment(parts, seq, media.next_dts(i)))
+        seq += len(parts)
+        start = fmp4.next_video_dts(parts[0])
+        end = media.next_dts(i) or start + 180_000
+        lines += [f"#EXTINF:{(end - start) / 90_000:.3f},", f"seg{i}.m4s"]
+    (out / "vod.m3u8").write_text("\n".join([*lines, "#EXT-X-ENDLIST", ""]))
+
+
+@pytest.mark.integration
+@pytest.mark.browser
+@pytest.mark.parametrize("mode", ["hlsjs", "native"])
+def test_chromium_plays_the_fmp4_stream(media, tmp_path, monkeypatch, mode):
+    """An independent player: hls.js (MediaSource) and Chromium's own HLS play init + segments."""
+    from tests import browser
+
+    monkeypatch.setattr(browser, "PROFILE_PARENT", tmp_path)
+    root = tmp_path / "vod"
+    root.mkdir()
+    write_vod(media, Fmp4Packetiser(media.video, media.audio), root)
+    with browser.StaticServer(root=root) as server:
+        report = browser.play_hls(f"{server.url}/vod.m3u8", mode=mode, min_advance_s=3.0)
+    assert report.fatal_error is None, "\n".join(report.log)
+    assert report.advanced_s >= 3.0 and report.playing, report
+    assert (report.video_width, report.video_height) == (640, 360)
+    assert not [e for e in report.errors if "fatal=true" in e]
+    assert "GET /init.mp4 200" in server.requests and "GET /seg1.m4s 200" in server.requests
+
+
 def test_edges_produce_identical_bytes(media):
     """Bytes depend only on the inputs: a second packetiser, fed later parts first, agrees."""
     early, late = Fmp4Packetiser(media.video, media.audio), Fmp4Packetiser(media.video, media.audio)
