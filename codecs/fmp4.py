@@ -161,7 +161,7 @@ _ERRORS = {
     _k.ERR_DTS_ORDER: "access unit #{i} has a DTS below the previous one of its track",
     _k.ERR_RANGE: "access unit #{i} has a DTS, DTS step or PTS-DTS offset outside what fMP4 fields hold",
     _k.ERR_NEXT_DTS: "the next video DTS (next_dts, or the next part's first) is below the part's last "
-                     "video DTS #{i}, or more than 2**32 after it",
+                     "video DTS, or more than 2**32 after it",
     _k.ERR_TOO_BIG: "the access units add up to more than a 2 GB fragment",
     _k.ERR_EMPTY: "a fragment needs at least one access unit",
 }
@@ -222,7 +222,7 @@ class Fmp4Packetiser:
 
         Part ``j`` gets, as :meth:`fragment` would, the sequence number ``first_sequence + j``
         and as its ``next_dts`` the first video DTS in the parts after it, else ``next_dts`` (the
-        first video DTS after the segment). Built with one kernel call.
+        first video DTS after the segment). Built with one call of each kernel for all parts.
         """
         return self._fragments(parts, first_sequence, next_dts, True)
 
