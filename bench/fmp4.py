@@ -36,7 +36,6 @@ from collections.abc import Sequence
 
 import av
 import click
-
 from mesh_codecs.fmp4 import Fmp4Packetiser, next_video_dts, warm_up
 from mesh_codecs.media import VIDEO, AccessUnit
 
@@ -186,11 +185,11 @@ def run(seconds: float = 6.0, repeats: int = 5, *, width: int = 1280, height: in
 def format_table(r: dict) -> str:
     m = r["media"]
     lines = [
-        f"media: {m['seconds']:g} s of {m['width']}x{m['height']}@{m['fps']} x264 "
+        (f"media: {m['seconds']:g} s of {m['width']}x{m['height']}@{m['fps']} x264 "
         f"{m['video_bitrate'] / 1e6:g} Mbps + AAC 128 kbps in {m['segments']} segments (2 s GOP) of "
         f"{m['parts']} parts ({m['part_ms']} ms), {m['access_units']} access units, "
         f"{m['input_bytes'] / 1e6:.2f} MB; median of {r['repeats']} repeats, nproc {r['nproc']}, "
-        f"load {r['loadavg_1m']:.2f}",
+        f"load {r['loadavg_1m']:.2f}"),
         f"{'packetiser':<13}{'ms/segment':>11}{'segments/s':>12}{'input MB/s':>12}{'out bytes':>12}",
     ]
     for name in ("numba", "numba_parts", "ffmpeg_mux", "ffmpeg_full", "ffmpeg_stream", "ffmpeg_gop"):
@@ -208,7 +207,8 @@ def format_table(r: dict) -> str:
 
 
 @click.command("fmp4")
-@click.option("--seconds", type=float, default=6.0, show_default=True, help="Length of the encoded test media.")
+@click.option("--seconds", type=float, default=6.0, show_default=True,
+              help="Length of the encoded test media.")
 @click.option("--repeats", type=int, default=5, show_default=True)
 @click.option("--size", default="1280x720", show_default=True, help="WxH of the test pattern.")
 @click.option("--bitrate", type=int, default=3_000_000, show_default=True, help="Video bits/s.")

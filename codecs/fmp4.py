@@ -170,8 +170,15 @@ _ERRORS = {
 class Fmp4Packetiser:
     """Turns the access units of one stream rendition into an init segment and fMP4 fragments."""
 
-    __slots__ = ("init", "video_timescale", "audio_timescale", "_video_id", "_audio_id",
-                 "_audio_duration", "_default_duration")
+    __slots__ = (
+        "_audio_duration",
+        "_audio_id",
+        "_default_duration",
+        "_video_id",
+        "audio_timescale",
+        "init",
+        "video_timescale",
+    )
 
     def __init__(self, video: VideoConfig | None, audio: AudioConfig | None, *,
                  default_video_duration_90k: int = DEFAULT_VIDEO_DURATION_90K) -> None:
@@ -244,14 +251,16 @@ class Fmp4Packetiser:
         pack = _META_ROW.pack
         try:
             # struct rows joined into one buffer: the cheapest way found to tabulate ~150 AUs.
-            rows = b"".join([pack(au.track, au.pts, au.dts, au.key, len(au.data)) for part in parts for au in part])
+            rows = b"".join([pack(au.track, au.pts, au.dts, au.key, len(au.data))
+                             for part in parts for au in part])
         except struct.error as exc:
             raise Fmp4Error(f"access unit field out of range: {exc}") from exc
         meta = np.frombuffer(rows, np.int64).reshape(bounds[-1], _k.META_COLS)
         starts = np.array(bounds, np.int64)
+        sequences = np.arange(first_sequence, first_sequence + nparts)
         boxes, box_bounds, err, at = _k.fragment_boxes(
-            meta, starts, np.arange(first_sequence, first_sequence + nparts), -1 if next_dts is None else next_dts,
-            self._video_id, self._audio_id, self.audio_timescale, self._audio_duration, self._default_duration)
+            meta, starts, sequences, -1 if next_dts is None else next_dts, self._video_id, self._audio_id,
+            self.audio_timescale, self._audio_duration, self._default_duration)
         if err:
             self._raise(err, at, bounds, name_parts)
         # Each part's boxes, then its video samples, then its audio samples: one copy of each byte.
@@ -306,9 +315,9 @@ def warm_up() -> None:
 
 __all__ = [
     "AUDIO_TRACK_ID",
+    "VIDEO_TRACK_ID",
     "Fmp4Error",
     "Fmp4Packetiser",
-    "VIDEO_TRACK_ID",
     "init_segment",
     "next_video_dts",
     "warm_up",

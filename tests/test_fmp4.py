@@ -3,6 +3,7 @@ determinism, segments = parts, odd cases, errors, properties."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import random
 import shutil
@@ -15,7 +16,6 @@ import av
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-
 from mesh_bench._media import cut_segments, demux_access_units, encode_test_mp4
 from mesh_bench.fmp4 import cut_parts
 from mesh_codecs import fmp4, h264
@@ -168,8 +168,9 @@ def check_fragment(data: bytes, aus: list[AccessUnit], packetiser: Fmp4Packetise
     assert got_sequence == sequence
     video = [au for au in aus if au.track == VIDEO]
     audio = [au for au in aus if au.track == AUDIO]
-    assert [s.track_id for s in samples] == [fmp4.VIDEO_TRACK_ID] * len(video) + [fmp4.AUDIO_TRACK_ID] * len(audio)
-    durations = [b.dts - a.dts for a, b in zip(video, video[1:])]
+    tracks = [fmp4.VIDEO_TRACK_ID] * len(video) + [fmp4.AUDIO_TRACK_ID] * len(audio)
+    assert [s.track_id for s in samples] == tracks
+    durations = [b.dts - a.dts for a, b in itertools.pairwise(video)]
     if video:
         durations.append(next_dts - video[-1].dts if next_dts is not None
                          else durations[-1] if durations else fmp4.DEFAULT_VIDEO_DURATION_90K)
@@ -178,7 +179,8 @@ def check_fragment(data: bytes, aus: list[AccessUnit], packetiser: Fmp4Packetise
         assert s.flags == (0x02000000 if au.key else 0x01010000)
     rate = packetiser.audio_timescale
     for k, (au, s) in enumerate(zip(audio, samples[len(video):])):
-        assert (s.dts, s.cto, s.duration, s.data) == (audio_ticks(audio[0].dts, rate) + 1024 * k, 0, 1024, au.data)
+        first = audio_ticks(audio[0].dts, rate)
+        assert (s.dts, s.cto, s.duration, s.data) == (first + 1024 * k, 0, 1024, au.data)
         assert s.flags == 0x02000000
 
 
@@ -221,7 +223,7 @@ def media() -> Media:
 
 def ffprobe_frames(path, *extra: str) -> dict[str, list[int]]:
     out = subprocess.run(["ffprobe", "-v", "error", *extra, "-show_entries", "frame=media_type,pts",
-                          "-of", "json", str(path)], capture_output=True, text=True, timeout=120)
+                          "-of", "json", str(path)], check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     frames: dict[str, list[int]] = {"video": [], "audio": []}
     for f in json.loads(out.stdout)["frames"]:
@@ -231,7 +233,7 @@ def ffprobe_frames(path, *extra: str) -> dict[str, list[int]]:
 
 def ffmpeg_errors(path) -> str:
     out = subprocess.run(["ffmpeg", "-hide_banner", "-nostdin", "-v", "error", "-i", str(path), "-f", "null",
-                          "-"], capture_output=True, text=True, timeout=120)
+                          "-"], check=False, capture_output=True, text=True, timeout=120)
     return out.stderr.strip() + ("" if out.returncode == 0 else f" (exit {out.returncode})")
 
 
@@ -436,31 +438,38 @@ def test_single_video_access_unit_part():
         check_fragment(data, [au], p, 5, next_dts)
     _, samples = read_fragment(p.fragment([au], 5, None))
     assert samples[0].duration == 3000  # the default: nothing before or after it
-    _, samples = read_fragment(Fmp4Packetiser(VIDEO_CFG, None, default_video_duration_90k=1500).fragment([au], 5))
+    shorter = Fmp4Packetiser(VIDEO_CFG, None, default_video_duration_90k=1500)
+    _, samples = read_fragment(shorter.fragment([au], 5))
     assert samples[0].duration == 1500
 
 
 def test_exact_fragment_layout():
     p = Fmp4Packetiser(VIDEO_CFG, AUDIO_CFG)
-    aus = [AccessUnit(VIDEO, 6000, 3000, True, avcc(b"\x65\x88")), AccessUnit(AUDIO, 3000, 3000, True, b"\x21\x10")]
+    aus = [AccessUnit(VIDEO, 6000, 3000, True, avcc(b"\x65\x88")),
+           AccessUnit(AUDIO, 3000, 3000, True, b"\x21\x10")]
+    moof_size = 8 + 16 + 80 + 76
     data = p.fragment(aus, 0x01020304, 6000)
     video_traf = (b"\x00\x00\x00\x50" b"traf" b"\x00\x00\x00\x10tfhd\x00\x02\x00\x00\x00\x00\x00\x01"
                   b"\x00\x00\x00\x14tfdt\x01\x00\x00\x00" + (3000).to_bytes(8, "big")
-                  + b"\x00\x00\x00\x24trun\x01\x00\x0f\x01\x00\x00\x00\x01" + (8 + 16 + 80 + 76 + 8).to_bytes(4, "big")
+                  + b"\x00\x00\x00\x24trun\x01\x00\x0f\x01\x00\x00\x00\x01"
+                  + (moof_size + 8).to_bytes(4, "big")
                   + struct.pack(">IIIi", 3000, 6, 0x02000000, 3000))
     audio_traf = (b"\x00\x00\x00\x4c" b"traf" b"\x00\x00\x00\x18tfhd\x00\x02\x00\x28\x00\x00\x00\x02"
                   + struct.pack(">II", 1024, 0x02000000)
                   + b"\x00\x00\x00\x14tfdt\x01\x00\x00\x00" + (1600).to_bytes(8, "big")
-                  + b"\x00\x00\x00\x18trun\x00\x00\x02\x01\x00\x00\x00\x01" + (8 + 16 + 80 + 76 + 8 + 6).to_bytes(4, "big")
+                  + b"\x00\x00\x00\x18trun\x00\x00\x02\x01\x00\x00\x00\x01"
+                  + (moof_size + 8 + 6).to_bytes(4, "big")
                   + struct.pack(">I", 2))
-    moof = struct.pack(">I4s", 8 + 16 + 80 + 76, b"moof") + b"\x00\x00\x00\x10mfhd\x00\x00\x00\x00\x01\x02\x03\x04"
-    assert data == moof + video_traf + audio_traf + struct.pack(">I4s", 16, b"mdat") + aus[0].data + aus[1].data
+    moof = struct.pack(">I4s", moof_size, b"moof") + b"\x00\x00\x00\x10mfhd\x00\x00\x00\x00\x01\x02\x03\x04"
+    mdat = struct.pack(">I4s", 16, b"mdat") + aus[0].data + aus[1].data
+    assert data == moof + video_traf + audio_traf + mdat
 
 
 def test_large_access_units(media):
     """A 3 MB keyframe with several NAL units and a 6 KB AAC frame go through unchanged."""
     rng = random.Random(7)
-    big = avcc(b"\x06\x05" + rng.randbytes(300), b"\x65" + rng.randbytes(2_000_000), b"\x65" + rng.randbytes(1_000_000))
+    big = avcc(b"\x06\x05" + rng.randbytes(300), b"\x65" + rng.randbytes(2_000_000),
+               b"\x65" + rng.randbytes(1_000_000))
     aus = [AccessUnit(VIDEO, 3000, 0, True, big), AccessUnit(AUDIO, 0, 0, True, rng.randbytes(6000)),
            AccessUnit(VIDEO, 6000, 3000, False, avcc(b"\x41" + rng.randbytes(70_000)))]
     p = Fmp4Packetiser(VIDEO_CFG, AUDIO_CFG)
@@ -469,7 +478,8 @@ def test_large_access_units(media):
 
 def test_composition_offsets_may_be_negative():
     p = Fmp4Packetiser(VIDEO_CFG, None)
-    aus = [AccessUnit(VIDEO, 0, 3000, True, avcc(b"\x65\x88")), AccessUnit(VIDEO, 9000, 6000, False, avcc(b"\x41"))]
+    aus = [AccessUnit(VIDEO, 0, 3000, True, avcc(b"\x65\x88")),
+           AccessUnit(VIDEO, 9000, 6000, False, avcc(b"\x41"))]
     _, samples = read_fragment(p.fragment(aus, 1))
     assert [s.cto for s in samples] == [-3000, 3000]
 
@@ -498,15 +508,19 @@ def test_he_aac_samples_last_2048_output_samples():
 @pytest.mark.parametrize(
     ("aus", "next_dts", "message"),
     [
-        ([AccessUnit(VIDEO, 0, 0, True, avcc(b"\x65")), AccessUnit(VIDEO, 0, 0, False, b"\x00\x00\x00\x09\x41")],
+        ([AccessUnit(VIDEO, 0, 0, True, avcc(b"\x65")),
+          AccessUnit(VIDEO, 0, 0, False, b"\x00\x00\x00\x09\x41")],
          None, "#1 is not AVCC"),
         ([AccessUnit(VIDEO, 0, 0, True, avcc(b"\x65\x88") + b"\x00\x00")], None, "#0 is not AVCC"),
         ([AccessUnit(AUDIO, 0, 0, True, b""), AccessUnit(7, 0, 0, True, b"")], None, "#1 belongs to a track"),
-        ([AccessUnit(VIDEO, 0, 3000, True, b""), AccessUnit(VIDEO, 0, 2999, False, b"")], None, "#1 has a DTS below"),
-        ([AccessUnit(AUDIO, 0, 3000, True, b""), AccessUnit(AUDIO, 0, 0, True, b"")], None, "#1 has a DTS below"),
+        ([AccessUnit(VIDEO, 0, 3000, True, b""), AccessUnit(VIDEO, 0, 2999, False, b"")], None,
+         "#1 has a DTS below"),
+        ([AccessUnit(AUDIO, 0, 3000, True, b""), AccessUnit(AUDIO, 0, 0, True, b"")], None,
+         "#1 has a DTS below"),
         ([AccessUnit(VIDEO, 0, -1, True, b"")], None, "#0 has a DTS"),
         ([AccessUnit(VIDEO, 1 << 40, 0, True, b"")], None, "#0 has a DTS, DTS step or PTS-DTS"),
-        ([AccessUnit(VIDEO, 0, 0, True, b""), AccessUnit(VIDEO, 1 << 33, 1 << 33, True, b"")], None, "#1 has a DTS"),
+        ([AccessUnit(VIDEO, 0, 0, True, b""), AccessUnit(VIDEO, 1 << 33, 1 << 33, True, b"")], None,
+         "#1 has a DTS"),
         ([AccessUnit(VIDEO, 0, 3000, True, b"")], 2999, "next video DTS .* below the part's last video DTS"),
         ([AccessUnit(VIDEO, 1 << 64, 0, True, b"")], None, "out of range"),
         ([], None, "at least one access unit"),
@@ -547,7 +561,8 @@ def test_bad_configs_raise():
 def test_segment_errors_name_the_part():
     p = Fmp4Packetiser(VIDEO_CFG, AUDIO_CFG)
     ok = [AccessUnit(VIDEO, 0, 0, True, avcc(b"\x65")), AccessUnit(AUDIO, 0, 0, True, b"\x21")]
-    later = [AccessUnit(VIDEO, 3000, 3000, False, avcc(b"\x41")), AccessUnit(VIDEO, 6000, 6000, False, b"\x01")]
+    later = [AccessUnit(VIDEO, 3000, 3000, False, avcc(b"\x41")),
+             AccessUnit(VIDEO, 6000, 6000, False, b"\x01")]
     with pytest.raises(Fmp4Error, match=r"^part #1: video access unit #1 is not AVCC"):
         p.segment([ok, later], 1)
     with pytest.raises(Fmp4Error, match=r"^part #1: a fragment needs at least one"):
@@ -558,7 +573,9 @@ def test_segment_errors_name_the_part():
     with pytest.raises(Fmp4Error, match="sequence numbers"):
         p.segment([ok, ok], (1 << 32) - 1)
     assert p.segment([], 1) == b""
-    assert p.segment([ok, ok[1:]], (1 << 32) - 2, 3000) == p.fragment(ok, (1 << 32) - 2, 3000) + p.fragment(ok[1:], (1 << 32) - 1)
+    last = (1 << 32) - 1
+    expected = p.fragment(ok, last - 1, 3000) + p.fragment(ok[1:], last)
+    assert p.segment([ok, ok[1:]], last - 1, 3000) == expected
 
 
 def test_warm_up_runs():
@@ -591,7 +608,8 @@ def access_units(draw) -> tuple[VideoConfig | None, AudioConfig | None, list[Acc
     return (VIDEO_CFG if with_video else None), (AUDIO_CFG if with_audio else None), aus, next_dts
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(access_units(), st.integers(0, (1 << 32) - 20), st.randoms(use_true_random=False))
 @example((VIDEO_CFG, None, [AccessUnit(VIDEO, 0, 0, True, b"")], None), 0, random.Random(0))
 def test_packetiser_properties(case, sequence, rnd):
