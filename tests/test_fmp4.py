@@ -628,3 +628,24 @@ def test_packetiser_properties(case, sequence, rnd):
     for j, part in enumerate(parts):
         check_fragment(fragments[j], part, p, sequence + j, follow[j])
     assert p.segment(parts, sequence, next_dts) == b"".join(fragments)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(-1, 9), st.integers(-(1 << 63), (1 << 63) - 1),
+                          st.integers(-(1 << 63), (1 << 63) - 1), st.booleans(), st.binary(max_size=64)),
+                max_size=12),
+       st.one_of(st.none(), st.integers(-(1 << 50), 1 << 50)), st.integers(-5, (1 << 32) + 5))
+def test_garbage_is_rejected_with_fmp4_error(rows, next_dts, sequence):
+    """Whatever the access units hold, the packetiser returns fragments or raises Fmp4Error."""
+    aus = [AccessUnit(*row) for row in rows]
+    p = Fmp4Packetiser(VIDEO_CFG, AUDIO_CFG)
+    for parts in ([aus], [aus[:3], aus[3:]]):
+        try:
+            data = p.segment(parts, sequence, next_dts)
+        except Fmp4Error:
+            continue
+        boxes = walk(data)
+        assert [b.kind for b in boxes] == [b"moof", b"mdat"] * len(parts)
+        for j in range(len(parts)):
+            moof, mdat = boxes[2 * j : 2 * j + 2]
+            assert read_fragment(data[moof.start : mdat.start + 8 + len(mdat.body)])[0] == sequence + j
