@@ -257,9 +257,8 @@ class Fmp4Packetiser:
             raise Fmp4Error(f"access unit field out of range: {exc}") from exc
         meta = np.frombuffer(rows, np.int64).reshape(bounds[-1], _k.META_COLS)
         starts = np.array(bounds, np.int64)
-        sequences = np.arange(first_sequence, first_sequence + nparts)
         boxes, box_bounds, err, at = _k.fragment_boxes(
-            meta, starts, sequences, -1 if next_dts is None else next_dts, self._video_id, self._audio_id,
+            meta, starts, first_sequence, -1 if next_dts is None else next_dts, self._video_id, self._audio_id,
             self.audio_timescale, self._audio_duration, self._default_duration)
         if err:
             self._raise(err, at, bounds, name_parts)

@@ -190,7 +190,7 @@ def _moof_size(nv, na):
 
 
 @jit
-def fragment_boxes(meta, bounds, sequences, next_dts, video_id, audio_id, audio_rate, audio_duration,
+def fragment_boxes(meta, bounds, first_sequence, next_dts, video_id, audio_id, audio_rate, audio_duration,
                    default_video_duration):
     """The boxes of consecutive fragments, one per part, up to each ``mdat``'s payload.
 
@@ -199,7 +199,7 @@ def fragment_boxes(meta, bounds, sequences, next_dts, video_id, audio_id, audio_
     its audio samples, each in input order.
 
     ``meta``: int64 (n, 5) rows of track, pts, dts, key, length (90 kHz); part ``j`` is rows
-    ``bounds[j]:bounds[j + 1]``, numbered ``sequences[j]`` in its ``mfhd``; ``next_dts``: the DTS
+    ``bounds[j]:bounds[j + 1]``, numbered ``first_sequence + j`` in its ``mfhd``; ``next_dts``: the DTS
     of the video access unit after the last part (-1: unknown) -- for the other parts it is the
     first video DTS of the parts after them, so the output is exactly the parts' fragments built
     one by one; ``video_id`` / ``audio_id``: track IDs (0: no such track); ``audio_rate``: the
@@ -263,7 +263,7 @@ def fragment_boxes(meta, bounds, sequences, next_dts, video_id, audio_id, audio_
         data_at = moof + 8  # the first sample's offset from the moof's first byte
         p = _box(out, p, moof, _MOOF)
         p = _full_box(out, p, MFHD_SIZE, _MFHD, 0, 0)
-        _put32(out, p, sequences[j])
+        _put32(out, p, first_sequence + j)
         p += 4
         if nv > 0:
             p = _box(out, p, traf_v, _TRAF)
