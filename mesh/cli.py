@@ -151,6 +151,9 @@ def main() -> None:
               help="Playlists and segments need ?token= (a play token from `mesh token`).")
 @click.option("--require-publish-token/--no-require-publish-token", default=None,
               help="Publishing needs a publish token from `mesh token`.")
+@click.option("--abr", default=None, metavar="RUNGS",
+              help="Transcoding ladder of an origin, e.g. 720p2500k,480p1000k,360p600k (height p video "
+                   "kbps k, optionally @fps); rungs taller than the source are skipped [off].")
 def node(config_path: str | None, cluster_secret_argv: str | None, **flags: Any) -> None:
     """Run one node until SIGTERM/Ctrl-C.
 
@@ -305,9 +308,11 @@ def cluster_nodes(mongo: str | None, mongo_file: str | None, as_json: bool) -> N
               help="Where logs, the database and nginx's files go [default: a new temp dir].")
 @click.option("--duration", "duration_s", type=float, default=0.0,
               help="Stop after this many seconds (0 = until Ctrl-C).")
+@click.option("--abr", default=None, metavar="RUNGS",
+              help="The origins' transcoding ladder, e.g. 720p2500k,480p1000k,360p600k [off].")
 def cluster_up(origins: int, edges: int, http_port: int, rtmp_port: int, mongo: str | None,
                mongo_file: str | None, publish_stream: str | None, no_lb: bool, workdir: str | None,
-               duration_s: float) -> None:
+               duration_s: float, abr: str | None) -> None:
     """Start a local cluster: embedded database, origins, edges and nginx in front.
 
     Prints where to publish and where to play, then runs until Ctrl-C (which stops everything).
@@ -326,10 +331,18 @@ def cluster_up(origins: int, edges: int, http_port: int, rtmp_port: int, mongo: 
                    "process list; use --mongo-file FILE instead", err=True)
     if mongo_file:
         mongo = mongo_uri(None, mongo_file)
+    if abr:
+        from .ladder import parse_ladder
+
+        try:
+            parse_ladder(abr.split(","))
+        except ValueError as exc:
+            fail(f"--abr: {exc}")
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="mesh-cluster-"))
     say = lambda msg: click.echo(f"mesh cluster: {msg}", err=True)  # noqa: E731
     cl = LocalCluster(work, origins=origins, edges=edges, mongo=mongo, lb=not no_lb,
-                      http_port=http_port, rtmp_port=rtmp_port, say=say)
+                      http_port=http_port, rtmp_port=rtmp_port, say=say,
+                      node_env={"MESH_ABR": abr} if abr else {})
     publisher = None
 
     def stop(signum: int, frame: Any) -> None:
@@ -518,9 +531,14 @@ def streams(mongo: str | None, mongo_file: str | None, app: str | None, as_json:
     if not docs:
         click.echo("no streams")
         return
+    def rungs(d: dict[str, Any]) -> str:
+        live = [r.get("name") for r in d.get("renditions") or [] if isinstance(r, dict) and r.get("name") != "src"]
+        gone = [f"{r.get('name')} dropped" for r in d.get("dropped_renditions") or [] if isinstance(r, dict)]
+        return ", ".join(str(x) for x in live + gone) or "-"
+
     rows = [[d["_id"], d.get("app", ""), d["status"], d.get("origin_node", ""), d.get("epoch", 0),
-             d.get("media_sequence", 0), since(d.get("updated_at"), now)] for d in docs]
-    click.echo(table(["stream", "app", "status", "origin", "epoch", "segments", "updated"], rows))
+             d.get("media_sequence", 0), rungs(d), since(d.get("updated_at"), now)] for d in docs]
+    click.echo(table(["stream", "app", "status", "origin", "epoch", "segments", "rungs", "updated"], rows))
 
 
 # -- token --------------------------------------------------------------------------------------

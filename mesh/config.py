@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .credentials import SecretFileError, mask_uri, read_secret_file, write_private_file
+from .ladder import parse_ladder
 from .names import NAME_RULE, is_name
 
 ROLES = ("origin", "edge", "standalone")
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 DEFAULT_DATA_DIR = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "mesh"
 
 
@@ -88,6 +90,10 @@ class NodeConfig:
     require_play_token: bool = False  # HLS playlists and segments need ?token= (act play)
     require_publish_token: bool = False  # RTMP publish and REST create need a publish token
     pull_file_root: str = ""  # pull sources may read files only below this directory ("" = none)
+    # ABR ladder (mesh/ladder.py): e.g. ["720p2500k", "480p1000k", "360p600k"]; empty = off
+    abr: list[str] = field(default_factory=list)
+    abr_preset: str = "veryfast"  # libx264 preset of the ladder's encoders
+    abr_encoder_threads: int = 1  # threads per rung encoder (x264 thread_count)
     # hosts pull sources may reach besides global ones (names, *.suffix, addresses, networks; see
     # mesh/ingest/source_policy.py); loopback, link-local and private addresses need listing
     pull_allowed_hosts: list[str] = field(default_factory=list)
@@ -165,6 +171,14 @@ class NodeConfig:
         if self.cluster_secret_previous and not self.cluster_secret:
             raise bad("cluster_secret_previous", "is only used next to cluster_secret (rotation); "
                       "set cluster_secret to the new secret")
+        try:
+            parse_ladder(self.abr)
+        except ValueError as exc:
+            raise bad("abr", f"{exc}; write rungs as 720p2500k,480p1000k,360p600k") from None
+        if self.abr_preset not in X264_PRESETS:
+            raise bad("abr_preset", f"use one of {', '.join(X264_PRESETS)}")
+        if not 0 <= self.abr_encoder_threads <= 16:
+            raise bad("abr_encoder_threads", "use 0 (x264 decides) to 16")
         for name in ("rest_allowed_cidrs", "trusted_proxies"):
             for entry in getattr(self, name):
                 try:

@@ -22,6 +22,10 @@ BUS_GAPS = Counter("mesh_bus_gaps_total", "Sequence gaps seen by subscribers (pu
 BUS_LOST = Counter("mesh_bus_lost_messages_total", "Messages missing in gaps or discarded until a segment start")
 STREAMS = Gauge("mesh_streams", "Streams this node is currently handling", ["role"])
 VIEWER_REQUESTS = Counter("mesh_hls_requests_total", "HLS requests served", ["kind", "status"])
+RUNGS_DROPPED = Counter("mesh_abr_rungs_dropped_total",
+                        "Ladder rungs dropped because the transcoder could not keep real time")
+TRANSCODER_LAG = Gauge("mesh_abr_transcoder_lag_seconds", "How far behind real time a stream's ladder is",
+                       ["stream"])
 HLS_EGRESS_BYTES = Counter("mesh_hls_egress_bytes_total",
                            "Bytes of HLS playlists and segments sent to viewers (updated every heartbeat)")
 

@@ -23,6 +23,7 @@ fails the test, saying how to install it; it skips instead only when MESH_ALLOW_
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import mimetypes
 import os
 import shutil
@@ -74,6 +75,7 @@ class PlayerReport:
     log: list[str]  # the page's event log, then the browser console
     start_time: float | None = None  # currentTime at the first "playing" event
     elapsed_s: float = 0.0  # wall time of the whole call, browser start and teardown included
+    heights_seen: list[int] = dataclasses.field(default_factory=list)  # play_levels: picture heights, in order
 
     @property
     def advanced_s(self) -> float:
@@ -215,6 +217,54 @@ def play_hls(url: str, *, min_advance_s: float = 2.0, timeout_s: float = 40.0,
             driver = _start_driver(service, profile)
             driver.get(f"{page.url}/player.html?{urllib.parse.urlencode({'src': url, 'mode': mode})}")
             report = _poll(driver, min_advance_s, started + timeout_s)
+            report.log += [f"console: {e.get('level')} {e.get('message')}" for e in _console(driver)]
+        finally:
+            _stop_driver(driver, service)
+    report.elapsed_s = time.monotonic() - started
+    return report
+
+
+def play_levels(url: str, *, timeout_s: float = 60.0, advance_s: float = 1.5) -> PlayerReport:
+    """Play a master playlist with hls.js, then force the lowest level (``hls.currentLevel = 0``)
+    and then the highest: each time wait until the picture has that level's height and playback
+    has advanced ``advance_s`` more. ``heights_seen`` lists the heights reached, in order."""
+    require_chromium()
+    from selenium.webdriver.chrome.service import Service
+
+    started = time.monotonic()
+    deadline = started + timeout_s
+    with contextlib.ExitStack() as cleanup:
+        page = cleanup.enter_context(StaticServer({"/player.html": PLAYER_HTML, "/hls.min.js": HLS_JS}))
+        profile = Path(tempfile.mkdtemp(prefix="mesh-chromium-", dir=PROFILE_PARENT))
+        cleanup.callback(shutil.rmtree, profile, ignore_errors=True)
+        service = Service(str(CHROMEDRIVER), popen_kw={"start_new_session": True})
+        driver = None
+        try:
+            driver = _start_driver(service, profile)
+            driver.get(f"{page.url}/player.html?{urllib.parse.urlencode({'src': url, 'mode': 'hlsjs'})}")
+            report = _poll(driver, advance_s, deadline)
+            heights: list[int] = []
+            for which in ("0", "window.__hls.levels.length - 1"):
+                if report.fatal_error:
+                    break
+                want = driver.execute_script(f"const i = {which}; window.__hls.currentLevel = i; "
+                                             "return window.__hls.levels[i].height;")
+                mark = report.current_time
+                while True:
+                    state = driver.execute_script("return window.__state();") or {}
+                    if state.get("fatalError"):
+                        report = _poll(driver, 0, deadline)
+                        break
+                    if state.get("videoHeight") == want and state.get("currentTime", 0) - mark >= advance_s:
+                        heights.append(int(want))
+                        report = _poll(driver, 0, deadline)
+                        break
+                    if time.monotonic() >= deadline:
+                        report.fatal_error = (f"timed out waiting for level height {want} (now "
+                                              f"{state.get('videoHeight')}, t={state.get('currentTime')})")
+                        break
+                    time.sleep(POLL_INTERVAL_S)
+            report.heights_seen = heights
             report.log += [f"console: {e.get('level')} {e.get('message')}" for e in _console(driver)]
         finally:
             _stop_driver(driver, service)

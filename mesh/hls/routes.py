@@ -1,8 +1,12 @@
 """HLS over HTTP on an edge: URL patterns, replies, headers, and domain errors as HTTP answers.
 
 - ``GET /{app}/streams/{id}.m3u8``            the media playlist (source rendition)
-- ``GET /{app}/streams/{id}_adaptive.m3u8``   the master playlist
-- ``GET /{app}/streams/{id}{seq:09d}.ts``     a segment
+- ``GET /{app}/streams/{id}_{rung}.m3u8``     a ladder rung's media playlist (``cam1_360p600kbps``)
+- ``GET /{app}/streams/{id}_adaptive.m3u8``   the master playlist: every live rendition
+- ``GET /{app}/streams/{base}{seq:09d}.ts``   a segment of the playlist ``{base}.m3u8``
+
+A playlist base ending in ``_{h}p{kbps}kbps`` names a rung of the stream before it (so stream ids
+ending like a rung name are not servable as such).
 
 Serving is the hot path. Once a stream is open, its playlist and segments are answered by the HTTP
 layer's fast path (:meth:`HlsRoutes.fast_get`) with replies built once: the playlist is rendered
@@ -33,10 +37,12 @@ from ..http.app import HttpError, HttpServer, Reply
 from ..names import NAME_PATTERN
 from ..tokens import TokenError
 from .playlist import Variant, render_master_playlist
-from .stream import EdgeStream
-from .streams import EdgeStreams
+from ..ladder import RENDITION_RE
+from .stream import SRC, EdgeStream, Rendition
+from .streams import EdgeStreams, playlist_base
 
 SEGMENT_RE = re.compile(rf"({NAME_PATTERN}?)(\d{{9}})\.ts")
+RUNG_BASE_RE = re.compile(rf"(.+)_({RENDITION_RE.pattern})")
 PLAYLIST_RE = re.compile(rf"({NAME_PATTERN})\.m3u8")
 ADAPTIVE = "_adaptive"
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
@@ -93,6 +99,12 @@ class SegmentFiles:
         return len(self._replies)
 
 
+def split_base(base: str) -> tuple[str, str]:
+    """``cam1_360p600kbps`` -> (``cam1``, ``360p600kbps``); ``cam1`` -> (``cam1``, ``src``)."""
+    m = RUNG_BASE_RE.fullmatch(base)
+    return (m.group(1), m.group(2)) if m else (base, SRC)
+
+
 def as_http(exc: MeshError) -> HttpError:
     """A viewer asked for something this edge cannot serve: 404 with the reason in words
     (a stream that has not started, has finished or lost its origin is not here to play)."""
@@ -133,19 +145,19 @@ class HlsRoutes:
                 "egress_kbps": round(sent * 8 / 1000 / max(now - then, 1e-3), 1)}
 
     # -- replies ---------------------------------------------------------------------------
-    def _playlist(self, stream: EdgeStream) -> Reply:
+    def _playlist(self, r: Rendition) -> Reply:
         """The media playlist, rendered again only when the window changed."""
-        version = stream.window.version
-        cached = self._playlists.get(stream.stream_id)
-        if cached is None or cached[0] != version:
-            text = stream.window.playlist()
-            cached = self._playlists[stream.stream_id] = (
-                version, Reply(text.encode(), PLAYLIST_CONTENT_TYPE, PLAYLIST_CACHE_CONTROL))
+        window = r.window
+        cached = self._playlists.get(window.base)
+        if cached is None or cached[0] != window.version:
+            text = window.playlist()
+            cached = self._playlists[window.base] = (
+                window.version, Reply(text.encode(), PLAYLIST_CONTENT_TYPE, PLAYLIST_CACHE_CONTROL))
         return cached[1]
 
-    def _forget(self, stream_id: str) -> None:
-        self.files.forget(stream_id)
-        self._playlists.pop(stream_id, None)
+    def _forget(self, base: str) -> None:
+        self.files.forget(base)
+        self._playlists.pop(base, None)
 
     def _sent(self, reply: Reply) -> Reply:
         self.egress_bytes += len(reply.body)
@@ -160,22 +172,26 @@ class HlsRoutes:
             return None  # protected: every request carries ?token=, checked by handle()
         if name.endswith(".ts"):
             m = SEGMENT_RE.fullmatch(name)
-            if m is None or (stream := self.streams.get(m.group(1))) is None:
+            if m is None or (r := self.streams.get(*split_base(m.group(1)))) is None:
                 return None
             seq = int(m.group(2))
-            data = stream.window.segment(seq)
+            data = r.window.segment(seq)
             if data is None:
                 return None
-            stream.touch()
+            r.last_request = time.monotonic()
             self._segment_ok.inc()
-            return self._sent(self.files.get(stream.stream_id, seq, data))
+            return self._sent(self.files.get(r.window.base, seq, data))
         m = PLAYLIST_RE.fullmatch(name)
-        if m is None or m.group(1).endswith(ADAPTIVE) or (stream := self.streams.get(m.group(1))) is None:
+        if m is None or m.group(1).endswith(ADAPTIVE):
             return None
-        stream.touch()
-        self._viewers[(remote, stream.stream_id)] = time.monotonic()
+        stream_id, rendition = split_base(m.group(1))
+        r = self.streams.get(stream_id, rendition)
+        if r is None:
+            return None
+        r.last_request = time.monotonic()
+        self._viewers[(remote, stream_id)] = time.monotonic()
         self._playlist_ok.inc()
-        return self._sent(self._playlist(stream))
+        return self._sent(self._playlist(r))
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -204,21 +220,23 @@ class HlsRoutes:
             if base.endswith(ADAPTIVE):
                 stream_id = base[: -len(ADAPTIVE)]
                 return await self._master(stream_id, self._token_query(request, stream_id))
-            query = self._token_query(request, base)
-            stream = await self.streams.open(base)
-            self._viewers[(request.remote or "?", base)] = time.monotonic()
+            stream_id, rendition = split_base(base)
+            query = self._token_query(request, stream_id)
+            _, r = await self.streams.open(stream_id, rendition)
+            self._viewers[(request.remote or "?", stream_id)] = time.monotonic()
             self._playlist_ok.inc()
             if query:
-                text = stream.window.playlist(query).encode()
+                text = r.window.playlist(query).encode()
                 self.egress_bytes += len(text)
                 return web.Response(body=text, headers={"Cache-Control": PLAYLIST_CACHE_CONTROL,
                                                         "Content-Type": PLAYLIST_CONTENT_TYPE})
-            return self._sent(self._playlist(stream)).response()
+            return self._sent(self._playlist(r)).response()
         if m := SEGMENT_RE.fullmatch(name):
             base, seq = m.group(1), int(m.group(2))
-            self._token_query(request, base)
-            stream = await self.streams.open(base)
-            data = stream.window.segment(seq)
+            stream_id, rendition = split_base(base)
+            self._token_query(request, stream_id)
+            _, r = await self.streams.open(stream_id, rendition)
+            data = r.window.segment(seq)
             if data is None:
                 raise NotFound(f"segment {seq} of {base} is not (or no longer) here", "segment")
             self._segment_ok.inc()
@@ -229,15 +247,43 @@ class HlsRoutes:
                        f"({{id}}NNNNNNNNN.ts) name", "path")
 
     async def _master(self, stream_id: str, query: str) -> web.Response:
-        stream = await self.streams.open(stream_id)
-        w = stream.window
-        peak, average = w.peak_and_average_bps()
-        codecs = ",".join(c.codec_string for c in (w.video, w.audio) if c is not None)
-        variant = Variant(f"{stream_id}.m3u8", peak, average or None,
-                          w.video.width if w.video else None, w.video.height if w.video else None,
-                          codecs or None)
-        text = render_master_playlist([variant], query)
+        stream, src = await self.streams.open(stream_id)
+        doc = await self.streams.fresh_doc(stream)
+        text = render_master_playlist(variants(stream, doc, src), query)
         self.egress_bytes += len(text)
         return web.Response(text=text, content_type=PLAYLIST_TYPE,
                             headers={"Cache-Control": PLAYLIST_CACHE_CONTROL})
 
+
+def variants(stream: EdgeStream, doc: dict[str, Any], src: Rendition) -> list[Variant]:
+    """Every live rendition of the stream for its master playlist. BANDWIDTH is the peak segment
+    bitrate: measured on the segments this edge holds, and never below the origin's bound for
+    the renditions it does not (the stream document's ``peak_bps``)."""
+    listed = doc.get("renditions") if isinstance(doc.get("renditions"), list) else []
+    by_name = {d["name"]: d for d in listed if isinstance(d, dict) and isinstance(d.get("name"), str)}
+    out = []
+    for name in [SRC] + [n for n in by_name if n != SRC]:
+        d = by_name.get(name, {})
+        held = src if name == SRC else stream.rendition(name)
+        peak, average = held.window.peak_and_average_bps() if held is not None else (0, 0)
+        peak, average = max(peak, _int(d.get("peak_bps"))), max(average, _int(d.get("average_bps")))
+        if name != SRC and not peak:
+            continue  # a rung without a measured segment yet: listed once it has one
+        window = held.window if held is not None else None
+        video = window.video if window is not None else None
+        audio = window.audio if window is not None else None
+        codecs = (",".join(c.codec_string for c in (video, audio) if c is not None) if window is not None
+                  else d.get("codecs") if isinstance(d.get("codecs"), str) else None)
+        out.append(Variant(f"{playlist_base(stream.stream_id, name)}.m3u8", peak, average or None,
+                           video.width if video else _int(d.get("width")) or None,
+                           video.height if video else _int(d.get("height")) or None,
+                           codecs or None, _float(d.get("frame_rate"))))
+    return out
+
+
+def _int(value: Any) -> int:
+    return value if type(value) is int and value >= 0 else 0
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1000 else None

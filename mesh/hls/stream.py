@@ -1,10 +1,11 @@
-"""One stream served by an edge: its window, its bus subscription, the origin it follows.
+"""One stream served by an edge: its renditions' windows and subscriptions, the origin it follows.
 
-An :class:`EdgeStream` is the only writer of its state. It joins its origin (subscribe, then the
-snapshot: a cold edge has a full window at once), follows the stream to a new origin when the
-registry says it moved, ends its window when the registry says it finished, and leaves the bus
-when nobody asked for it in a while. It depends on two small protocols, a :class:`Directory` of
-streams (the registry) and a :class:`Bus` to subscribe on, never on the node.
+An :class:`EdgeStream` is the only writer of its state. It joins its origin one rendition at a
+time, on demand (a viewer who only plays 360p costs the edge only 360p): subscribe, then the
+snapshot, so a cold edge has a full window at once. It follows the stream to a new origin when
+the registry says it moved, ends its windows when the registry says it finished, and leaves a
+rendition nobody asked for in a while. It depends on two small protocols, a :class:`Directory`
+of streams (the registry) and a :class:`Bus` to subscribe on, never on the node.
 """
 from __future__ import annotations
 
@@ -20,18 +21,13 @@ from .window import RenditionWindow
 
 log = logging.getLogger("mesh.edge")
 
+SRC = "src"
+
 
 class Directory(Protocol):
     """Where streams are looked up: the registry's ``get_stream``."""
 
     async def get_stream(self, stream_id: str) -> dict[str, Any] | None: ...
-
-
-class Subscription(Protocol):
-    snapshot_ready: asyncio.Event
-
-    @property
-    def silent_s(self) -> float: ...
 
 
 class Bus(Protocol):
@@ -53,66 +49,133 @@ def check_servable(stream_id: str, app: str, doc: dict[str, Any] | None) -> dict
     return doc
 
 
-class EdgeStream:
-    def __init__(self, stream_id: str, window: RenditionWindow, bus: Bus, directory: Directory, *,
-                 origin_silence_s: float):
-        self.stream_id = stream_id
+def rendition_names(doc: dict[str, Any]) -> list[str]:
+    """The renditions a stream document lists (the source first)."""
+    found = doc.get("renditions") if isinstance(doc.get("renditions"), list) else []
+    names = [r.get("name") for r in found if isinstance(r, dict) and isinstance(r.get("name"), str)]
+    return [SRC] + [n for n in names if n != SRC]
+
+
+class Rendition:
+    def __init__(self, name: str, window: RenditionWindow):
+        self.name = name
         self.window = window
+        self.sub: Any = None
+        self.last_request = time.monotonic()
+        self.listed = asyncio.Event()  # a segment is listed or the stream ended
+        window.on_change(self.listed.set)
+
+
+class EdgeStream:
+    def __init__(self, stream_id: str, bus: Bus, directory: Directory, make_window: Callable[[str], RenditionWindow],
+                 *, origin_silence_s: float):
+        self.stream_id = stream_id
         self._bus = bus
         self._directory = directory
+        self._make_window = make_window
         self._silence_s = origin_silence_s
-        self._sub: Any = None
+        self.renditions: dict[str, Rendition] = {}
+        self._joining: dict[str, asyncio.Task[Rendition]] = {}
+        self.doc: dict[str, Any] = {}
+        self.doc_at = 0.0
         self.origin = ""
         self.bus_endpoint = ""
+        self.snapshot_endpoint = ""
         self.epoch = 0
-        self.last_request = time.monotonic()
         self._checked = time.monotonic()  # when the registry was last asked about a silence
-        self._listed = asyncio.Event()  # a segment is listed or the stream ended
-        window.on_change(self._listed.set)
 
-    # -- viewers ---------------------------------------------------------------------------
-    def touch(self) -> None:
-        self.last_request = time.monotonic()
+    # -- renditions ------------------------------------------------------------------------
+    @property
+    def window(self) -> RenditionWindow:
+        """The source rendition's window (joined)."""
+        return self.renditions[SRC].window
+
+    def rendition(self, name: str) -> Rendition | None:
+        return self.renditions.get(name)
+
+    def has(self, name: str) -> bool:
+        return name in rendition_names(self.doc)
+
+    def touch(self, name: str = SRC) -> None:
+        r = self.renditions.get(name)
+        if r is not None:
+            r.last_request = time.monotonic()
 
     def idle_s(self, now: float) -> float:
-        return now - self.last_request
+        return min((now - r.last_request for r in self.renditions.values()), default=float("inf"))
 
-    # -- joining and following -------------------------------------------------------------
-    async def join(self, doc: dict[str, Any], *, snapshot_wait_s: float, first_segment_wait_s: float) -> None:
-        """Subscribe to the origin ``doc`` names and wait (bounded) for the snapshot and, for a
-        brand-new stream, its first segment: the first viewer gets a full window at once."""
-        self.follow(doc)
+    def set_doc(self, doc: dict[str, Any]) -> None:
+        self.doc, self.doc_at = doc, time.monotonic()
+
+    async def open(self, name: str, *, snapshot_wait_s: float, first_segment_wait_s: float) -> Rendition:
+        """The rendition, joined if need be (concurrent first requests share one join)."""
+        r = self.renditions.get(name)
+        if r is not None:
+            r.last_request = time.monotonic()
+            return r
+        if not self.has(name):
+            raise NotFound(f"stream {self.stream_id} has no rendition {name}", "rendition")
+        task = self._joining.get(name)
+        if task is None:
+            task = self._joining[name] = asyncio.create_task(
+                self._join(name, snapshot_wait_s, first_segment_wait_s))
+            task.add_done_callback(lambda _t: self._joining.pop(name, None))
+        return await asyncio.shield(task)
+
+    async def _join(self, name: str, snapshot_wait_s: float, first_segment_wait_s: float) -> Rendition:
+        r = Rendition(name, self._make_window(name))
+        self._subscribe(r)
         try:
-            await asyncio.wait_for(self._sub.snapshot_ready.wait(), snapshot_wait_s)
-            w = self.window
-            if not w.listed and not w.ended:
-                await asyncio.wait_for(self._listed.wait(), first_segment_wait_s)
+            await asyncio.wait_for(r.sub.snapshot_ready.wait(), snapshot_wait_s)
+            if not r.window.listed and not r.window.ended:  # a brand-new stream: its first segment
+                await asyncio.wait_for(r.listed.wait(), first_segment_wait_s)
         except asyncio.TimeoutError:
             pass  # answer what we have; the player polls again
         except BaseException:  # cancelled (node stopping): do not leak the subscription
-            await self.leave()
+            await self._bus.unsubscribe(r.sub)
             raise
+        # Published only now: concurrent first requests wait on the join instead of finding a
+        # half-joined rendition and answering with an empty playlist.
+        self.renditions[name] = r
+        return r
 
+    def _subscribe(self, r: Rendition) -> None:
+        r.sub = self._bus.subscribe(self.bus_endpoint, self.snapshot_endpoint, self.stream_id, r.name,
+                                    r.window.feed)
+
+    # -- following the origin ----------------------------------------------------------------
     def follow(self, doc: dict[str, Any]) -> None:
-        """Subscribe to the origin ``doc`` names, dropping an older subscription."""
-        old, self._sub = self._sub, None
-        if old is not None:
-            asyncio.get_running_loop().create_task(self._bus.unsubscribe(old))
+        """Take the origin ``doc`` names; held renditions move their subscriptions to it."""
+        self.set_doc(doc)
         self.origin = str(doc.get("origin_node", ""))
         self.bus_endpoint = str(doc.get("bus_endpoint", ""))
+        self.snapshot_endpoint = str(doc.get("snapshot_endpoint", ""))
         self.epoch = int(doc.get("epoch", 0))
-        self._sub = self._bus.subscribe(self.bus_endpoint, str(doc.get("snapshot_endpoint", "")),
-                                        self.stream_id, "src", self.window.feed)
+        loop = asyncio.get_running_loop()
+        for r in self.renditions.values():
+            if r.sub is not None:
+                loop.create_task(self._bus.unsubscribe(r.sub))
+            self._subscribe(r)
 
-    async def leave(self) -> None:
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            await self._bus.unsubscribe(sub)
+    async def leave(self, name: str | None = None) -> None:
+        """Unsubscribe one rendition, or all of them."""
+        for n in [name] if name is not None else list(self.renditions):
+            r = self.renditions.pop(n, None)
+            if r is not None and r.sub is not None:
+                sub, r.sub = r.sub, None
+                await self._bus.unsubscribe(sub)
+
+    async def tidy(self, now: float, idle_limit_s: float) -> list[str]:
+        """Leave renditions nobody asked for in ``idle_limit_s``; their names."""
+        gone = [n for n, r in self.renditions.items() if now - r.last_request > idle_limit_s]
+        for name in gone:
+            await self.leave(name)
+        return gone
 
     def origin_silent(self, now: float) -> bool:
         """True when the origin has said nothing for the silence bound since we last checked."""
-        sub = self._sub
-        return (sub is not None and sub.silent_s > self._silence_s
+        subs = [r.sub for r in self.renditions.values() if r.sub is not None]
+        return (bool(subs) and min(s.silent_s for s in subs) > self._silence_s
                 and now - self._checked > self._silence_s)
 
     async def recheck(self) -> None:
@@ -130,5 +193,10 @@ class EdgeStream:
             log.info("stream %s moved to %s (epoch %s); following it", self.stream_id,
                      doc.get("origin_node"), doc.get("epoch"))
             self.follow(doc)
-        elif doc.get("status") == FINISHED and not self.window.ended:
-            self.window.end()  # its end of stream never reached us: end the playlist
+        elif doc.get("status") == FINISHED:
+            self.set_doc(doc)
+            for r in self.renditions.values():
+                if not r.window.ended:
+                    r.window.end()  # its end of stream never reached us: end the playlist
+        else:
+            self.set_doc(doc)

@@ -1,10 +1,11 @@
 """The streams an edge serves: opened on a viewer's first request, closed when nobody watches.
 
 :class:`EdgeStreams` owns the map of :class:`~mesh.hls.stream.EdgeStream` objects. The first
-request for a stream looks it up in the directory, subscribes and takes the snapshot; concurrent
-first requests share that one join (single flight), and a stream the directory does not have is
-remembered for a second so a burst of bad requests costs the database one query. A janitor
-closes streams nobody asked for in a while and rechecks streams whose origin fell silent.
+request for a stream (or one of its renditions) looks it up in the directory, subscribes and takes
+the snapshot; concurrent first requests share that one join (single flight), and a stream the
+directory does not have is remembered for a second so a burst of bad requests costs the database
+one query. A janitor leaves renditions nobody asked for in a while, closes streams with none
+left, and rechecks streams whose origin fell silent.
 """
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from .. import metrics
 from ..errors import MeshError, NotFound
 from ..names import is_name
 from .packetiser import TsPacketisers, WorkerPool
-from .stream import Bus, Directory, EdgeStream, check_servable
+from .stream import SRC, Bus, Directory, EdgeStream, Rendition, check_servable
 from .window import RenditionWindow
 
 log = logging.getLogger("mesh.edge")
@@ -26,6 +27,7 @@ log = logging.getLogger("mesh.edge")
 NEGATIVE_CACHE_S = 1.0  # how long "no such stream" is remembered before asking again
 NEGATIVE_CACHE_MAX = 10_000
 TIDY_INTERVAL_S = 1.0
+DOC_FRESH_S = 2.0  # a stream document this young is good enough for a master playlist
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,11 @@ class HlsSettings:
     origin_silence_s: float = 5.0
     snapshot_wait_s: float = 6.0
     packetise_workers: int = 2
+
+
+def playlist_base(stream_id: str, rendition: str) -> str:
+    """A rendition's playlist and segment base name: ``cam1`` or ``cam1_360p600kbps``."""
+    return stream_id if rendition == SRC else f"{stream_id}_{rendition}"
 
 
 class EdgeStreams:
@@ -71,19 +78,37 @@ class EdgeStreams:
         await asyncio.to_thread(self._workers.close)
 
     def on_close(self, callback: Callable[[str], None]) -> None:
-        """Called with a stream's id when the edge stops serving it (to free reply caches)."""
+        """Called with a playlist base name when the edge stops serving it (to free caches)."""
         self._on_close.append(callback)
 
-    def get(self, stream_id: str) -> EdgeStream | None:
-        """A stream already open here (the fast path's question), or None."""
-        return self.streams.get(stream_id)
-
-    async def open(self, stream_id: str) -> EdgeStream:
-        """The stream, joined if need be; :class:`NotFound`/:class:`Unavailable` say why not."""
+    def get(self, stream_id: str, rendition: str = SRC) -> Rendition | None:
+        """A rendition already being served here (the fast path's question), or None."""
         stream = self.streams.get(stream_id)
-        if stream is not None:
-            stream.touch()
-            return stream
+        return stream.renditions.get(rendition) if stream is not None else None
+
+    async def open(self, stream_id: str, rendition: str = SRC) -> tuple[EdgeStream, Rendition]:
+        """The stream and the rendition, joined if need be; domain errors say why not."""
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            stream = await self._open_stream(stream_id, rendition)
+        s = self.settings
+        return stream, await stream.open(rendition, snapshot_wait_s=s.snapshot_wait_s,
+                                         first_segment_wait_s=s.segment_target_s * 2 + 1)
+
+    async def fresh_doc(self, stream: EdgeStream) -> dict[str, Any]:
+        """The stream's document, asked again when older than a couple of seconds (what the edge
+        knows if the directory does not answer)."""
+        if time.monotonic() - stream.doc_at > DOC_FRESH_S:
+            try:
+                doc = await self._directory.get_stream(stream.stream_id)
+            except Exception as exc:
+                log.debug("stream document of %s not refreshed: %s", stream.stream_id, exc)
+            else:
+                if doc is not None:
+                    stream.set_doc(doc)
+        return stream.doc
+
+    async def _open_stream(self, stream_id: str, rendition: str) -> EdgeStream:
         if not is_name(stream_id):
             raise NotFound("not a stream id", "path")
         missing = self._missing.get(stream_id)
@@ -93,35 +118,34 @@ class EdgeStreams:
             del self._missing[stream_id]
         task = self._opening.get(stream_id)
         if task is None:
-            task = self._opening[stream_id] = asyncio.create_task(self._open(stream_id))
+            task = self._opening[stream_id] = asyncio.create_task(self._join(stream_id, rendition))
             task.add_done_callback(lambda _t: self._opening.pop(stream_id, None))
         return await asyncio.shield(task)
 
-    async def _open(self, stream_id: str) -> EdgeStream:
+    async def _join(self, stream_id: str, rendition: str) -> EdgeStream:
+        s = self.settings
         try:
-            return await self._join(stream_id)
+            doc = check_servable(stream_id, s.app, await self._directory.get_stream(stream_id))
         except MeshError as exc:
             if len(self._missing) >= NEGATIVE_CACHE_MAX:
                 self._missing.clear()
             self._missing[stream_id] = (time.monotonic() + NEGATIVE_CACHE_S, exc)
             raise
 
-    async def _join(self, stream_id: str) -> EdgeStream:
-        s = self.settings
-        doc = check_servable(stream_id, s.app, await self._directory.get_stream(stream_id))
-        window = RenditionWindow(stream_id, self._packetise, window=s.playlist_window,
-                                 retired=s.retired_segments_kept, target_s=s.segment_target_s,
-                                 offload=self._workers.offload())
-        stream = EdgeStream(stream_id, window, self._bus, self._directory,
+        def make_window(name: str) -> RenditionWindow:
+            return RenditionWindow(playlist_base(stream_id, name), self._packetise, window=s.playlist_window,
+                                   retired=s.retired_segments_kept, target_s=s.segment_target_s,
+                                   offload=self._workers.offload())
+
+        stream = EdgeStream(stream_id, self._bus, self._directory, make_window,
                             origin_silence_s=s.origin_silence_s)
-        await stream.join(doc, snapshot_wait_s=s.snapshot_wait_s,
-                          first_segment_wait_s=s.segment_target_s * 2 + 1)
-        # Published only now: concurrent first requests wait on this one task (single flight)
-        # instead of finding a half-joined stream and answering with an empty playlist.
+        stream.follow(doc)
+        r = await stream.open(rendition, snapshot_wait_s=s.snapshot_wait_s,
+                              first_segment_wait_s=s.segment_target_s * 2 + 1)
         self.streams[stream_id] = stream
         self._gauge.set(len(self.streams))
-        log.info("serving %s from %s (%d segments at once)", stream_id, stream.origin,
-                 len(window.listed))
+        log.info("serving %s from %s (%d segments at once)", playlist_base(stream_id, rendition),
+                 stream.origin, len(r.window.listed))
         return stream
 
     async def _tidy(self) -> None:
@@ -130,12 +154,13 @@ class EdgeStreams:
             await asyncio.sleep(TIDY_INTERVAL_S)
             now = time.monotonic()
             for stream_id, stream in list(self.streams.items()):
-                if stream.idle_s(now) > limit:
-                    log.info("no viewer asked for %s in %.0f s; unsubscribing", stream_id, limit)
+                for name in await stream.tidy(now, limit):
+                    log.info("no viewer asked for %s in %.0f s; unsubscribing",
+                             playlist_base(stream_id, name), limit)
+                    for callback in self._on_close:
+                        callback(playlist_base(stream_id, name))
+                if not stream.renditions:
                     del self.streams[stream_id]
                     self._gauge.set(len(self.streams))
-                    for callback in self._on_close:
-                        callback(stream_id)
-                    await stream.leave()
                 elif stream.origin_silent(now):
                     await stream.recheck()

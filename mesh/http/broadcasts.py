@@ -51,10 +51,19 @@ def broadcast_json(doc: dict[str, Any]) -> dict[str, Any]:
         "width": src.get("width"),
         "height": src.get("height"),
         "bitrateKbps": src.get("bitrate_kbps"),
+        "renditions": [_rendition_json(r) for r in renditions if isinstance(r, dict)],
+        "droppedRenditions": [{"name": d.get("name"), "why": d.get("why")}
+                              for d in (doc.get("dropped_renditions") or []) if isinstance(d, dict)],
         "startTime": _ms(doc.get("started_at")),
         "updateTime": _ms(doc.get("updated_at")),
         "finishTime": _ms(doc.get("finished_at")),
     }
+
+
+def _rendition_json(r: dict[str, Any]) -> dict[str, Any]:
+    return {"name": r.get("name"), "width": r.get("width"), "height": r.get("height"),
+            "bitrateKbps": r.get("bitrate_kbps"), "codecs": r.get("codecs"), "frameRate": r.get("frame_rate"),
+            "peakBps": r.get("peak_bps"), "averageBps": r.get("average_bps")}
 
 
 def stream_id_arg(request: web.Request) -> str:

@@ -28,7 +28,7 @@ class LiveStream(Protocol):
     finished: bool
     segmenter: Segmenter
 
-    def renditions(self) -> list[dict[str, Any]]: ...
+    def doc_fields(self) -> dict[str, Any]: ...
 
     def fence(self) -> None: ...
 
@@ -76,8 +76,7 @@ class SequenceBook:
         live = [s for s in batch.values() if not (s.fenced or s.finished)]
         if not live:
             return
-        updates = [(s.stream_id, s.epoch, s.segmenter.next_seq - 1, {"renditions": s.renditions()})
-                   for s in live]
+        updates = [(s.stream_id, s.epoch, s.segmenter.next_seq - 1, s.doc_fields()) for s in live]
         try:
             fenced = await self.registry.advance_media_sequences(self.node_id, updates)
         except Exception as exc:  # the DB being away must not stop media; keep them for next time

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from mesh_codecs.media import (VIDEO, AccessUnit, AudioConfig, VideoConfig, audio_to_dict,
                                video_to_dict)
 
 from ..broker.wire import FLAG_SEG_START
+from ..ladder import Rung
 from ..registry import FINISHED, Claim, Fenced
+from .abr import Renditions
 from .segmenter import Segmenter
 
 if TYPE_CHECKING:
@@ -30,7 +32,8 @@ log = logging.getLogger("mesh.ingest")
 class LiveStream:
     def __init__(self, *, stream_id: str, app: str, node_id: str, claim: Claim, bus: "BusPublisher",
                  registry: "Registry", book: "SequenceBook", segment_target_s: float, source: str,
-                 on_fenced: Callable[["LiveStream"], None] | None = None):
+                 on_fenced: Callable[["LiveStream"], None] | None = None,
+                 ladder: Sequence[Rung] = (), abr_preset: str = "veryfast", abr_threads: int = 1):
         self.stream_id, self.app, self.node_id = stream_id, app, node_id
         self.claim = claim
         self.epoch = claim.epoch
@@ -48,6 +51,11 @@ class LiveStream:
         self.bytes_in = 0
         self._bitrate_mark = (time.monotonic(), 0)
         self.bitrate_kbps = 0.0
+        self.abr: Renditions | None = None
+        if ladder:
+            self.abr = Renditions(stream_id, list(ladder), bus, claim.epoch, claim.discontinuity_sequence,
+                                  preset=abr_preset, threads=abr_threads, segment_target_s=segment_target_s,
+                                  on_change=lambda: self.book.note(self))
 
     # -- from the source -------------------------------------------------------------------
     def set_video(self, cfg: VideoConfig) -> None:
@@ -70,6 +78,8 @@ class LiveStream:
             "disc": self.claim.discontinuity_sequence,
             "epoch": self.epoch,
         })
+        if self.abr is not None:
+            self.abr.set_source(self.video, self.audio)
 
     def push(self, au: AccessUnit) -> None:
         """Stamp and publish one access unit (a pull source's callback)."""
@@ -85,8 +95,10 @@ class LiveStream:
         if seg is None:
             return
         self.bytes_in += len(data)
-        self.channel.media(track, pts, dts, flags, seg, data,
-                           {"t": int(time.time() * 1000)} if flags & FLAG_SEG_START else None)
+        extra = {"t": int(time.time() * 1000)} if flags & FLAG_SEG_START else None
+        self.channel.media(track, pts, dts, flags, seg, data, extra)
+        if self.abr is not None:
+            self.abr.push(track, pts, dts, flags, seg, data, extra)
         if closed is not None:
             self._segment_closed()
 
@@ -102,8 +114,19 @@ class LiveStream:
     def renditions(self) -> list[dict[str, Any]]:
         v, a = self.video, self.audio
         codecs = ",".join(c.codec_string for c in (v, a) if c is not None)
-        return [{"name": "src", "width": v.width if v else None, "height": v.height if v else None,
-                 "bitrate_kbps": round(self.bitrate_kbps), "codecs": codecs}]
+        src = {"name": "src", "width": v.width if v else None, "height": v.height if v else None,
+               "bitrate_kbps": round(self.bitrate_kbps), "codecs": codecs}
+        if self.abr is None:
+            return [src]
+        src["frame_rate"] = self.abr.frame_rate()
+        return [src, *self.abr.documents()]
+
+    def doc_fields(self) -> dict[str, Any]:
+        """What the stream document records besides numbering (written by the book)."""
+        fields: dict[str, Any] = {"renditions": self.renditions()}
+        if self.abr is not None:
+            fields["dropped_renditions"] = [{"name": n, "why": why} for n, why in self.abr.dropped.items()]
+        return fields
 
     def fence(self) -> None:
         """Another origin claimed this stream (a newer epoch): stop publishing it here."""
@@ -113,6 +136,8 @@ class LiveStream:
         log.warning("stream %s was taken over by another origin (epoch %d superseded); "
                     "stopping it here", self.stream_id, self.epoch)
         self.bus.close_channel(self.channel)
+        if self.abr is not None:
+            self.abr.stop()
         if self.on_fenced is not None:
             self.on_fenced(self)
 
@@ -125,6 +150,8 @@ class LiveStream:
             return
         self.channel.eos("finished" if status == FINISHED else status)
         self.bus.close_channel(self.channel)
+        if self.abr is not None:
+            self.abr.stop("finished" if status == FINISHED else status)
         self.book.forget(self)
         try:
             await self.registry.set_stream_status(self.stream_id, self.node_id, self.epoch, status,

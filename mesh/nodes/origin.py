@@ -21,6 +21,7 @@ from ..ingest.bookkeeping import SequenceBook
 from ..ingest.flv_source import FlvPublish
 from ..ingest.live import LiveStream
 from ..ingest.rtmp_server import PublishRejected, RtmpConnectionInfo, RtmpServer, server_limits
+from ..ladder import parse_ladder
 from ..names import NAME_RULE, is_name
 from ..registry import FINISHED, NodeInfo, Registry, RegistryError, StreamBusy
 
@@ -45,6 +46,7 @@ class OriginPart:
         self._claiming: set[str] = set()
         self._gauge = metrics.STREAMS.labels("origin")
         self._secrets = tokens.secrets_of(cfg.cluster_secret, cfg.cluster_secret_previous)
+        self.ladder = parse_ladder(cfg.abr)
         from ..ingest.pulls import PullManager  # PyAV is only imported when a node has an origin
 
         self.pulls = PullManager(registry, self.begin_stream, self.end_stream,
@@ -69,6 +71,9 @@ class OriginPart:
         await self.bus.stop()
 
     def load(self) -> dict[str, Any]:
+        for live in self.live.values():
+            if live.abr is not None:
+                metrics.TRANSCODER_LAG.labels(live.stream_id).set(live.abr.lag_s)
         return {"streams": len(self.live),
                 "ingest_kbps": round(sum(s.bitrate_kbps for s in self.live.values()))}
 
@@ -105,7 +110,8 @@ class OriginPart:
             self._claiming.discard(stream_id)
         live = LiveStream(stream_id=stream_id, app=app, node_id=node_id, claim=claim, bus=self.bus,
                           registry=self.registry, book=self.book, segment_target_s=cfg.segment_target_s,
-                          source=source, on_fenced=self._fenced)
+                          source=source, on_fenced=self._fenced, ladder=self.ladder,
+                          abr_preset=cfg.abr_preset, abr_threads=cfg.abr_encoder_threads)
         self.live[stream_id] = live
         self._gauge.set(len(self.live))
         log.info("stream %s/%s live on %s (epoch %d, from segment %d%s)", app, stream_id, node_id,
@@ -125,6 +131,11 @@ class OriginPart:
         if self.live.get(live.stream_id) is live:
             del self.live[live.stream_id]
             self._gauge.set(len(self.live))
+            if live.abr is not None:
+                try:
+                    metrics.TRANSCODER_LAG.remove(live.stream_id)
+                except KeyError:
+                    pass
 
     def _forget_all(self) -> None:
         self.live.clear()

@@ -1,0 +1,218 @@
+"""A live stream's renditions on the bus: the ladder's owner on the event loop.
+
+:class:`Renditions` starts a :class:`~.transcode.Transcoder` once the source's video config is
+known (rungs taller than the source are skipped), gives it every stamped source entry, and
+publishes what it returns: each rung on its own topic ``s/{id}/{rung}/`` with its own snapshot
+window, its config first (the rung's SPS/PPS and the source's audio config). It measures each
+rendition's segments (peak and average bitrate of the MPEG-TS an edge will cut, bounded from the
+access units; see :func:`ts_bytes_bound`) for the stream document, and drops rungs the worker
+says it cannot keep up with: a log line naming stream and rung, a counter, and the stream
+document's ``dropped_renditions``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable
+
+from mesh_codecs.media import VIDEO, AudioConfig, VideoConfig, audio_to_dict, video_to_dict
+
+from .. import metrics
+from ..broker.wire import FLAG_KEY, FLAG_SEG_START
+from ..ladder import Rung, rungs_for_source
+from .transcode import CONFIG, DROPPED, FAILED, MEDIA, Out, Transcoder
+
+if TYPE_CHECKING:
+    from ..broker.publisher import BusPublisher, Channel
+
+log = logging.getLogger("mesh.ladder")
+
+METER_SEGMENTS = 8  # segments each rendition's bitrate figures cover
+
+
+def ts_bytes_bound(payload_bytes: int, units: int, keyframes: int, psets_bytes: int) -> int:
+    """An upper bound of the MPEG-TS bytes an edge cuts from a segment's access units: each unit
+    in its own PES (header, AUD, ADTS or SPS/PPS on keyframes) split into 184-byte payloads,
+    plus PAT/PMT. Deterministic, so every node computes the same figure."""
+    body = payload_bytes + units * (19 + 6 + 7 + 8) + keyframes * psets_bytes
+    return (body // 184 + units + 2) * 188
+
+
+class Meter:
+    """Peak and average bitrate over the last segments of one rendition."""
+
+    def __init__(self) -> None:
+        self.segments: deque[tuple[int, float]] = deque(maxlen=METER_SEGMENTS)  # (bits, seconds)
+        self._seg = -1
+        self._start_dts = 0
+        self._bytes = self._units = self._keys = 0
+
+    def add(self, seg: int, dts: int, nbytes: int, key: bool, psets_bytes: int) -> None:
+        if seg != self._seg:
+            if self._seg >= 0 and dts > self._start_dts:
+                bits = ts_bytes_bound(self._bytes, self._units, self._keys, psets_bytes) * 8
+                self.segments.append((bits, (dts - self._start_dts) / 90000))
+            self._seg, self._start_dts = seg, dts
+            self._bytes = self._units = self._keys = 0
+        self._bytes += nbytes
+        self._units += 1
+        self._keys += key
+
+    def figures(self) -> tuple[int, int]:
+        """(peak bits/s, average bits/s) of the measured segments; (0, 0) before the first."""
+        if not self.segments:
+            return 0, 0
+        peak = max(bits / seconds for bits, seconds in self.segments if seconds > 0)
+        total_s = sum(seconds for _, seconds in self.segments)
+        return int(peak + 0.5), int(sum(bits for bits, _ in self.segments) / total_s + 0.5)
+
+
+class Renditions:
+    def __init__(self, stream_id: str, rungs: list[Rung], bus: "BusPublisher", epoch: int, disc: int, *,
+                 preset: str, threads: int, segment_target_s: float,
+                 on_change: Callable[[], None]):
+        self.stream_id = stream_id
+        self.wanted = list(rungs)
+        self.bus, self.epoch, self.disc = bus, epoch, disc
+        self.preset, self.threads = preset, threads
+        self.segment_target_s = segment_target_s
+        self.on_change = on_change
+        self.transcoder: Transcoder | None = None
+        self.channels: dict[str, "Channel"] = {}
+        self.configs: dict[str, VideoConfig] = {}
+        self.meters: dict[str, Meter] = {}
+        self.dropped: dict[str, str] = {}  # rung name -> why
+        self.source: VideoConfig | None = None
+        self.audio: AudioConfig | None = None
+        self._rungs: list[Rung] = []
+        self._src_deltas: deque[int] = deque(maxlen=60)
+        self._last_video_dts: int | None = None
+        self._loop = asyncio.get_running_loop()
+
+    # -- from the live stream (on the loop) ---------------------------------------------------
+    def set_source(self, video: VideoConfig | None, audio: AudioConfig | None) -> None:
+        """The source's codec configs changed: (re)start the ladder for them."""
+        self.audio = audio
+        if video is None or video == self.source:
+            for name, channel in self.channels.items():
+                self._send_config(name, channel)
+            return
+        self.stop()
+        self.source = video
+        self._rungs = rungs_for_source(self.wanted, video.height)
+        skipped = [r.name for r in self.wanted if r not in self._rungs]
+        if skipped:
+            log.info("%s: %dp source, so no %s", self.stream_id, video.height, ", ".join(skipped))
+        rungs = [r for r in self._rungs if r.name not in self.dropped]
+        if not rungs:
+            return
+        self.transcoder = Transcoder(self.stream_id, video, rungs, self._from_worker, preset=self.preset,
+                                     threads=self.threads, drop_after_s=self.segment_target_s)
+        self.transcoder.start()
+        log.info("%s: transcoding to %s", self.stream_id, ", ".join(r.name for r in rungs))
+
+    def push(self, track: int, pts: int, dts: int, flags: int, seg: int, data: bytes | memoryview,
+             extra: dict[str, Any] | None) -> None:
+        t = self.transcoder
+        if t is None:
+            return
+        if track == VIDEO:
+            if self._last_video_dts is not None and dts > self._last_video_dts:
+                self._src_deltas.append(dts - self._last_video_dts)
+            self._last_video_dts = dts
+        if not t.submit(track, pts, dts, flags, seg, data, extra):
+            log.warning("%s: the ladder is hopelessly behind (queue full); dropping every rung",
+                        self.stream_id)
+            for rung in list(self.configs):
+                self._drop(rung, "queue full")
+            self.stop()
+
+    def stop(self, eos_reason: str | None = None) -> None:
+        t, self.transcoder = self.transcoder, None
+        if t is not None:
+            t.stop(wait=False)
+        for channel in self.channels.values():
+            if eos_reason is not None:
+                channel.eos(eos_reason)
+            self.bus.close_channel(channel)
+        self.channels.clear()
+
+    # -- from the worker ------------------------------------------------------------------
+    def _from_worker(self, kind: str, rung: str, payload: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._apply, kind, rung, payload)
+        except RuntimeError:  # the loop has closed
+            pass
+
+    def _apply(self, kind: str, rung: str, payload: Any) -> None:
+        if self.transcoder is None:
+            return  # stopped meanwhile
+        if kind == CONFIG:
+            self.configs[rung] = payload
+            self.meters[rung] = Meter()
+            channel = self.channels[rung] = self.bus.open_channel(self.stream_id, rung, self.epoch)
+            self._send_config(rung, channel)
+            self.on_change()
+        elif kind == MEDIA:
+            channel = self.channels.get(rung)
+            if channel is None:
+                return
+            meter, psets = self.meters[rung], len(self.configs[rung].avcc)
+            for o in payload:
+                o: Out
+                channel.media(o.track, o.pts, o.dts, o.flags, o.seg, o.data,
+                              o.extra if o.flags & FLAG_SEG_START else None)
+                meter.add(o.seg, o.dts, len(o.data), bool(o.track == VIDEO and o.flags & FLAG_KEY), psets)
+        elif kind == DROPPED:
+            self._drop(rung, f"{payload} s behind real time")
+        elif kind == FAILED:
+            for name in list(self.configs):
+                self._drop(name, f"transcoder failed: {payload}")
+            self.stop()
+
+    def _drop(self, rung: str, why: str) -> None:
+        log.warning("stream %s: dropping rung %s (%s); the other renditions go on", self.stream_id, rung, why)
+        metrics.RUNGS_DROPPED.inc()
+        self.dropped[rung] = why
+        channel = self.channels.pop(rung, None)
+        if channel is not None:
+            channel.eos("dropped")
+            self.bus.close_channel(channel)
+        self.configs.pop(rung, None)
+        self.meters.pop(rung, None)
+        if self.transcoder is not None and all(r.name in self.dropped for r in self._rungs):
+            self.stop()  # nothing left to make: stop feeding the worker
+        self.on_change()
+
+    def _send_config(self, rung: str, channel: "Channel") -> None:
+        channel.config({"video": video_to_dict(self.configs[rung]),
+                        "audio": audio_to_dict(self.audio) if self.audio else None,
+                        "disc": self.disc, "epoch": self.epoch})
+
+    # -- figures ----------------------------------------------------------------------------
+    @property
+    def lag_s(self) -> float:
+        return self.transcoder.lag_s if self.transcoder is not None else 0.0
+
+    def frame_rate(self) -> float | None:
+        if len(self._src_deltas) < 5:
+            return None
+        return round(90000 / statistics.median(self._src_deltas), 3)
+
+    def documents(self) -> list[dict[str, Any]]:
+        """The live rungs as the stream document lists them."""
+        fps = self.frame_rate()
+        docs = []
+        for rung in self._rungs:
+            cfg = self.configs.get(rung.name)
+            if cfg is None:
+                continue
+            peak, average = self.meters[rung.name].figures()
+            codecs = ",".join(c.codec_string for c in (cfg, self.audio) if c is not None)
+            docs.append({"name": rung.name, "width": cfg.width, "height": cfg.height,
+                         "bitrate_kbps": rung.video_kbps, "codecs": codecs,
+                         "frame_rate": min(fps, rung.fps) if fps and rung.fps else (rung.fps or fps),
+                         "peak_bps": peak, "average_bps": average})
+        return docs
