@@ -366,6 +366,8 @@ def cluster_up(origins: int, edges: int, http_port: int, rtmp_port: int, mongo: 
             publisher = subprocess.Popen([sys.executable, "-m", "mesh", "publish", "--quiet", "--url",
                                           cl.publish_url(publish_stream)], stdin=subprocess.DEVNULL)
             click.echo(f"test publisher on {publish_stream}: play {cl.play_url(publish_stream)}")
+            if abr:
+                click.echo(f"  adaptive (every rung): {cl.play_url(publish_stream + '_adaptive')}")
             click.echo(f"  in a browser: {cl.http}/{cl.app}/play.html?id={publish_stream}")
         click.echo("Ctrl-C stops the cluster.")
         sys.stdout.flush()

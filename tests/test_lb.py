@@ -108,8 +108,9 @@ def test_mode_cluster_with_user_and_password(tmp_path: Path, auth_mongo) -> None
 @pytest.mark.integration
 def test_cluster_up_with_publisher_plays_through_nginx(tmp_path: Path) -> None:
     http_port, rtmp_port = free_port(), free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mesh", "cluster", "up", "--publish", "--http-port",
-                             str(http_port), "--rtmp-port", str(rtmp_port), "--workdir", str(tmp_path)],
+    # the README's main job: `mesh cluster up --publish --abr 360p500k,240p300k`, on free ports
+    proc = subprocess.Popen([sys.executable, "-m", "mesh", "cluster", "up", "--publish", "--abr", "360p500k,240p300k",
+                             "--http-port", str(http_port), "--rtmp-port", str(rtmp_port), "--workdir", str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=node_env())
     lines: list[str] = []
     try:
@@ -132,6 +133,20 @@ def test_cluster_up_with_publisher_plays_through_nginx(tmp_path: Path) -> None:
         wait_until(listed, timeout_s=60, interval_s=0.5, message="segments through nginx")
         assert {s["codec_name"] for s in ffprobe_streams(play)} == {"h264", "aac"}
         assert ffmpeg_decode_errors(play, seconds=3) == ""
+        adaptive = re.search(r"adaptive \(every rung\): (\S+)", text).group(1)
+        assert adaptive == f"http://127.0.0.1:{http_port}/LiveApp/streams/cam1_adaptive.m3u8"
+
+        def rungs_listed() -> str | None:
+            try:
+                with urllib.request.urlopen(adaptive, timeout=5) as resp:
+                    master = resp.read().decode()
+            except OSError:
+                return None
+            return master if master.count("#EXT-X-STREAM-INF") == 3 else None
+        master = wait_until(rungs_listed, timeout_s=60, interval_s=0.5, message="the ladder through nginx")
+        assert "cam1_360p500kbps.m3u8" in master and "cam1_240p300kbps.m3u8" in master
+        base_url = f"http://127.0.0.1:{http_port}/LiveApp/streams/"
+        assert {s["height"] for s in ffprobe_streams(base_url + "cam1_240p300kbps.m3u8") if "height" in s} == {240}
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/rest/v2/cluster/node-count") as r:
             assert r.read() == b'{"number": 3}'
         base = f"http://127.0.0.1:{http_port}"
@@ -141,10 +156,17 @@ def test_cluster_up_with_publisher_plays_through_nginx(tmp_path: Path) -> None:
         streams = page_eval(f"{base}/#/streams", "return document.body.innerText",
                             lambda text: "broadcasting" in text)
         assert "cam1" in streams and "broadcasting" in streams and "640x360" in streams
+        assert "360p500kbps" in page_eval(f"{base}/#/streams", "return document.body.innerText",
+                                          lambda text: "360p500kbps" in text), "the streams page shows rungs"
         played = page_eval(f"{base}/LiveApp/play.html?id=cam1",
                            "const v = document.getElementById('video'); return [v.currentTime, v.videoWidth]",
                            lambda v: v[0] >= 2.0, timeout_s=40)
-        assert played[0] >= 2.0 and played[1] == 640, "the node's own player page plays through nginx"
+        assert played[0] >= 2.0 and played[1] in (640, 426), "the node's own player page plays through nginx"
+        options = page_eval(f"{base}/LiveApp/play.html?id=cam1",
+                            "const q = document.getElementById('quality'); "
+                            "return [q.options.length, document.getElementById('quality-box').hidden]",
+                            lambda v: v[0] == 4, timeout_s=30)
+        assert options == [4, False], "the player page offers auto and the three levels"
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)

@@ -121,6 +121,8 @@ class _RungEncoder:
         }
         ctx.open()
         self.ctx = ctx
+        # one scaler per rung, kept: a fresh one per picture would set swscale up every frame
+        self.scaler = av.video.reformatter.VideoReformatter()
         self.config = video_config_from_annexb(bytes(ctx.extradata or b""))
         self.frames = 0
         # a lower frame rate than the source's: pictures closer than this are skipped (never a keyframe)
@@ -166,6 +168,11 @@ class Transcoder:
         except queue.Full:
             return False
         return True
+
+    def finish(self, timeout_s: float = 600.0) -> None:
+        """Let the worker work through what is queued, then end (benchmarks and tests)."""
+        self._queue.put(None)
+        self._thread.join(timeout_s)
 
     def stop(self, wait: bool = True) -> None:
         self._stopping.set()
@@ -252,7 +259,8 @@ class Transcoder:
         for enc in encoders:
             if not enc.wants(pts, key):
                 continue
-            picture = frame.reformat(enc.width, enc.height, format="yuv420p", interpolation="BILINEAR")
+            picture = enc.scaler.reformat(frame, enc.width, enc.height, format="yuv420p",
+                                          interpolation="BILINEAR")
             picture.pts = pts
             picture.time_base = CLOCK
             picture.pict_type = PictureType.I if key else PictureType.NONE
