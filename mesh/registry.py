@@ -367,6 +367,16 @@ class Registry:
                     doc["status"] = TERMINATED
         return good
 
+    async def orphaned_pulls(self, app: str) -> list[dict[str, Any]]:
+        """Pulled streams (``settings.streamUrl``) whose origin is dead: broadcasting on a node no
+        longer alive, or already marked terminated_unexpectedly. Oldest first."""
+        alive = sorted(await self.alive_node_ids())
+        cursor = self.streams.find({
+            "app": app, "settings.streamUrl": {"$type": "string"},
+            "status": {"$in": [BROADCASTING, TERMINATED]}, "origin_node": {"$nin": alive},
+        }).sort("updated_at", 1).limit(1000)
+        return [d for d in await cursor.to_list(None) if isinstance(d.get("_id"), str)]
+
     async def mark_orphans(self) -> int:
         """Persist terminated_unexpectedly for broadcasting streams whose origin is dead."""
         alive = sorted(await self.alive_node_ids())

@@ -17,6 +17,7 @@ import zmq.asyncio
 from .. import metrics, tokens
 from ..broker.publisher import BusPublisher
 from ..config import NodeConfig
+from ..ingest.adoption import Adopter
 from ..ingest.bookkeeping import SequenceBook
 from ..ingest.flv_source import FlvPublish
 from ..ingest.live import LiveStream
@@ -48,9 +49,12 @@ class OriginPart:
         self._secrets = tokens.secrets_of(cfg.cluster_secret, cfg.cluster_secret_previous)
         self.ladder = parse_ladder(cfg.abr)
         from ..ingest.pulls import PullManager  # PyAV is only imported when a node has an origin
+        from ..ingest.source_policy import SourcePolicy
 
         self.pulls = PullManager(registry, self.begin_stream, self.end_stream,
-                                 file_root=cfg.pull_file_root)
+                                 file_root=cfg.pull_file_root, policy=SourcePolicy(cfg.pull_allowed_hosts))
+        self.adopter = Adopter(registry, info.node_id, cfg.app, self.pulls.create,
+                               lambda sid: sid in self.live or sid in self._claiming)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -60,8 +64,10 @@ class OriginPart:
         self.info.snapshot_endpoint = self.bus.snapshot_endpoint
         await self.rtmp.start()
         self.info.rtmp_url = f"rtmp://{self.cfg.host}:{self.rtmp.port}/{self.cfg.app}"
+        self.adopter.start()
 
     async def stop(self) -> None:
+        await self.adopter.stop()
         await self.pulls.stop()  # pulled streams end like unpublished ones
         await self.rtmp.stop()  # every publisher's on_unpublish has run: eos sent, status written
         for live in list(self.live.values()):
