@@ -20,6 +20,7 @@ BENCHMARKS = {
     "ingest": ("mesh_bench.ingest", "origin CPU per ingested Mbit vs nginx-rtmp"),
     "latency": ("mesh_bench.latency", "closing keyframe to segment listed: mesh edge vs nginx-rtmp"),
     "ladder": ("mesh_bench.ladder", "transcoding ladder CPU per second of 720p30 input vs the ffmpeg CLI"),
+    "faults": ("mesh_bench.faults", "faults on namespaced hosts (root): a viewer's stalls, losses, recovery"),
     "fuzz": ("mesh_bench.fuzz", "every parser a stranger reaches, fed generated inputs; fails on a crash"),
     "edge-load": ("mesh_bench.edgeload", "playlist latency on an edge cutting many streams: loop vs workers"),
 }
