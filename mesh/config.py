@@ -55,6 +55,9 @@ class NodeConfig:
     stream_heartbeat_interval_s: float = 1.0
     origin_silence_s: float = 4.0  # an edge re-resolves a stream silent for this long
     edge_idle_unsubscribe_s: float = 30.0
+    # "curve": the bus is encrypted and origins admit only registered, alive nodes (ZAP);
+    # "none": plaintext and open to anyone who reaches the ports (benchmarks, private networks).
+    bus_security: str = "curve"
     # ingest
     max_publishers: int = 500
     rtmp_max_message_bytes: int = 8 << 20
@@ -117,6 +120,8 @@ class NodeConfig:
             raise bad("mongo", f"a {self.role} node needs the cluster's database: pass "
                       "--mongo mongodb://USER:PASS@HOST:27017/ (or MESH_MONGO), or run "
                       "`mesh db` for a local one; only standalone starts its own")
+        if self.bus_security not in ("curve", "none"):
+            raise bad("bus_security", f"{self.bus_security!r} is not one of curve, none")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise bad("log_level", "use debug, info, warning or error")
         return self

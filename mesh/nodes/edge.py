@@ -25,6 +25,7 @@ from aiohttp import web
 from mesh_codecs.media import AudioConfig, VideoConfig
 
 from .. import metrics
+from ..broker.keys import node_keys
 from ..broker.subscriber import BusSubscriber, Subscription
 from ..broker.wire import NAME_RE
 from ..hls.window import RenditionWindow
@@ -144,7 +145,9 @@ class EdgePart:
     def __init__(self, node: "Node"):
         self.node = node
         assert node.zmq is not None
-        self.bus = BusSubscriber(node.zmq)
+        keys = node_keys(node.cfg.bus_security, node.cfg.data_dir, node.node_id)
+        node.info.bus_public_key = keys.public.decode() if keys else ""
+        self.bus = BusSubscriber(node.zmq, curve=keys)
         self.streams: dict[str, EdgeStream] = {}
         self._opening: dict[str, asyncio.Task[EdgeStream]] = {}
         self._missing: dict[str, tuple[float, HttpError]] = {}
@@ -314,7 +317,8 @@ class EdgePart:
         stream.bus_endpoint = str(doc.get("bus_endpoint", ""))
         stream.epoch = int(doc.get("epoch", 0))
         stream.sub = self.bus.subscribe(stream.bus_endpoint, str(doc.get("snapshot_endpoint", "")),
-                                        stream.stream_id, "src", stream.window.feed)
+                                        stream.stream_id, "src", stream.window.feed,
+                                        doc.get("bus_public_key"))
 
     async def _tidy(self) -> None:
         cfg = self.node.cfg

@@ -6,6 +6,7 @@ import hmac
 import logging
 from typing import TYPE_CHECKING, Any
 
+from ..broker.keys import node_keys
 from ..broker.publisher import BusPublisher
 from ..broker.wire import NAME_RE
 from ..ingest.bookkeeping import SequenceBook
@@ -28,10 +29,14 @@ class OriginPart:
         cfg = node.cfg
         assert node.zmq is not None
         snapshot_port = cfg.snapshot_port or (cfg.bus_port + 1 if cfg.bus_port else 0)
+        keys = node_keys(cfg.bus_security, cfg.data_dir, node.node_id)
+        node.info.bus_public_key = keys.public.decode() if keys else ""
+        assert node.registry is not None
         self.bus = BusPublisher(
             node.zmq, bind=cfg.bind, port=cfg.bus_port, snapshot_port=snapshot_port,
             advertise_host=cfg.host, hwm=cfg.bus_hwm, window_segments=cfg.snapshot_segments,
-            window_bytes=cfg.snapshot_max_bytes, heartbeat_interval_s=cfg.stream_heartbeat_interval_s)
+            window_bytes=cfg.snapshot_max_bytes, heartbeat_interval_s=cfg.stream_heartbeat_interval_s,
+            curve=keys, allowed_keys=node.registry.alive_bus_keys)
         self.rtmp = RtmpServer(self, host=cfg.bind, port=cfg.rtmp_port,
                                max_connections=cfg.max_publishers * 2,
                                max_message_size=cfg.rtmp_max_message_bytes,
