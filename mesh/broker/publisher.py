@@ -46,7 +46,8 @@ _SNDMORE = int(zmq.SNDMORE)
 _zsend = zmq.backend.Socket.send  # the Cython send, without the sugar layer's per-call work
 SNAPSHOT_REQUEST_MAX_BYTES = 4096
 SNAPSHOT_SNDHWM = 4  # replies queued per peer in ZeroMQ before sends to it fail (and are dropped)
-SNAPSHOT_STALL_S = 5.0  # a reply not handed to the kernel in this time: the peer does not read
+SNAPSHOT_STALL_S = 0.5  # a reply not handed to the kernel in this time: the peer does not read
+SNAPSHOT_CUT_S = 5.0  # TCP user timeout: a peer leaving our data unread this long is disconnected
 SNAPSHOT_REAP_S = 0.02  # how often replies in flight are checked while there are any
 MMAP_MIN_BYTES = 128 << 10  # replies at least this large are built in an anonymous memory map
 
@@ -198,7 +199,7 @@ class BusPublisher:
         self._router.setsockopt(zmq.MAXMSGSIZE, SNAPSHOT_REQUEST_MAX_BYTES)
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full or gone peer: an error, not a silent drop
         # TCP_USER_TIMEOUT on Linux: a peer that leaves our data unread (zero window) this long is cut.
-        self._router.setsockopt(zmq.TCP_MAXRT, int(self.snapshot_stall_s * 1000))
+        self._router.setsockopt(zmq.TCP_MAXRT, int(SNAPSHOT_CUT_S * 1000))
         self._router.setsockopt(zmq.HEARTBEAT_IVL, 2000)
         self._router.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
         self.snapshot_port = self._bind(self._router, self.snapshot_port)

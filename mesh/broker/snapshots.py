@@ -34,7 +34,7 @@ class _Peer:
 
 class SnapshotQueue:
     def __init__(self, *, max_peers: int = 256, max_waiting_per_peer: int = 32,
-                 max_inflight: int = 8, max_inflight_bytes: int = 64 << 20, stall_s: float = 5.0):
+                 max_inflight: int = 8, max_inflight_bytes: int = 64 << 20, stall_s: float = 0.5):
         self.max_peers = max_peers
         self.max_waiting_per_peer = max_waiting_per_peer
         self.max_inflight = max_inflight
@@ -113,7 +113,6 @@ class SnapshotQueue:
         for peer, state in self._peers.items():
             if state.inflight_bytes >= 0 and not state.stalled and now - state.since >= self.stall_s:
                 state.stalled = True
-                state.waiting.clear()  # a peer that does not read gets nothing more meanwhile
                 self.inflight -= 1
                 self.stalled += 1
                 marked.append(peer)
