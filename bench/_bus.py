@@ -9,6 +9,9 @@ through either
   with a snapshot, wire decode, :class:`~mesh.broker.tracker.TopicTracker` seq tracking) whose sink
   counts what it is given. That is the per-packet work of a live origin and edge, minus ingest
   parsing and TS packetising.
+- ``curve``: the same real bus with ``bus_security = "curve"``: both sockets CURVE-encrypted, the
+  publisher's ZAP handler admitting the subscribers' key (key files made per trial in a private
+  temp directory, never on the command line).
 - ``raw``: the fair baseline. Plain pyzmq, XPUB (the bus's socket type) to SUB, one frame
   ``topic + payload`` per access unit, a blocking ``send``/``recv`` loop without asyncio.
 
@@ -117,7 +120,13 @@ async def _mesh_pub(cfg: dict[str, Any]) -> None:
 
     work = _Workload(cfg)
     ctx = zmq.asyncio.Context()
-    pub = BusPublisher(ctx, hwm=int(cfg["hwm"]), window_segments=int(cfg.get("window_segments", 6)))
+    server, client = _curve_keys(cfg)
+
+    async def admitted() -> list[bytes]:
+        return [client.public] if client else []
+
+    pub = BusPublisher(ctx, hwm=int(cfg["hwm"]), window_segments=int(cfg.get("window_segments", 6)),
+                       curve=server, allowed_keys=admitted if server else None)
     await pub.start()
     ch = pub.open_channel(TOPIC_STREAM, "src", epoch=1)
     ch.config(work.config)
@@ -205,7 +214,8 @@ async def _mesh_sub(cfg: dict[str, Any]) -> None:
     kind_of, payload_of = attrgetter("kind"), attrgetter("payload")
 
     ctx = zmq.asyncio.Context()
-    bus = BusSubscriber(ctx, rcvhwm=int(cfg["hwm"]))
+    server, client = _curve_keys(cfg)
+    bus = BusSubscriber(ctx, rcvhwm=int(cfg["hwm"]), curve=client)
     stamped = not cfg.get("aus")
     unpack_from = STAMP.unpack_from
     st = {"n": 0, "bytes": 0, "t_first": 0, "t_last": 0, "next": 0, "gaps": 0}
@@ -247,7 +257,8 @@ async def _mesh_sub(cfg: dict[str, Any]) -> None:
             st["t_first"] = t
         st["n"], st["next"], st["t_last"] = n, nxt, t
 
-    sub = bus.subscribe(cfg["endpoint"], cfg["snapshot"], TOPIC_STREAM, "src", sink)
+    sub = bus.subscribe(cfg["endpoint"], cfg["snapshot"], TOPIC_STREAM, "src", sink,
+                        server.public if server else None)
     await asyncio.wait_for(sub.snapshot_ready.wait(), 30)
     live[0] = True
     cpu = _Cpu()
@@ -394,10 +405,20 @@ def _percentiles(samples: list[int]) -> list[float]:
     return [float(samples[len(samples) // 2]), float(p99)]
 
 
+def _curve_keys(cfg: dict[str, Any]) -> tuple[Any, Any]:
+    """(publisher's, subscribers') key pairs for the ``curve`` impl, else (None, None)."""
+    if not cfg.get("curve_dir"):
+        return None, None
+    from mesh.broker.keys import load_or_create
+
+    return (load_or_create(os.path.join(cfg["curve_dir"], "server.key")),
+            load_or_create(os.path.join(cfg["curve_dir"], "client.key")))
+
+
 def _worker_main(argv: list[str]) -> None:
     role, cfg = argv[0], json.loads(argv[1])
     impl = cfg["impl"]
-    if impl == "mesh":
+    if impl in ("mesh", "curve"):
         asyncio.run(_mesh_pub(cfg) if role == "pub" else _mesh_sub(cfg))
     elif role == "pub":
         _raw_pub(cfg)
@@ -477,6 +498,16 @@ def run_trial(impl: str, subscribers: int, *, duration_s: float, hwm: int, size:
             "tick_ms": tick_ms,
             "duration_s": duration_s, "subscribers": subscribers,
             "timeout_s": duration_s * 4 + 30}
+    keydir = None
+    if impl == "curve":
+        import tempfile
+
+        from mesh.broker.keys import load_or_create
+
+        keydir = tempfile.TemporaryDirectory(prefix="mesh-bench-keys-")
+        for name in ("server.key", "client.key"):
+            load_or_create(os.path.join(keydir.name, name))
+        base["curve_dir"] = keydir.name
     pub = Worker("pub", base)
     subs: list[Worker] = []
     try:
@@ -494,6 +525,8 @@ def run_trial(impl: str, subscribers: int, *, duration_s: float, hwm: int, size:
     finally:
         for w in [*subs, pub]:
             w.close()
+        if keydir is not None:
+            keydir.cleanup()
     # How busy the machine was with other work meanwhile: all CPU time minus our workers'.
     background = None
     if ticks0 and ticks1 and ticks1[1] > ticks0[1]:
@@ -541,7 +574,7 @@ def hwm_for(impl: str, size: int, burst: int, budget_bytes: int = 128 << 20) -> 
     from mesh.broker.publisher import MAX_BATCH_BYTES, MAX_BATCH_ENTRIES
 
     per_msg = size
-    if impl == "mesh":
+    if impl in ("mesh", "curve"):
         per_msg = size * max(1, min(burst, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES // max(size, 1)))
     return int(min(1_000_000, max(100, budget_bytes // max(per_msg, 1))))
 
