@@ -161,6 +161,7 @@ class BusPublisher:
                                     stall_s=snapshot_stall_s)
         self._inflight: dict[bytes, Any] = {}  # peer -> zmq.MessageTracker of its reply
         self._reaping = False
+        self._reaper: asyncio.Task[None] | None = None
         self.bind, self.port, self.snapshot_port = bind, port, snapshot_port
         self.advertise_host = advertise_host
         self.hwm = hwm
@@ -235,10 +236,11 @@ class BusPublisher:
 
     async def stop(self) -> None:
         self.flush()
-        for task in self._tasks:
+        tasks = self._tasks + ([self._reaper] if self._reaper is not None else [])
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks, self._reaper = [], None
         self._xpub.close(linger=0)
         self._router.close(linger=0)
         self._inflight.clear()
@@ -389,7 +391,7 @@ class BusPublisher:
             self._inflight[ident] = tracker
         if self._inflight and not self._reaping:
             self._reaping = True
-            asyncio.get_running_loop().create_task(self._reap(), name="bus-snapshot-reaper")
+            self._reaper = asyncio.get_running_loop().create_task(self._reap(), name="bus-snapshot-reaper")
 
     async def _reap(self) -> None:
         """While replies are in flight: free the slots of those ZeroMQ let go of, note stalls."""

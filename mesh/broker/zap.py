@@ -154,31 +154,35 @@ class ZapHandler:
             await asyncio.sleep(0.25)
 
     async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             frames = await self._sock.recv_multipart()
-            if len(frames) < 6:  # not a ZAP request; REP must still answer something
-                await self._sock.send_multipart([b"1.0", b"", b"500", b"malformed", b"", b""])
-                continue
-            request_id, domain, mechanism = frames[1], frames[2], frames[5]
-            d = self.domains.get(domain)
-            ok = False
-            key = b""
-            if d is not None and mechanism == b"CURVE" and len(frames) >= 7 and len(frames[6]) == 32:
-                key = z85.encode(frames[6])
-                ok = d.gate.allows(key)
-                if not ok and d.gate.due_on_miss(loop.time()):
-                    await d.refresh()  # a node that registered a moment ago
-                    ok = d.gate.allows(key)
-            if ok:
-                d.gate.admitted += 1  # type: ignore[union-attr]
-                reply = [b"1.0", request_id, b"200", b"OK", key, b""]
-            else:
-                if d is not None:
-                    d.gate.refused += 1
-                metrics.reject("bus", "auth", "%s from %s refused (key %s)", mechanism.decode(
-                    "ascii", "replace")[:16], frames[3].decode("ascii", "replace")[:64],
-                    key.decode("ascii", "replace"))
-                reply = [b"1.0", request_id, b"400", b"not a registered, alive node of this cluster",
-                         b"", b""]
+            try:
+                reply = await self._answer(frames)
+            except Exception:  # a bug here must not leave every handshake waiting forever
+                log.exception("ZAP handler failed; refusing this handshake")
+                reply = [b"1.0", frames[1] if len(frames) > 1 else b"", b"500", b"internal error", b"", b""]
             await self._sock.send_multipart(reply)
+
+    async def _answer(self, frames: list[bytes]) -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        if len(frames) < 6:  # not a ZAP request; REP must still answer something
+            return [b"1.0", b"", b"500", b"malformed", b"", b""]
+        request_id, domain, mechanism = frames[1], frames[2], frames[5]
+        d = self.domains.get(domain)
+        ok = False
+        key = b""
+        if d is not None and mechanism == b"CURVE" and len(frames) >= 7 and len(frames[6]) == 32:
+            key = z85.encode(frames[6])
+            ok = d.gate.allows(key)
+            if not ok and d.gate.due_on_miss(loop.time()):
+                await d.refresh()  # a node that registered a moment ago
+                ok = d.gate.allows(key)
+        if ok:
+            d.gate.admitted += 1  # type: ignore[union-attr]
+            return [b"1.0", request_id, b"200", b"OK", key, b""]
+        if d is not None:
+            d.gate.refused += 1
+        metrics.reject("bus", "auth", "%s from %s refused (key %s)", mechanism.decode(
+            "ascii", "replace")[:16], frames[3].decode("ascii", "replace")[:64],
+            key.decode("ascii", "replace"))
+        return [b"1.0", request_id, b"400", b"not a registered, alive node of this cluster", b"", b""]
