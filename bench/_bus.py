@@ -12,6 +12,7 @@ through either
 - ``curve``: the same real bus with ``bus_security = "curve"``: both sockets CURVE-encrypted, the
   publisher's ZAP handler admitting the subscribers' key (key files made per trial in a private
   temp directory, never on the command line).
+- ``rawcurve``: the raw baseline with libzmq's CURVE on, to tell libzmq's encryption cost from ours.
 - ``raw``: the fair baseline. Plain pyzmq, XPUB (the bus's socket type) to SUB, one frame
   ``topic + payload`` per access unit, a blocking ``send``/``recv`` loop without asyncio.
 
@@ -286,6 +287,9 @@ def _raw_pub(cfg: dict[str, Any]) -> None:
     work = _Workload(cfg)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.XPUB)
+    server, _ = _curve_keys(cfg)
+    if server is not None:  # rawcurve: libzmq's CURVE alone (no ZAP handler: any key is let in)
+        sock.curve_server, sock.curve_secretkey = True, server.secret
     sock.setsockopt(zmq.SNDHWM, int(cfg["hwm"]))
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.XPUB_VERBOSE, 1)
@@ -357,6 +361,9 @@ def _raw_sub(cfg: dict[str, Any]) -> None:
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.SUB)
+    server, client = _curve_keys(cfg)
+    if server is not None:
+        sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server.public, client.public, client.secret
     sock.setsockopt(zmq.RCVHWM, int(cfg["hwm"]))
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, 100)
@@ -499,7 +506,7 @@ def run_trial(impl: str, subscribers: int, *, duration_s: float, hwm: int, size:
             "duration_s": duration_s, "subscribers": subscribers,
             "timeout_s": duration_s * 4 + 30}
     keydir = None
-    if impl == "curve":
+    if impl in ("curve", "rawcurve"):
         import tempfile
 
         from mesh.broker.keys import load_or_create

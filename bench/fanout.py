@@ -116,7 +116,7 @@ def run(edges: tuple[int, ...], seconds: float, width: int, height: int, fps: in
     hwm = int(max(1000, HWM_BUDGET_BYTES // mean_unit))
     target = media["access_units"] / media["seconds"] * speed  # units/s the replay should reach
     results = []
-    impls = ("mesh", "curve", "raw") if curve else ("mesh", "raw")
+    impls = ("mesh", "curve", "raw", "rawcurve") if curve else ("mesh", "raw")
     for n in edges:
         runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
         for r in range(repeats):
@@ -177,6 +177,7 @@ def summarise(n: int, runs: dict[str, list[dict[str, Any]]], target: float = 0.0
     if runs.get("curve"):  # the cost of CURVE against plaintext mesh and raw, same run
         out["curve_ratio"] = out["curve_gbit_s"] / raw if raw else 0.0
         out["curve_vs_mesh"] = out["curve_gbit_s"] / out["mesh_gbit_s"] if out["mesh_gbit_s"] else 0.0
+        out["rawcurve_ratio"] = out["rawcurve_gbit_s"] / raw if raw else 0.0
         out["curve_edge_cpu_vs_mesh"] = (out["curve_edge_cpu_us_per_unit"] / out["mesh_edge_cpu_us_per_unit"]
                                          if out["mesh_edge_cpu_us_per_unit"] else 0.0)
     return out
@@ -191,21 +192,23 @@ def format_table(report: dict[str, Any]) -> str:
          f"({m['access_units']} units in {m['seconds']:.1f} s, mean video unit "
          f"{m['mean_video_unit_bytes'] / 1000:.1f} kB), {pace} on a {report['tick_ms']:g} ms tick; "
          f"{report['duration_s']:g} s per trial, median of {report['repeats']}; nproc {report['nproc']}"),
-        (f"{'edges':>5} {'impl':<5}{'Gbit/s':>8}{'per edge Mbit/s':>17}{'units/s':>10}{'delivered':>11}"
+        (f"{'edges':>5} {'impl':<9}{'Gbit/s':>8}{'per edge Mbit/s':>17}{'units/s':>10}{'delivered':>11}"
          f"{'lost':>9}{'kept up':>9}"),
     ]
-    impls = ("mesh", "curve", "raw") if "curve_max_edges_without_loss" in report else ("mesh", "raw")
+    impls = (("mesh", "curve", "raw", "rawcurve") if "curve_max_edges_without_loss" in report
+             else ("mesh", "raw"))
     for r in report["results"]:
         for impl in impls:
             kept_up = "yes" if r[f"{impl}_kept_up"] and r[f"{impl}_paced"] else "no"
-            lines.append(f"{r['edges']:>5} {impl:<5}{r[f'{impl}_gbit_s']:>8.2f}"
+            lines.append(f"{r['edges']:>5} {impl:<9}{r[f'{impl}_gbit_s']:>8.2f}"
                          f"{r[f'{impl}_per_edge_mbit_s']:>17.1f}{r[f'{impl}_msgs_per_s']:>10,.0f}"
                          f"{r[f'{impl}_delivered_ratio'] * 100:>10.2f}%{r[f'{impl}_lost']:>9,}{kept_up:>9}")
         lines.append(f"{'':>5} ratio mesh/raw {r['ratio']:.2f}  (mesh: {r['mesh_units_per_zmq_message']:.1f} "
                      f"units per ZeroMQ message, {r['mesh_recovered']} repaired from the window)")
         if "curve_ratio" in r:
             lines.append(f"{'':>5} ratio curve/raw {r['curve_ratio']:.2f}, curve/mesh {r['curve_vs_mesh']:.2f}, "
-                         f"edge CPU per unit curve/mesh {r['curve_edge_cpu_vs_mesh']:.2f}")
+                         f"edge CPU per unit curve/mesh {r['curve_edge_cpu_vs_mesh']:.2f}; "
+                         f"libzmq alone: rawcurve/raw {r['rawcurve_ratio']:.2f}")
     for impl in impls:
         lines.append(f"{impl}: largest N without loss (and keeping up) "
                      f"{report[f'{impl}_max_edges_without_loss']} "

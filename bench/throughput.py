@@ -31,7 +31,7 @@ DEFAULT_PAYLOADS = (188, 1500, 16384, 65536)
 def run(payloads: tuple[int, ...], subscribers: int, duration_s: float, repeats: int, burst: int,
         progress: Any = None, curve: bool = False) -> dict[str, Any]:
     results = []
-    impls = ("mesh", "curve", "raw") if curve else ("mesh", "raw")
+    impls = ("mesh", "curve", "raw", "rawcurve") if curve else ("mesh", "raw")
     for size in payloads:
         runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
         for r in range(repeats):
@@ -84,6 +84,7 @@ def summarise(size: int, subscribers: int, runs: dict[str, list[dict[str, Any]]]
     if runs.get("curve"):  # the cost of CURVE: paired ratios against plaintext mesh and raw
         out["curve_ratio"] = out["curve_msgs_per_s"] / raw if raw else 0.0
         out["curve_vs_mesh"] = out["curve_msgs_per_s"] / out["mesh_msgs_per_s"] if out["mesh_msgs_per_s"] else 0.0
+        out["rawcurve_ratio"] = out["rawcurve_msgs_per_s"] / raw if raw else 0.0
         out["curve_paired_vs_mesh"] = [c["msgs_per_s"] / m["msgs_per_s"] if m["msgs_per_s"] else 0.0
                                        for c, m in zip(runs["curve"], runs["mesh"])]
     return out
@@ -96,13 +97,13 @@ def format_table(report: dict[str, Any]) -> str:
         (f"bus throughput: 1 publisher -> {subs} subscriber process(es) on 127.0.0.1; "
          f"{report['duration_s']:g} s per trial, median of {report['repeats']}; nproc {report['nproc']}; "
          f"mesh pushes {report['burst']} units per loop tick"),
-        (f"{'payload B':>9} {'impl':<5}{'msgs/s':>11}{'MB/s':>9}{'delivered':>11}{'lost':>10}"
+        (f"{'payload B':>9} {'impl':<9}{'msgs/s':>11}{'MB/s':>9}{'delivered':>11}{'lost':>10}"
          f"{'p50 ms':>9}{'p99 ms':>9}{'sender msgs/s':>15}"),
     ]
     for r in rows:
-        for impl in ("mesh", "curve", "raw") if "curve_ratio" in r else ("mesh", "raw"):
+        for impl in ("mesh", "curve", "raw", "rawcurve") if "curve_ratio" in r else ("mesh", "raw"):
             lines.append(
-                f"{r['payload_bytes']:>9} {impl:<5}{r[f'{impl}_msgs_per_s']:>11,.0f}"
+                f"{r['payload_bytes']:>9} {impl:<9}{r[f'{impl}_msgs_per_s']:>11,.0f}"
                 f"{r[f'{impl}_mb_per_s']:>9,.1f}{r[f'{impl}_delivered_ratio'] * 100:>10.2f}%"
                 f"{r[f'{impl}_lost']:>10,}{r[f'{impl}_p50_ms']:>9.1f}{r[f'{impl}_p99_ms']:>9.1f}"
                 f"{r[f'{impl}_sender_msgs_per_s']:>15,.0f}")
@@ -110,7 +111,8 @@ def format_table(report: dict[str, Any]) -> str:
                      f"(mesh: {r['mesh_units_per_zmq_message']:.1f} units per ZeroMQ message)")
         if "curve_ratio" in r:
             lines.append(f"{'':>9} ratio curve/raw {r['curve_ratio']:.2f}, curve/mesh {r['curve_vs_mesh']:.2f} "
-                         f"(CURVE encryption costs {(1 - r['curve_vs_mesh']) * 100:.0f} %)")
+                         f"(CURVE encryption costs {(1 - r['curve_vs_mesh']) * 100:.0f} %; "
+                         f"libzmq alone: rawcurve/raw {r['rawcurve_ratio']:.2f})")
     lines.append("msgs/s and MB/s: delivered per subscriber per second of receiving; p50/p99: "
                  "publish-to-receive latency under saturation (queueing included)")
     return "\n".join(lines)
