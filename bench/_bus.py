@@ -9,6 +9,10 @@ through either
   with a snapshot, wire decode, :class:`~mesh.broker.tracker.TopicTracker` seq tracking) whose sink
   counts what it is given. That is the per-packet work of a live origin and edge, minus ingest
   parsing and TS packetising.
+- ``curve``: the same real bus with ``bus_security = "curve"``: both sockets CURVE-encrypted, the
+  publisher's ZAP handler admitting the subscribers' key (key files made per trial in a private
+  temp directory, never on the command line).
+- ``rawcurve``: the raw baseline with libzmq's CURVE on, to tell libzmq's encryption cost from ours.
 - ``raw``: the fair baseline. Plain pyzmq, XPUB (the bus's socket type) to SUB, one frame
   ``topic + payload`` per access unit, a blocking ``send``/``recv`` loop without asyncio.
 
@@ -117,7 +121,13 @@ async def _mesh_pub(cfg: dict[str, Any]) -> None:
 
     work = _Workload(cfg)
     ctx = zmq.asyncio.Context()
-    pub = BusPublisher(ctx, hwm=int(cfg["hwm"]), window_segments=int(cfg.get("window_segments", 6)))
+    server, client = _curve_keys(cfg)
+
+    async def admitted() -> list[bytes]:
+        return [client.public] if client else []
+
+    pub = BusPublisher(ctx, hwm=int(cfg["hwm"]), window_segments=int(cfg.get("window_segments", 6)),
+                       curve=server, allowed_keys=admitted if server else None)
     await pub.start()
     ch = pub.open_channel(TOPIC_STREAM, "src", epoch=1)
     ch.config(work.config)
@@ -205,7 +215,8 @@ async def _mesh_sub(cfg: dict[str, Any]) -> None:
     kind_of, payload_of = attrgetter("kind"), attrgetter("payload")
 
     ctx = zmq.asyncio.Context()
-    bus = BusSubscriber(ctx, rcvhwm=int(cfg["hwm"]))
+    server, client = _curve_keys(cfg)
+    bus = BusSubscriber(ctx, rcvhwm=int(cfg["hwm"]), curve=client)
     stamped = not cfg.get("aus")
     unpack_from = STAMP.unpack_from
     st = {"n": 0, "bytes": 0, "t_first": 0, "t_last": 0, "next": 0, "gaps": 0}
@@ -247,7 +258,8 @@ async def _mesh_sub(cfg: dict[str, Any]) -> None:
             st["t_first"] = t
         st["n"], st["next"], st["t_last"] = n, nxt, t
 
-    sub = bus.subscribe(cfg["endpoint"], cfg["snapshot"], TOPIC_STREAM, "src", sink)
+    sub = bus.subscribe(cfg["endpoint"], cfg["snapshot"], TOPIC_STREAM, "src", sink,
+                        server.public if server else None)
     await asyncio.wait_for(sub.snapshot_ready.wait(), 30)
     live[0] = True
     cpu = _Cpu()
@@ -275,6 +287,9 @@ def _raw_pub(cfg: dict[str, Any]) -> None:
     work = _Workload(cfg)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.XPUB)
+    server, _ = _curve_keys(cfg)
+    if server is not None:  # rawcurve: libzmq's CURVE alone (no ZAP handler: any key is let in)
+        sock.curve_server, sock.curve_secretkey = True, server.secret
     sock.setsockopt(zmq.SNDHWM, int(cfg["hwm"]))
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.XPUB_VERBOSE, 1)
@@ -346,6 +361,9 @@ def _raw_sub(cfg: dict[str, Any]) -> None:
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.SUB)
+    server, client = _curve_keys(cfg)
+    if server is not None:
+        sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server.public, client.public, client.secret
     sock.setsockopt(zmq.RCVHWM, int(cfg["hwm"]))
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, 100)
@@ -394,10 +412,20 @@ def _percentiles(samples: list[int]) -> list[float]:
     return [float(samples[len(samples) // 2]), float(p99)]
 
 
+def _curve_keys(cfg: dict[str, Any]) -> tuple[Any, Any]:
+    """(publisher's, subscribers') key pairs for the ``curve`` impl, else (None, None)."""
+    if not cfg.get("curve_dir"):
+        return None, None
+    from mesh.broker.keys import load_or_create
+
+    return (load_or_create(os.path.join(cfg["curve_dir"], "server.key")),
+            load_or_create(os.path.join(cfg["curve_dir"], "client.key")))
+
+
 def _worker_main(argv: list[str]) -> None:
     role, cfg = argv[0], json.loads(argv[1])
     impl = cfg["impl"]
-    if impl == "mesh":
+    if impl in ("mesh", "curve"):
         asyncio.run(_mesh_pub(cfg) if role == "pub" else _mesh_sub(cfg))
     elif role == "pub":
         _raw_pub(cfg)
@@ -477,6 +505,16 @@ def run_trial(impl: str, subscribers: int, *, duration_s: float, hwm: int, size:
             "tick_ms": tick_ms,
             "duration_s": duration_s, "subscribers": subscribers,
             "timeout_s": duration_s * 4 + 30}
+    keydir = None
+    if impl in ("curve", "rawcurve"):
+        import tempfile
+
+        from mesh.broker.keys import load_or_create
+
+        keydir = tempfile.TemporaryDirectory(prefix="mesh-bench-keys-")
+        for name in ("server.key", "client.key"):
+            load_or_create(os.path.join(keydir.name, name))
+        base["curve_dir"] = keydir.name
     pub = Worker("pub", base)
     subs: list[Worker] = []
     try:
@@ -494,6 +532,8 @@ def run_trial(impl: str, subscribers: int, *, duration_s: float, hwm: int, size:
     finally:
         for w in [*subs, pub]:
             w.close()
+        if keydir is not None:
+            keydir.cleanup()
     # How busy the machine was with other work meanwhile: all CPU time minus our workers'.
     background = None
     if ticks0 and ticks1 and ticks1[1] > ticks0[1]:
@@ -541,7 +581,7 @@ def hwm_for(impl: str, size: int, burst: int, budget_bytes: int = 128 << 20) -> 
     from mesh.broker.publisher import MAX_BATCH_BYTES, MAX_BATCH_ENTRIES
 
     per_msg = size
-    if impl == "mesh":
+    if impl in ("mesh", "curve"):
         per_msg = size * max(1, min(burst, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES // max(size, 1)))
     return int(min(1_000_000, max(100, budget_bytes // max(per_msg, 1))))
 

@@ -110,16 +110,17 @@ def prepare_media(seconds: float, width: int, height: int, fps: int, bitrate_kbp
 # --------------------------------------------------------------------------- the sweep
 def run(edges: tuple[int, ...], seconds: float, width: int, height: int, fps: int, bitrate_kbps: int,
         speed: float, duration_s: float, repeats: int, tick_ms: float = 2.0,
-        progress: Any = None) -> dict[str, Any]:
+        progress: Any = None, curve: bool = False) -> dict[str, Any]:
     path, media = prepare_media(seconds, width, height, fps, bitrate_kbps, progress)
     mean_unit = media["bytes"] / media["access_units"]
     hwm = int(max(1000, HWM_BUDGET_BYTES // mean_unit))
     target = media["access_units"] / media["seconds"] * speed  # units/s the replay should reach
     results = []
+    impls = ("mesh", "curve", "raw", "rawcurve") if curve else ("mesh", "raw")
     for n in edges:
-        runs: dict[str, list[dict[str, Any]]] = {"mesh": [], "raw": []}
+        runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
         for r in range(repeats):
-            for impl in (("mesh", "raw") if r % 2 == 0 else ("raw", "mesh")):
+            for impl in (impls if r % 2 == 0 else impls[::-1]):
                 trial = _bus.run_trial(impl, n, duration_s=duration_s, hwm=hwm, aus=path, speed=speed,
                                        burst=64, tick_ms=tick_ms)
                 runs[impl].append(trial)
@@ -132,7 +133,7 @@ def run(edges: tuple[int, ...], seconds: float, width: int, height: int, fps: in
            "media": media, "speed": speed, "tick_ms": tick_ms, "duration_s": duration_s,
            "repeats": repeats, "hwm": hwm,
            "results": results}
-    for impl in ("mesh", "raw"):
+    for impl in impls:
         clean = [r for r in results if r[f"{impl}_clean"]]
         best = max(clean, key=lambda r: r["edges"]) if clean else None
         out[f"{impl}_max_edges_without_loss"] = best["edges"] if best else 0
@@ -173,6 +174,12 @@ def summarise(n: int, runs: dict[str, list[dict[str, Any]]], target: float = 0.0
     out["lost"] = out["mesh_lost"]
     raw = out["raw_gbit_s"]
     out["ratio"] = out["mesh_gbit_s"] / raw if raw else 0.0
+    if runs.get("curve"):  # the cost of CURVE against plaintext mesh and raw, same run
+        out["curve_ratio"] = out["curve_gbit_s"] / raw if raw else 0.0
+        out["curve_vs_mesh"] = out["curve_gbit_s"] / out["mesh_gbit_s"] if out["mesh_gbit_s"] else 0.0
+        out["rawcurve_ratio"] = out["rawcurve_gbit_s"] / raw if raw else 0.0
+        out["curve_edge_cpu_vs_mesh"] = (out["curve_edge_cpu_us_per_unit"] / out["mesh_edge_cpu_us_per_unit"]
+                                         if out["mesh_edge_cpu_us_per_unit"] else 0.0)
     return out
 
 
@@ -185,18 +192,24 @@ def format_table(report: dict[str, Any]) -> str:
          f"({m['access_units']} units in {m['seconds']:.1f} s, mean video unit "
          f"{m['mean_video_unit_bytes'] / 1000:.1f} kB), {pace} on a {report['tick_ms']:g} ms tick; "
          f"{report['duration_s']:g} s per trial, median of {report['repeats']}; nproc {report['nproc']}"),
-        (f"{'edges':>5} {'impl':<5}{'Gbit/s':>8}{'per edge Mbit/s':>17}{'units/s':>10}{'delivered':>11}"
+        (f"{'edges':>5} {'impl':<9}{'Gbit/s':>8}{'per edge Mbit/s':>17}{'units/s':>10}{'delivered':>11}"
          f"{'lost':>9}{'kept up':>9}"),
     ]
+    impls = (("mesh", "curve", "raw", "rawcurve") if "curve_max_edges_without_loss" in report
+             else ("mesh", "raw"))
     for r in report["results"]:
-        for impl in ("mesh", "raw"):
+        for impl in impls:
             kept_up = "yes" if r[f"{impl}_kept_up"] and r[f"{impl}_paced"] else "no"
-            lines.append(f"{r['edges']:>5} {impl:<5}{r[f'{impl}_gbit_s']:>8.2f}"
+            lines.append(f"{r['edges']:>5} {impl:<9}{r[f'{impl}_gbit_s']:>8.2f}"
                          f"{r[f'{impl}_per_edge_mbit_s']:>17.1f}{r[f'{impl}_msgs_per_s']:>10,.0f}"
                          f"{r[f'{impl}_delivered_ratio'] * 100:>10.2f}%{r[f'{impl}_lost']:>9,}{kept_up:>9}")
         lines.append(f"{'':>5} ratio mesh/raw {r['ratio']:.2f}  (mesh: {r['mesh_units_per_zmq_message']:.1f} "
                      f"units per ZeroMQ message, {r['mesh_recovered']} repaired from the window)")
-    for impl in ("mesh", "raw"):
+        if "curve_ratio" in r:
+            lines.append(f"{'':>5} ratio curve/raw {r['curve_ratio']:.2f}, curve/mesh {r['curve_vs_mesh']:.2f}, "
+                         f"edge CPU per unit curve/mesh {r['curve_edge_cpu_vs_mesh']:.2f}; "
+                         f"libzmq alone: rawcurve/raw {r['rawcurve_ratio']:.2f}")
+    for impl in impls:
         lines.append(f"{impl}: largest N without loss (and keeping up) "
                      f"{report[f'{impl}_max_edges_without_loss']} "
                      f"({report[f'{impl}_gbit_s_at_max_edges']:.2f} Gbit/s delivered); "
@@ -228,9 +241,11 @@ def _ints(values: tuple[str, ...], default: tuple[int, ...]) -> tuple[int, ...]:
 @click.option("--duration", type=click.FloatRange(0.1, 120), default=3.0, show_default=True,
               help="seconds each trial publishes")
 @click.option("--repeats", type=click.IntRange(1, 50), default=1, show_default=True)
+@click.option("--curve", is_flag=True,
+              help="also run the bus with CURVE on (bus_security = \"curve\") in the same run")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def command(edges: tuple[str, ...], bitrate_kbps: int, size: str, fps: int, seconds: float, speed: float,
-            tick_ms: float, duration: float, repeats: int, as_json: bool) -> None:
+            tick_ms: float, duration: float, repeats: int, curve: bool, as_json: bool) -> None:
     """One stream to N edge processes: Gbit/s delivered and largest N without loss, vs raw pyzmq."""
     try:
         width, height = (int(v) for v in size.lower().split("x"))
@@ -238,7 +253,8 @@ def command(edges: tuple[str, ...], bitrate_kbps: int, size: str, fps: int, seco
         raise click.BadParameter("expected WxH, e.g. 1920x1080", param_hint="--size") from None
     try:
         report = run(_ints(edges, DEFAULT_EDGES), seconds, width, height, fps, bitrate_kbps, speed,
-                     duration, repeats, tick_ms, progress=lambda line: click.echo(line, err=True))
+                     duration, repeats, tick_ms, progress=lambda line: click.echo(line, err=True),
+                     curve=curve)
     except _bus.WorkerError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(report) if as_json else format_table(report))

@@ -29,12 +29,13 @@ DEFAULT_PAYLOADS = (188, 1500, 16384, 65536)
 
 
 def run(payloads: tuple[int, ...], subscribers: int, duration_s: float, repeats: int, burst: int,
-        progress: Any = None) -> dict[str, Any]:
+        progress: Any = None, curve: bool = False) -> dict[str, Any]:
     results = []
+    impls = ("mesh", "curve", "raw", "rawcurve") if curve else ("mesh", "raw")
     for size in payloads:
-        runs: dict[str, list[dict[str, Any]]] = {"mesh": [], "raw": []}
+        runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
         for r in range(repeats):
-            order = ("mesh", "raw") if r % 2 == 0 else ("raw", "mesh")  # neither always goes first
+            order = impls if r % 2 == 0 else impls[::-1]  # none always goes first
             for impl in order:
                 trial = _bus.run_trial(impl, subscribers, duration_s=duration_s, size=size,
                                        hwm=_bus.hwm_for(impl, size, burst), burst=burst)
@@ -80,6 +81,12 @@ def summarise(size: int, subscribers: int, runs: dict[str, list[dict[str, Any]]]
         if all(t["background_cpu"] is not None for t in runs["mesh"] + runs["raw"]) else None
     raw = out["raw_msgs_per_s"]
     out["ratio"] = out["mesh_msgs_per_s"] / raw if raw else 0.0
+    if runs.get("curve"):  # the cost of CURVE: paired ratios against plaintext mesh and raw
+        out["curve_ratio"] = out["curve_msgs_per_s"] / raw if raw else 0.0
+        out["curve_vs_mesh"] = out["curve_msgs_per_s"] / out["mesh_msgs_per_s"] if out["mesh_msgs_per_s"] else 0.0
+        out["rawcurve_ratio"] = out["rawcurve_msgs_per_s"] / raw if raw else 0.0
+        out["curve_paired_vs_mesh"] = [c["msgs_per_s"] / m["msgs_per_s"] if m["msgs_per_s"] else 0.0
+                                       for c, m in zip(runs["curve"], runs["mesh"])]
     return out
 
 
@@ -90,18 +97,22 @@ def format_table(report: dict[str, Any]) -> str:
         (f"bus throughput: 1 publisher -> {subs} subscriber process(es) on 127.0.0.1; "
          f"{report['duration_s']:g} s per trial, median of {report['repeats']}; nproc {report['nproc']}; "
          f"mesh pushes {report['burst']} units per loop tick"),
-        (f"{'payload B':>9} {'impl':<5}{'msgs/s':>11}{'MB/s':>9}{'delivered':>11}{'lost':>10}"
+        (f"{'payload B':>9} {'impl':<9}{'msgs/s':>11}{'MB/s':>9}{'delivered':>11}{'lost':>10}"
          f"{'p50 ms':>9}{'p99 ms':>9}{'sender msgs/s':>15}"),
     ]
     for r in rows:
-        for impl in ("mesh", "raw"):
+        for impl in ("mesh", "curve", "raw", "rawcurve") if "curve_ratio" in r else ("mesh", "raw"):
             lines.append(
-                f"{r['payload_bytes']:>9} {impl:<5}{r[f'{impl}_msgs_per_s']:>11,.0f}"
+                f"{r['payload_bytes']:>9} {impl:<9}{r[f'{impl}_msgs_per_s']:>11,.0f}"
                 f"{r[f'{impl}_mb_per_s']:>9,.1f}{r[f'{impl}_delivered_ratio'] * 100:>10.2f}%"
                 f"{r[f'{impl}_lost']:>10,}{r[f'{impl}_p50_ms']:>9.1f}{r[f'{impl}_p99_ms']:>9.1f}"
                 f"{r[f'{impl}_sender_msgs_per_s']:>15,.0f}")
         lines.append(f"{'':>9} ratio mesh/raw {r['ratio']:.2f}  "
                      f"(mesh: {r['mesh_units_per_zmq_message']:.1f} units per ZeroMQ message)")
+        if "curve_ratio" in r:
+            lines.append(f"{'':>9} ratio curve/raw {r['curve_ratio']:.2f}, curve/mesh {r['curve_vs_mesh']:.2f} "
+                         f"(CURVE encryption costs {(1 - r['curve_vs_mesh']) * 100:.0f} %; "
+                         f"libzmq alone: rawcurve/raw {r['rawcurve_ratio']:.2f})")
     lines.append("msgs/s and MB/s: delivered per subscriber per second of receiving; p50/p99: "
                  "publish-to-receive latency under saturation (queueing included)")
     return "\n".join(lines)
@@ -131,14 +142,16 @@ def _sizes(values: tuple[str, ...]) -> tuple[int, ...]:
               help="trials per payload and implementation (medians are reported)")
 @click.option("--burst", type=click.IntRange(1, 100_000), default=64, show_default=True,
               help="access units the mesh publisher pushes per event-loop tick")
+@click.option("--curve", is_flag=True,
+              help="also run the bus with CURVE on (bus_security = \"curve\") in the same run")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def command(payloads: tuple[str, ...], subscribers: int, duration: float, repeats: int, burst: int,
-            as_json: bool) -> None:
+            curve: bool, as_json: bool) -> None:
     """Bus messages/s and MB/s vs raw pyzmq PUB/SUB, with loss and latency."""
     sizes = _sizes(payloads)
     try:
         report = run(sizes, subscribers, duration, repeats, burst,
-                     progress=lambda line: click.echo(line, err=True))
+                     progress=lambda line: click.echo(line, err=True), curve=curve)
     except _bus.WorkerError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(report) if as_json else format_table(report))

@@ -68,6 +68,9 @@ class NodeConfig:
     origin_silence_s: float = 4.0  # an edge re-resolves a stream silent for this long
     edge_idle_unsubscribe_s: float = 30.0
     edge_packetise_workers: int = 2  # threads cutting segments off the event loop (0 = on the loop)
+    # "curve": the bus is encrypted and origins admit only registered, alive nodes (ZAP);
+    # "none": plaintext and open to anyone who reaches the ports (benchmarks, private networks).
+    bus_security: str = "curve"
     # ingest
     max_publishers: int = 500
     rtmp_max_message_bytes: int = 8 << 20
@@ -189,6 +192,8 @@ class NodeConfig:
             if getattr(self, name) and not self.cluster_secret:
                 raise bad(name, "needs cluster_secret to check tokens with: set it in the config "
                           "file, MESH_CLUSTER_SECRET or --cluster-secret-file")
+        if self.bus_security not in ("curve", "none"):
+            raise bad("bus_security", f"{self.bus_security!r} is not one of curve, none")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise bad("log_level", "use debug, info, warning or error")
         return self

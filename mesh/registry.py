@@ -73,6 +73,7 @@ class NodeInfo:
     snapshot_endpoint: str = ""
     rtmp_url: str = ""
     version: str = ""
+    bus_public_key: str = ""  # the node's CURVE public key (Z85); "" with bus_security = "none"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -185,7 +186,8 @@ class Registry:
         doc = {
             "role": info.role, "host": info.host, "http_url": info.http_url,
             "bus_endpoint": info.bus_endpoint, "snapshot_endpoint": info.snapshot_endpoint,
-            "rtmp_url": info.rtmp_url, "version": info.version, "stopped": False, **info.extra,
+            "rtmp_url": info.rtmp_url, "version": info.version, "bus_public_key": info.bus_public_key,
+            "stopped": False, **info.extra,
         }
         await self.nodes.update_one(
             {"_id": info.node_id},
@@ -227,6 +229,15 @@ class Registry:
         cursor = self.nodes.find({"last_seen": {"$gte": cutoff}, "stopped": {"$ne": True}}, {"_id": 1})
         return {doc["_id"] for doc in await cursor.to_list(None)}
 
+    async def alive_bus_keys(self) -> set[str]:
+        """The bus public keys (Z85) of alive nodes: who an origin's bus admits."""
+        now = await self.server_time()
+        cutoff = now - dt.timedelta(seconds=self.node_dead_after_s)
+        cursor = self.nodes.find({"last_seen": {"$gte": cutoff}, "stopped": {"$ne": True}},
+                                 {"bus_public_key": 1})
+        return {doc["bus_public_key"] for doc in await cursor.to_list(None)
+                if isinstance(doc.get("bus_public_key"), str) and doc["bus_public_key"]}
+
     async def get_node(self, node_id: str) -> NodeView | None:
         doc = await self.nodes.find_one({"_id": node_id})
         return self._judge(doc, await self.server_time()) if doc else None
@@ -266,6 +277,7 @@ class Registry:
             "origin_node": node.node_id,
             "bus_endpoint": node.bus_endpoint,
             "snapshot_endpoint": node.snapshot_endpoint,
+            "bus_public_key": node.bus_public_key,  # what edges authenticate this origin with
             "renditions": list(renditions),
             "epoch": {"$add": [prior_epoch, 1]},
             "media_sequence": {"$ifNull": ["$media_sequence", 0]},

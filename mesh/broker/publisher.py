@@ -4,7 +4,15 @@
   loses messages (it sees a ``seq`` gap) and never slows the origin or the other subscribers.
 - XPUB (verbose) tells us when a subscription arrives; we greet it at once with a heartbeat on
   the topic, which is how an edge knows its subscription is active and may ask for a snapshot.
-- The ROUTER socket answers snapshot requests from each channel's :class:`SnapshotWindow`.
+- The ROUTER socket answers snapshot requests from each channel's :class:`SnapshotWindow`, within
+  the bounds of :class:`~.snapshots.SnapshotQueue` (one reply in flight per peer, a cap on all
+  replies in flight). Replies to peers whose queue is full are dropped and counted
+  (``ROUTER_MANDATORY`` with non-blocking sends); a TCP user timeout cuts peers that stop
+  reading, and large replies live in anonymous memory maps, so their memory goes back to the
+  system when ZeroMQ lets go of them.
+- With ``curve`` (a :class:`~.keys.KeyPair`) both sockets are CURVE servers and a ZAP handler
+  (:mod:`.zap`) admits only the keys ``allowed_keys`` returns (the registry's alive nodes) and
+  our own.
 
 Entries pushed in one event-loop tick are sent as one batch per topic at the end of the tick, so
 bursts cost one ZeroMQ send instead of many and nothing waits longer than the current tick.
@@ -15,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+import mmap
 from typing import Any
 
 import msgpack
@@ -23,8 +32,11 @@ import zmq.asyncio
 
 from .. import metrics
 from . import wire
+from .keys import KeyPair
+from .snapshots import QUEUED, SnapshotQueue
 from .wire import CONFIG, EOS, FLAG_SEG_START, HEARTBEAT, MEDIA, Entry
 from .window import SnapshotWindow
+from .zap import KeyGate, KeyProvider, ZapHandler
 
 log = logging.getLogger("mesh.bus")
 
@@ -34,6 +46,11 @@ ZERO_COPY_MIN_BYTES = 64 << 10  # payload frames at least this large are sent wi
 _SNDMORE = int(zmq.SNDMORE)
 _zsend = zmq.backend.Socket.send  # the Cython send, without the sugar layer's per-call work
 SNAPSHOT_REQUEST_MAX_BYTES = 4096
+SNAPSHOT_SNDHWM = 4  # replies queued per peer in ZeroMQ before sends to it fail (and are dropped)
+SNAPSHOT_STALL_S = 0.5  # a reply not handed to the kernel in this time: the peer does not read
+SNAPSHOT_CUT_S = 5.0  # TCP user timeout: a peer leaving our data unread this long is disconnected
+SNAPSHOT_REAP_S = 0.02  # how often replies in flight are checked while there are any
+MMAP_MIN_BYTES = 128 << 10  # replies at least this large are built in an anonymous memory map
 
 
 def snapshot_reply(ok: bool, topic: bytes, first_seq: int = 0, last_seq: int = -1, epoch: int = 0,
@@ -129,8 +146,23 @@ class BusPublisher:
     def __init__(self, ctx: zmq.asyncio.Context, *, bind: str = "127.0.0.1", port: int = 0,
                  snapshot_port: int = 0, advertise_host: str = "127.0.0.1", hwm: int = 20_000,
                  window_segments: int = 6, window_bytes: int = 64 << 20,
-                 heartbeat_interval_s: float = 1.0):
+                 heartbeat_interval_s: float = 1.0, curve: KeyPair | None = None,
+                 allowed_keys: KeyProvider | None = None, snapshot_max_inflight: int = 8,
+                 snapshot_max_inflight_bytes: int = 64 << 20, snapshot_max_peers: int = 256,
+                 snapshot_stall_s: float = SNAPSHOT_STALL_S):
         self.ctx = ctx
+        self.curve = curve
+        self.allowed_keys = allowed_keys
+        self.gate: KeyGate | None = None
+        self._zap: ZapHandler | None = None
+        self._zap_domain = f"mesh-bus-{id(self):x}".encode()
+        self.snapshot_stall_s = snapshot_stall_s
+        self._snapq = SnapshotQueue(max_peers=snapshot_max_peers, max_inflight=snapshot_max_inflight,
+                                    max_inflight_bytes=snapshot_max_inflight_bytes,
+                                    stall_s=snapshot_stall_s)
+        self._inflight: dict[bytes, Any] = {}  # peer -> zmq.MessageTracker of its reply
+        self._reaping = False
+        self._reaper: asyncio.Task[None] | None = None
         self.bind, self.port, self.snapshot_port = bind, port, snapshot_port
         self.advertise_host = advertise_host
         self.hwm = hwm
@@ -146,27 +178,49 @@ class BusPublisher:
         self.entries_sent = 0
         self.snapshots_served = 0
         _publishers.add(self)
+        self.snapshots_dropped = 0  # requests or replies dropped by the bounds (also counted)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        if self.curve is not None:
+            # The ZAP handler is bound before any CURVE server: libzmq admits everyone otherwise.
+            self.gate = KeyGate([self.curve.public])
+            self._zap = ZapHandler.acquire(self.ctx, self._zap_domain, self.gate, self.allowed_keys)
+            await self._zap.refresh(self._zap_domain)
         self._xpub = self.ctx.socket(zmq.XPUB)
+        self._secure(self._xpub)
         self._xpub.setsockopt(zmq.SNDHWM, self.hwm)
         self._xpub.setsockopt(zmq.LINGER, 0)
         self._xpub.setsockopt(zmq.XPUB_VERBOSE, 1)
         self.port = self._bind(self._xpub, self.port)
         self._router = self.ctx.socket(zmq.ROUTER)
-        self._router.setsockopt(zmq.SNDHWM, 64)
+        self._secure(self._router)
+        self._router.setsockopt(zmq.SNDHWM, SNAPSHOT_SNDHWM)
         self._router.setsockopt(zmq.RCVHWM, 256)
         self._router.setsockopt(zmq.LINGER, 0)
         self._router.setsockopt(zmq.MAXMSGSIZE, SNAPSHOT_REQUEST_MAX_BYTES)
+        self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full or gone peer: an error, not a silent drop
+        # TCP_USER_TIMEOUT on Linux: a peer that leaves our data unread (zero window) this long is cut.
+        self._router.setsockopt(zmq.TCP_MAXRT, int(SNAPSHOT_CUT_S * 1000))
+        self._router.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+        self._router.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
         self.snapshot_port = self._bind(self._router, self.snapshot_port)
-        # A blocking twin of the XPUB for sends from the loop thread without per-send futures.
+        # Blocking twins of both sockets for sends from the loop thread without per-send futures.
         self._sender = zmq.Socket.shadow(self._xpub.underlying)
+        self._router_sender = zmq.Socket.shadow(self._router.underlying)
         self._tasks = [asyncio.create_task(self._serve_subscriptions(), name="bus-xpub"),
                        asyncio.create_task(self._serve_snapshots(), name="bus-snapshots"),
                        asyncio.create_task(self._heartbeats(), name="bus-heartbeats")]
-        log.info("bus publishing on %s, snapshots on %s", self.endpoint, self.snapshot_endpoint)
+        log.info("bus publishing on %s, snapshots on %s (%s)", self.endpoint, self.snapshot_endpoint,
+                 "CURVE, registered nodes only" if self.curve else "PLAINTEXT, open to anyone")
+
+    def _secure(self, sock: zmq.Socket) -> None:
+        if self.curve is None:
+            return
+        sock.setsockopt(zmq.ZAP_DOMAIN, self._zap_domain)
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, self.curve.secret)
 
     def _bind(self, sock: zmq.Socket, port: int) -> int:
         if port:
@@ -184,12 +238,17 @@ class BusPublisher:
 
     async def stop(self) -> None:
         self.flush()
-        for task in self._tasks:
+        tasks = self._tasks + ([self._reaper] if self._reaper is not None else [])
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks, self._reaper = [], None
         self._xpub.close(linger=0)
         self._router.close(linger=0)
+        self._inflight.clear()
+        if self._zap is not None:
+            await self._zap.release(self._zap_domain)
+            self._zap = None
 
     # -- channels --------------------------------------------------------------------------
     def open_channel(self, stream_id: str, rendition: str, epoch: int) -> Channel:
@@ -257,21 +316,31 @@ class BusPublisher:
     async def _serve_snapshots(self) -> None:
         while True:
             frames = await self._router.recv_multipart()
-            try:
-                reply = self._answer_snapshot(frames)
-            except wire.WireError as exc:
-                metrics.reject("bus", exc.reason, "snapshot request: %s", exc)
-                ident = frames[0] if frames else b""
-                reply = [ident, b"", snapshot_reply(False, b"", error=str(exc))]
-            try:
-                self._router.send_multipart(reply, flags=zmq.NOBLOCK, copy=False)
-            except zmq.ZMQError:
-                pass  # the requester went away or is not reading; it will retry
+            self._take_request(frames)
+            self._pump()
 
-    def _answer_snapshot(self, frames: list[bytes]) -> list[Any]:
+    def _take_request(self, frames: list[bytes]) -> None:
+        ident = frames[0]
+        try:
+            topic = self._parse_request(frames)
+        except wire.WireError as exc:
+            metrics.reject("bus", exc.reason, "snapshot request: %s", exc)
+            self._send_small([ident, b"", snapshot_reply(False, b"", error=str(exc))])
+            return
+        if topic not in self.channels:
+            self._send_small([ident, b"", snapshot_reply(False, topic, error="no such stream on this origin")])
+            return
+        verdict = self._snapq.request(ident, topic)
+        if verdict != QUEUED:
+            self.snapshots_dropped += 1
+            metrics.reject("bus", "snapshot_" + verdict, "snapshot request for %r dropped (%s)",
+                           topic, verdict)
+
+    @staticmethod
+    def _parse_request(frames: list[bytes]) -> bytes:
         if len(frames) != 3 or frames[1] != b"":
             raise wire.WireError("snapshot", "snapshot request is not [identity, '', request]")
-        ident, _, body = frames
+        body = frames[2]
         try:
             request = msgpack.unpackb(body, raw=False, max_bin_len=512, max_str_len=512,
                                       max_array_len=8, max_map_len=8)
@@ -282,15 +351,68 @@ class BusPublisher:
             raise wire.WireError("snapshot", "snapshot request lacks v/t")
         topic = request["t"]
         wire.parse_topic(topic)
-        channel = self.channels.get(topic)
-        if channel is None:
-            return [ident, b"", snapshot_reply(False, topic, error="no such stream on this origin")]
-        first, last, entries = channel.snapshot()
-        self.snapshots_served += 1
-        head = snapshot_reply(True, topic, first, last, channel.epoch)
-        if not entries:
-            return [ident, b"", head]
-        return [ident, b"", head, *wire.encode(topic, channel.epoch, entries)]
+        return topic
+
+    def _send_small(self, frames: list[Any]) -> bool:
+        """A short reply without waiting; dropped (and counted) if the peer is full or gone."""
+        try:
+            self._router_sender.send_multipart(frames, flags=zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError as exc:  # EAGAIN: its queue is full; EHOSTUNREACH: it went away
+            self.snapshots_dropped += 1
+            metrics.reject("bus", "snapshot_unread", "reply dropped: %s", exc)
+            return False
+
+    def _pump(self) -> None:
+        """Answer waiting requests while the bounds allow."""
+        q = self._snapq
+        while (pick := q.next()) is not None:
+            ident, topic = pick
+            channel = self.channels.get(topic)
+            if channel is None:
+                self._send_small([ident, b"", snapshot_reply(False, topic, error="no such stream on this origin")])
+                continue
+            first, last, entries = channel.snapshot()
+            head = snapshot_reply(True, topic, first, last, channel.epoch)
+            if not entries:
+                self._send_small([ident, b"", head])
+                continue
+            payload, size = _joined(entries)
+            frames = [ident, b"", head, topic, wire.encode_header(channel.epoch, entries), payload]
+            try:
+                tracker = self._router_sender.send_multipart(frames, flags=zmq.NOBLOCK, copy=False,
+                                                             track=True)
+            except zmq.ZMQError as exc:
+                self.snapshots_dropped += 1
+                metrics.reject("bus", "snapshot_unread", "snapshot of %r not sent: %s", topic, exc)
+                if exc.errno == zmq.EHOSTUNREACH:
+                    q.forget(ident)
+                continue
+            self.snapshots_served += 1
+            q.started(ident, size, self._loop.time() if self._loop else 0.0)
+            self._inflight[ident] = tracker
+        if self._inflight and not self._reaping:
+            self._reaping = True
+            self._reaper = asyncio.get_running_loop().create_task(self._reap(), name="bus-snapshot-reaper")
+
+    async def _reap(self) -> None:
+        """While replies are in flight: free the slots of those ZeroMQ let go of, note stalls."""
+        try:
+            while self._inflight:
+                await asyncio.sleep(SNAPSHOT_REAP_S)
+                for ident, tracker in list(self._inflight.items()):
+                    if tracker.done:
+                        del self._inflight[ident]
+                        self._snapq.finished(ident)
+                for ident in self._snapq.check_stalls(asyncio.get_running_loop().time()):
+                    metrics.reject("bus", "snapshot_stalled", "a snapshot peer stopped reading")
+                self._pump()
+        finally:
+            self._reaping = False
+
+    @property
+    def snapshot_inflight_bytes(self) -> int:
+        return self._snapq.inflight_bytes
 
     async def _heartbeats(self) -> None:
         while True:
@@ -303,3 +425,17 @@ class BusPublisher:
 _publishers: "weakref.WeakSet[BusPublisher]" = weakref.WeakSet()
 metrics.BUS_SENT.add_source(lambda: sum(p.messages_sent for p in list(_publishers)))
 metrics.BUS_SENT_ENTRIES.add_source(lambda: sum(p.entries_sent for p in list(_publishers)))
+def _joined(entries: list[Entry]) -> tuple[Any, int]:
+    """The entries' payloads in one buffer: bytes when small, else an anonymous memory map (its
+    memory returns to the system when the last reference goes, heap fragmentation or not)."""
+    size = sum(len(e.payload) for e in entries)
+    if size < MMAP_MIN_BYTES:
+        return b"".join([e.payload for e in entries]), size
+    buf = mmap.mmap(-1, size)
+    view = memoryview(buf)
+    pos = 0
+    for e in entries:
+        n = len(e.payload)
+        view[pos:pos + n] = e.payload
+        pos += n
+    return view, size

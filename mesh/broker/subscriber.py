@@ -4,6 +4,11 @@ A :class:`Link` connects to one origin (its PUB endpoint and its snapshot endpoi
 subscribed on it gets a :class:`Subscription` holding a :class:`TopicTracker`. Frames are drained
 without an ``await`` per message; malformed frames are dropped and counted. Deliveries go to the
 subscription's sink synchronously, in order.
+
+With a key pair (``curve``), both sockets of a link are CURVE clients of the origin's public key
+(from the stream's registry document). libzmq gives up on an endpoint whose server refused the
+handshake (our key not admitted yet: we registered a moment ago); a monitor on each socket sees
+that and connects again after a short, growing pause.
 """
 from __future__ import annotations
 
@@ -17,8 +22,11 @@ import msgpack
 import zmq
 import zmq.asyncio
 
+from zmq.utils.monitor import parse_monitor_message
+
 from .. import metrics
 from . import wire
+from .keys import KeyPair, is_z85_key
 from .tracker import Delivery, Gap, TopicTracker
 
 log = logging.getLogger("mesh.bus")
@@ -27,6 +35,14 @@ DRAIN_BATCH = 512
 _zrecv = zmq.backend.Socket.recv  # the Cython calls, without the sugar layer's per-call work
 _NOBLOCK = int(zmq.NOBLOCK)
 RECOVERY_INTERVAL_S = 5.0  # at most one gap-repair snapshot per topic in this time
+AUTH_RETRY_FIRST_S = 0.2  # first pause before connecting again after a refused handshake...
+AUTH_RETRY_MAX_S = 5.0  # ... doubling up to this
+_HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+
+
+class BusSecurityError(RuntimeError):
+    """The bus cannot be secured as configured; the message says what to do."""
 
 
 class Subscription:
@@ -82,15 +98,19 @@ class Subscription:
 class Link:
     """A connection to one origin."""
 
-    def __init__(self, subscriber: "BusSubscriber", bus_endpoint: str, snapshot_endpoint: str):
+    def __init__(self, subscriber: "BusSubscriber", bus_endpoint: str, snapshot_endpoint: str,
+                 server_key: bytes | None = None):
         self.subscriber = subscriber
         self.bus_endpoint = bus_endpoint
         self.snapshot_endpoint = snapshot_endpoint
+        self.server_key = server_key
+        self.auth_refusals = 0
         ctx = subscriber.ctx
         # A plain (blocking-API) socket of the process's context, read only in this loop and
         # never blocking: the loop watches its FD and calls _drain, with no future or task per
         # wake-up (zmq.asyncio's machinery costs far more than the message on a busy edge).
         self.sub = zmq.Socket(ctx, zmq.SUB)
+        self._secure(self.sub)
         self.sub.setsockopt(zmq.RCVHWM, subscriber.rcvhwm)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.MAXMSGSIZE, wire.MAX_PAYLOAD_BYTES + wire.MAX_HEADER_BYTES)
@@ -101,11 +121,61 @@ class Link:
         self._fd = self.sub.getsockopt(zmq.FD)
         self._loop.add_reader(self._fd, self._drain)
         self.dealer = ctx.socket(zmq.DEALER)
+        self._secure(self.dealer)
         self.dealer.setsockopt(zmq.LINGER, 0)
         self.dealer.connect(snapshot_endpoint)
         self.subs: dict[bytes, Subscription] = {}
         self._replies: dict[bytes, asyncio.Future[list[bytes]]] = {}
         self._tasks = [asyncio.create_task(self._recv_snapshots(), name=f"bus-snap-{bus_endpoint}")]
+        if server_key is not None:
+            self._tasks += [asyncio.create_task(self._watch(self.sub, bus_endpoint), name="bus-watch-sub"),
+                            asyncio.create_task(self._watch(self.dealer, snapshot_endpoint),
+                                                name="bus-watch-snap")]
+
+    def _secure(self, sock: zmq.Socket) -> None:
+        curve = self.subscriber.curve
+        if curve is None or self.server_key is None:
+            return
+        sock.setsockopt(zmq.CURVE_SERVERKEY, self.server_key)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, curve.public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, curve.secret)
+        # Must be set before connect, so the monitor sees the first handshake too.
+        sock.get_monitor_socket(_HANDSHAKE_EVENTS)
+
+    async def _watch(self, sock: zmq.Socket, endpoint: str) -> None:
+        """Connect again after the origin refused our handshake (libzmq would not)."""
+        mon = sock.get_monitor_socket(_HANDSHAKE_EVENTS)  # the one _secure made
+        pause = AUTH_RETRY_FIRST_S
+        try:
+            while True:
+                event = parse_monitor_message(await mon.recv_multipart())["event"]
+                if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                    if pause > AUTH_RETRY_FIRST_S:
+                        log.info("origin %s admitted this node on the bus", endpoint)
+                    pause = AUTH_RETRY_FIRST_S
+                    continue
+                self.auth_refusals += 1
+                metrics.reject("bus", "auth_refused", "origin %s refused our handshake", endpoint)
+                (log.warning if pause == AUTH_RETRY_FIRST_S else log.debug)(
+                    "origin %s refused this node's bus handshake (%s); our key is admitted once the "
+                    "registry lists this node alive: connecting again in %.1f s", endpoint,
+                    "key not admitted" if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH else "protocol",
+                    pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, AUTH_RETRY_MAX_S)
+                if self._closed:
+                    return
+                try:
+                    sock.disconnect(endpoint)
+                except zmq.ZMQError:
+                    pass  # already gone from libzmq's list
+                sock.connect(endpoint)
+        finally:
+            try:
+                sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            mon.close(linger=0)
 
     def add(self, topic: bytes, sink: Callable[[list[Delivery]], None]) -> Subscription:
         if topic in self.subs:
@@ -267,8 +337,10 @@ class BusSubscriber:
     """All of an edge's links, keyed by origin endpoint."""
 
     def __init__(self, ctx: zmq.asyncio.Context, *, rcvhwm: int = 100_000,
-                 snapshot_timeout_s: float = 2.0, snapshot_retries: int = 3):
+                 snapshot_timeout_s: float = 2.0, snapshot_retries: int = 3,
+                 curve: KeyPair | None = None):
         self.ctx = ctx
+        self.curve = curve
         wire.load_kernels()  # load the header kernel now, not on the first message
         self.rcvhwm = rcvhwm
         self.snapshot_timeout_s = snapshot_timeout_s
@@ -279,17 +351,39 @@ class BusSubscriber:
         _subscribers.add(self)
 
     def subscribe(self, bus_endpoint: str, snapshot_endpoint: str, stream_id: str, rendition: str,
-                  sink: Callable[[list[Delivery]], None]) -> Subscription:
+                  sink: Callable[[list[Delivery]], None],
+                  server_key: bytes | str | None = None) -> Subscription:
+        """Subscribe to one topic of the origin at ``bus_endpoint``. With a key pair of our own,
+        ``server_key`` (the origin's public key, Z85) is required: raises
+        :class:`BusSecurityError` without one rather than reading the stream in plaintext."""
+        key = self._server_key(bus_endpoint, server_key)
         link = self.links.get(bus_endpoint)
+        if link is not None and link.server_key != key:  # another node at that address now
+            link = None
         if link is None:
-            link = self.links[bus_endpoint] = Link(self, bus_endpoint, snapshot_endpoint)
+            link = self.links[bus_endpoint] = Link(self, bus_endpoint, snapshot_endpoint, key)
         return link.add(wire.topic_for(stream_id, rendition), sink)
+
+    def _server_key(self, endpoint: str, server_key: bytes | str | None) -> bytes | None:
+        if self.curve is None:
+            return None
+        if not server_key:
+            raise BusSecurityError(
+                f"the origin at {endpoint} advertises no bus public key (it runs with "
+                f"bus_security = \"none\"?); this node uses CURVE and will not read plaintext: "
+                f"set the same bus_security on every node of the cluster")
+        key = server_key.encode("ascii", "replace") if isinstance(server_key, str) else server_key
+        if not is_z85_key(key):
+            raise BusSecurityError(f"the bus public key registered for {endpoint} is not a "
+                                   f"40-character Z85 CURVE key")
+        return key
 
     async def unsubscribe(self, sub: Subscription) -> None:
         link = sub.link
         link.remove(sub)
-        if not link.subs and self.links.get(link.bus_endpoint) is link:
-            del self.links[link.bus_endpoint]
+        if not link.subs:
+            if self.links.get(link.bus_endpoint) is link:
+                del self.links[link.bus_endpoint]
             await link.close()
 
     async def stop(self) -> None:

@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Any, Callable, Protocol
 
+from ..broker.subscriber import BusSecurityError
 from ..broker.tracker import Delivery
 from ..errors import NotFound, Unavailable
 from ..registry import BROADCASTING, CREATED, FINISHED
@@ -32,7 +33,7 @@ class Directory(Protocol):
 
 class Bus(Protocol):
     def subscribe(self, bus_endpoint: str, snapshot_endpoint: str, stream_id: str, rendition: str,
-                  sink: Callable[[list[Delivery]], None]) -> Any: ...
+                  sink: Callable[[list[Delivery]], None], server_key: str | None = None) -> Any: ...
 
     async def unsubscribe(self, sub: Any) -> None: ...
 
@@ -81,6 +82,7 @@ class EdgeStream:
         self.origin = ""
         self.bus_endpoint = ""
         self.snapshot_endpoint = ""
+        self.server_key: str | None = None
         self.epoch = 0
         self._checked = time.monotonic()  # when the registry was last asked about a silence
 
@@ -140,8 +142,12 @@ class EdgeStream:
         return r
 
     def _subscribe(self, r: Rendition) -> None:
-        r.sub = self._bus.subscribe(self.bus_endpoint, self.snapshot_endpoint, self.stream_id, r.name,
-                                    r.window.feed)
+        try:
+            r.sub = self._bus.subscribe(self.bus_endpoint, self.snapshot_endpoint, self.stream_id, r.name,
+                                        r.window.feed, self.server_key)
+        except BusSecurityError as exc:  # an origin without a bus key, to a CURVE edge
+            raise Unavailable(f"stream {self.stream_id} cannot be read from its origin: {exc}",
+                              "bus_security") from None
 
     # -- following the origin ----------------------------------------------------------------
     def follow(self, doc: dict[str, Any]) -> None:
@@ -151,11 +157,17 @@ class EdgeStream:
         self.bus_endpoint = str(doc.get("bus_endpoint", ""))
         self.snapshot_endpoint = str(doc.get("snapshot_endpoint", ""))
         self.epoch = int(doc.get("epoch", 0))
+        key = doc.get("bus_public_key")
+        self.server_key = key if isinstance(key, str) and key else None
         loop = asyncio.get_running_loop()
         for r in self.renditions.values():
             if r.sub is not None:
                 loop.create_task(self._bus.unsubscribe(r.sub))
-            self._subscribe(r)
+                r.sub = None
+            try:
+                self._subscribe(r)
+            except Unavailable as exc:
+                log.warning("%s", exc.message)
 
     async def leave(self, name: str | None = None) -> None:
         """Unsubscribe one rendition, or all of them."""

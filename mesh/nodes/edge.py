@@ -12,6 +12,7 @@ from typing import Any
 import zmq.asyncio
 from aiohttp import web
 
+from ..broker.keys import node_keys
 from ..broker.subscriber import BusSubscriber
 from ..config import NodeConfig
 from .. import tokens
@@ -19,6 +20,7 @@ from ..hls.routes import HlsRoutes, PlayCheck
 from ..hls.stream import Directory
 from ..hls.streams import EdgeStreams, HlsSettings
 from ..http.app import HttpServer
+from ..registry import NodeInfo
 
 
 def hls_settings(cfg: NodeConfig) -> HlsSettings:
@@ -46,8 +48,11 @@ class EdgePart:
     name = "edge"
 
     def __init__(self, cfg: NodeConfig, directory: Directory, ctx: zmq.asyncio.Context,
-                 app: web.Application, http: HttpServer):
-        self.bus = BusSubscriber(ctx)
+                 app: web.Application, http: HttpServer, info: NodeInfo):
+        keys = node_keys(cfg.bus_security, cfg.data_dir, info.node_id)
+        if keys is not None and not info.bus_public_key:
+            info.bus_public_key = keys.public.decode()
+        self.bus = BusSubscriber(ctx, curve=keys)
         self.streams = EdgeStreams(hls_settings(cfg), directory, self.bus)
         self.routes = HlsRoutes(self.streams, cfg.app, play_check(cfg))
         self.routes.install(app, http)

@@ -15,6 +15,7 @@ from typing import Any
 import zmq.asyncio
 
 from .. import metrics, tokens
+from ..broker.keys import node_keys
 from ..broker.publisher import BusPublisher
 from ..config import NodeConfig
 from ..ingest.adoption import Adopter
@@ -37,10 +38,13 @@ class OriginPart:
         self.registry = registry
         self.info = info
         snapshot_port = cfg.snapshot_port or (cfg.bus_port + 1 if cfg.bus_port else 0)
+        keys = node_keys(cfg.bus_security, cfg.data_dir, info.node_id)
+        info.bus_public_key = keys.public.decode() if keys else ""
         self.bus = BusPublisher(
             ctx, bind=cfg.bind, port=cfg.bus_port, snapshot_port=snapshot_port,
             advertise_host=cfg.host, hwm=cfg.bus_hwm, window_segments=cfg.snapshot_segments,
-            window_bytes=cfg.snapshot_max_bytes, heartbeat_interval_s=cfg.stream_heartbeat_interval_s)
+            window_bytes=cfg.snapshot_max_bytes, heartbeat_interval_s=cfg.stream_heartbeat_interval_s,
+            curve=keys, allowed_keys=registry.alive_bus_keys)
         self.rtmp = RtmpServer(self, host=cfg.bind, port=cfg.rtmp_port, **server_limits(cfg))
         self.book = SequenceBook(registry, info.node_id)
         self.live: dict[str, LiveStream] = {}

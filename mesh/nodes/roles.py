@@ -27,5 +27,5 @@ def build_parts(role: str, shared: Shared) -> RoleParts:
     if role in ("edge", "standalone"):
         # standalone: the edge reads the origin over the same bus path a remote edge would, so
         # one code path serves both.
-        parts.append(EdgePart(shared.cfg, shared.registry, shared.zmq, shared.app, shared.http))
+        parts.append(EdgePart(shared.cfg, shared.registry, shared.zmq, shared.app, shared.http, shared.info))
     return RoleParts(parts, create_pull)
