@@ -309,7 +309,7 @@ def test_nothing_overtakes_bytes_the_transport_still_queues() -> None:
         site = Site()
         ours, peer = socket.socketpair()
         peer.setblocking(False)
-        conn = _FastConnection(site.server)
+        conn = _FastConnection(site.server, "127.0.0.1")
         transport = QueuedTransport(ours)
         conn.connection_made(transport)
         conn.data_received(get("/app/streams/seg000000001.ts"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import errno
 import json
 import logging
 import os
@@ -28,6 +29,9 @@ from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 
 from .. import metrics
+from .guarded import GuardedHandler
+from .limits import (ConnectionCounts, HttpLimits, LogBudget, connection_budget,
+                     raise_nofile_limit)
 
 log = logging.getLogger("mesh.http")
 
@@ -56,11 +60,23 @@ class HttpError(Exception):
         self.status, self.message, self.reason = status, message, reason
 
 
+BODY_TIMEOUT_S = web.AppKey("mesh_http_body_timeout_s", float)  # set by HttpServer
+
+
 @web.middleware
 async def errors_and_cors(request: web.Request, handler: Handler) -> web.StreamResponse:
     if len(request.query_string) > MAX_QUERY_BYTES:
         return json_error(414, f"query string longer than {MAX_QUERY_BYTES} bytes", "query")
     try:
+        if request.body_exists:  # read it here, in bounded time, so no handler waits on a slow body
+            timeout = request.app.get(BODY_TIMEOUT_S, HttpLimits.body_timeout_s)
+            try:
+                await asyncio.wait_for(request.read(), timeout)
+            except asyncio.TimeoutError:
+                response = json_error(408, f"request body not received within {timeout:g} s",
+                                      "body_timeout")
+                response.force_close()
+                return response
         response = await handler(request)
     except HttpError as exc:
         response = json_error(exc.status, exc.message, exc.reason)
@@ -88,7 +104,6 @@ def make_app() -> web.Application:
 
 FAST_MAX_HEAD = 8190  # longer request heads go to aiohttp (its line/field limit is 8190)
 FAST_MAX_FIELDS = 128  # aiohttp's max_headers
-KEEPALIVE_S = 3630.0  # idle keep-alive connections are closed after this (aiohttp's default)
 SMALL_BODY = 16 << 10  # bodies up to this go out in one write with their headers
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)  # headers wait for the body: one packet, not two
 
@@ -183,19 +198,26 @@ def _date_server_lines() -> bytes:
 
 
 class _FastConnection(asyncio.Protocol):
-    """One client connection while it only asks for fast routes; then aiohttp's, for good."""
+    """One client connection while it only asks for fast routes; then aiohttp's, for good.
 
-    def __init__(self, server: "HttpServer"):
+    One timer bounds it: the first request head is due ``header_timeout_s`` after the accept, a
+    started head ``header_timeout_s`` after its first byte, an idle keep-alive connection lasts
+    ``keepalive_s``, and so does a client that stops reading its answers. The timer is moved
+    only when a head is left incomplete, so a request that arrives whole costs no timer work."""
+
+    def __init__(self, server: "HttpServer", ip: str):
         self._server = server
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
         self._fd = -1
         self._sock: socket.socket | None = None  # our duplicate of the socket, for send() flags
-        self._remote = "?"
+        self._ip = self._remote = ip
         self._paused = False
-        self._last = 0.0
-        self._idle: asyncio.TimerHandle | None = None
+        self._served = False
+        self._last = 0.0  # the accept, the last request answered, or the last resume of writing
+        self._head_at: float | None = None  # when the incomplete head in _buf started
+        self._timer: asyncio.TimerHandle | None = None
 
     # -- asyncio callbacks -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -208,22 +230,27 @@ class _FastConnection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        peer = transport.get_extra_info("peername")
-        self._remote = str(peer[0]) if isinstance(peer, (tuple, list)) else str(peer or "?")
-        self._server._fast_connections.add(self)
+        self._server._opened(self)
         self._last = self._loop.time()
-        self._idle = self._loop.call_at(self._last + KEEPALIVE_S, self._check_idle)
+        self._timer = self._loop.call_at(self._deadline(), self._check_timer)
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
         if not self._paused:
             self._serve()
+        if self._buf and self._head_at is None and self._timer is not None:
+            self._head_at = self._loop.time()  # a head is incomplete: it is due soon
+            due = self._deadline()
+            if self._timer.when() > due:
+                self._timer.cancel()
+                self._timer = self._loop.call_at(due, self._check_timer)
 
     def eof_received(self) -> bool:
         return False  # close
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._forget()
+        self._server._closed(self)
 
     def pause_writing(self) -> None:
         # The client is not reading: stop reading its requests until it catches up.
@@ -233,6 +260,7 @@ class _FastConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused = False
+        self._last = self._loop.time()
         if self._transport is not None and not self._transport.is_closing():
             self._transport.resume_reading()
             self._serve()
@@ -259,6 +287,9 @@ class _FastConnection(asyncio.Protocol):
                 return
             del buf[:end + 4]
             self._last = self._loop.time()
+            self._served = True
+            self._head_at = None
+            self._server._touch(self)
             self._send(reply, request.close)
             if request.close:
                 transport.close()
@@ -307,51 +338,108 @@ class _FastConnection(asyncio.Protocol):
         if offset < size:
             transport.write(memoryview(body)[offset:])
 
+
     def _hand_over(self) -> None:
         """From now on aiohttp serves this connection, starting with the bytes we hold."""
         transport = self._transport
         assert transport is not None and self._server._aiohttp is not None
         self._forget()
-        handler = self._server._aiohttp()
+        handler = self._server._aiohttp_handler(self._ip)
+        self._server._replace(self, handler)
         transport.set_protocol(handler)
         handler.connection_made(transport)
         data, self._buf = bytes(self._buf), bytearray()
+        self._transport = None
         if data:
             handler.data_received(data)
 
-    def _check_idle(self) -> None:
-        due = self._last + KEEPALIVE_S
-        if self._loop.time() >= due:
-            self._idle = None
-            if self._transport is not None:
-                self._transport.close()
-        else:
-            self._idle = self._loop.call_at(due, self._check_idle)
+    # -- the timer -------------------------------------------------------------------------
+    def _deadline(self) -> float:
+        limits = self._server.limits
+        if self._paused:
+            return self._last + limits.keepalive_s
+        if self._buf:
+            return (self._head_at or self._last) + limits.header_timeout_s
+        return self._last + (limits.keepalive_s if self._served else limits.header_timeout_s)
+
+    def _check_timer(self) -> None:
+        self._timer = None
+        if self._transport is None:
+            return
+        due = self._deadline()
+        if self._loop.time() < due:
+            self._timer = self._loop.call_at(due, self._check_timer)
+            return
+        if self._paused:
+            metrics.reject("http", "send_timeout")
+        elif self._buf:
+            metrics.reject("http", "header_timeout")
+        elif not self._served:
+            metrics.reject("http", "idle_timeout")
+        self._transport.close()
+
+    # -- eviction (the server is full and needs room for a new connection) -----------------
+    def evictable(self) -> bool:
+        return self._transport is not None and not self._paused and not self._transport.is_closing()
+
+    def evict(self) -> None:
+        metrics.reject("http", "evicted")
+        if self._transport is not None:
+            self._transport.close()
 
     def _forget(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._sock is not None:
             self._sock.close()  # our duplicate only; the transport's socket stays open
             self._sock = None
-        self._server._fast_connections.discard(self)
 
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
 
 
-class HttpServer:
-    """Owns the aiohttp runner and its listening socket (and the fast path's connections)."""
+_RESOURCE_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_REFUSED = {
+    ConnectionCounts.PER_IP: (b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\n"
+                              b"Connection: close\r\n\r\n", "conn_per_ip"),
+    ConnectionCounts.FULL: (b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\n"
+                            b"Connection: close\r\n\r\n", "conn_full"),
+}
+ACCEPT_BATCH = 128  # connections accepted per wake-up of the listening socket
+EVICT_SCAN = 64  # oldest connections looked at for an idle one to close when full
+ACCEPT_BACKOFF_S = (0.05, 1.0)  # pause after accept() runs out of descriptors, doubling to the max
+LOG_EVERY_S = 10.0
 
-    def __init__(self, app: web.Application, host: str, port: int):
+
+class HttpServer:
+    """Owns the listening socket, every connection's admission and the aiohttp runner.
+
+    Connections are accepted here, not by asyncio's server, so that each one is counted per IP and
+    in total before it costs anything (see :mod:`mesh.http.limits`): over the per-IP cap it is
+    refused at once (429, closed); when the node is full the longest-idle connection that is not
+    in the middle of a request is closed to make room, else the new one is refused (503). When
+    accept() itself fails for want of descriptors the server pauses accepting (50 ms doubling to
+    1 s) and says so in one line per 10 s."""
+
+    def __init__(self, app: web.Application, host: str, port: int, limits: HttpLimits | None = None):
         self.app, self.host, self.port = app, host, port
+        self.limits = limits or HttpLimits()
+        app[BODY_TIMEOUT_S] = self.limits.body_timeout_s
         self._runner: web.AppRunner | None = None
-        self._server: asyncio.AbstractServer | None = None
         self._aiohttp: web.Server | None = None
+        self._handler_kwargs: dict[str, Any] = {}
         self._fast_routes: list[tuple[str, FastRoute]] = []
-        self._fast_connections: set[_FastConnection] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sock: socket.socket | None = None
+        self.counts = ConnectionCounts(0, 0, 0)
+        self._conns: dict[Any, None] = {}  # open connections, least recently active first
+        self._connecting: set[asyncio.Task[None]] = set()
+        self._backoff_s = 0.0
+        self._resume: asyncio.TimerHandle | None = None
+        self._accept_log = LogBudget(LOG_EVERY_S)
+        self._refuse_log = LogBudget(LOG_EVERY_S)
 
     def add_fast_get(self, prefix: str, route: FastRoute) -> None:
         """Serve ``GET {prefix}{name}`` (``name`` without ``/``) on the fast path when
@@ -370,26 +458,170 @@ class HttpServer:
         return None
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
-                                     shutdown_timeout=2.0)
+        limits = self.limits
+        nofile = raise_nofile_limit()
+        total, fd_ceiling = connection_budget(limits, nofile)
+        self.counts = ConnectionCounts(total, limits.max_connections_per_ip, fd_ceiling)
+        self._handler_kwargs = {"access_log": None, "keepalive_timeout": limits.keepalive_s}
+        self._runner = web.AppRunner(self.app, handle_signals=False, shutdown_timeout=2.0,
+                                     **self._handler_kwargs)
         await self._runner.setup()
         self._aiohttp = self._runner.server
-        assert self._aiohttp is not None
-        factory: Callable[[], asyncio.BaseProtocol] = self._aiohttp
-        if self._fast_routes:
-            factory = lambda: _FastConnection(self)  # noqa: E731
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(factory, self.host, self.port, reuse_address=True,
-                                                backlog=1024)
-        if self._server.sockets:  # port 0: learn the one the OS gave us
-            self.port = self._server.sockets[0].getsockname()[1]
+        self._loop = asyncio.get_running_loop()
+        self._sock = _listen(self.host, self.port)
+        self.port = self._sock.getsockname()[1]  # port 0: learn the one the OS gave us
+        self._loop.add_reader(self._sock.fileno(), self._accept)
+        log.info("http: at most %d connections (%d per IP; %d of %d descriptors kept for the rest), "
+                 "heads within %g s, keep-alive %g s", total, limits.max_connections_per_ip,
+                 nofile - fd_ceiling, nofile, limits.header_timeout_s, limits.keepalive_s)
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for conn in list(self._fast_connections):
-            conn.close()
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
+        if self._sock is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+        for task in list(self._connecting):
+            task.cancel()
+        for conn in list(self._conns):
+            if isinstance(conn, _FastConnection):
+                conn.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    @property
+    def connections(self) -> int:
+        return self.counts.total
+
+    # -- accepting -------------------------------------------------------------------------
+    def _accept(self) -> None:
+        sock, counts, loop = self._sock, self.counts, self._loop
+        assert sock is not None and loop is not None
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                self._accept_failed(exc)
+                return
+            self._backoff_s = 0.0
+            ip = str(addr[0]) if isinstance(addr, tuple) else str(addr or "?")
+            verdict = counts.admit(ip, conn.fileno())
+            if verdict == ConnectionCounts.FULL and self._evict_one():
+                verdict = ConnectionCounts.OK
+            if verdict != ConnectionCounts.OK:
+                self._refuse(conn, verdict)
+                continue
+            counts.add(ip)
+            task = loop.create_task(self._connect(conn, ip))
+            self._connecting.add(task)
+            task.add_done_callback(self._connecting.discard)
+
+    async def _connect(self, conn: socket.socket, ip: str) -> None:
+        assert self._loop is not None
+        made: list[asyncio.Protocol] = []
+
+        def factory() -> asyncio.Protocol:
+            proto: asyncio.Protocol = (_FastConnection(self, ip) if self._fast_routes
+                                       else self._aiohttp_handler(ip))
+            made.append(proto)
+            return proto
+        try:
+            conn.setblocking(False)
+            await self._loop.connect_accepted_socket(factory, conn)
+        except (OSError, asyncio.CancelledError):
+            if not made:  # else the protocol's connection_lost gives the slot back
+                self.counts.remove(ip)
+                conn.close()
+
+    def _refuse(self, conn: socket.socket, verdict: str) -> None:
+        answer, reason = _REFUSED[verdict]
+        metrics.reject("http", reason)
+        try:
+            conn.setblocking(False)
+            conn.send(answer)
+        except OSError:
+            pass
+        conn.close()
+        assert self._loop is not None
+        count = self._refuse_log.event(self._loop.time())
+        if count:
+            log.warning("refused %d HTTP connection(s) in the last %g s (at most %d per IP, %d in "
+                        "all; %d open); counted in mesh_bad_input_total", count, LOG_EVERY_S,
+                        self.counts.max_per_ip, self.counts.max_total, self.counts.total)
+
+    def _accept_failed(self, exc: OSError) -> None:
+        """accept() failed (out of descriptors or memory): pause accepting, say so once in a while."""
+        loop, sock = self._loop, self._sock
+        assert loop is not None and sock is not None
+        if exc.errno in _RESOURCE_ERRNOS:
+            self._evict_one()  # give a descriptor back, so the next accept can succeed
+        low, high = ACCEPT_BACKOFF_S
+        self._backoff_s = min(high, max(low, self._backoff_s * 2))
+        count = self._accept_log.event(loop.time())
+        if count:
+            log.warning("accept() failed %d time(s) in the last %g s (%s); %d HTTP connections open; "
+                        "accepting again in %g s. Raise the open-files limit (LimitNOFILE) or lower "
+                        "http_max_connections", count, LOG_EVERY_S, exc.strerror or exc,
+                        self.counts.total, self._backoff_s)
+        loop.remove_reader(sock.fileno())
+        self._resume = loop.call_later(self._backoff_s, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        self._resume = None
+        if self._sock is not None and self._loop is not None:
+            self._loop.add_reader(self._sock.fileno(), self._accept)
+
+    def _evict_one(self) -> bool:
+        """Close the least recently active connection that is between requests."""
+        for n, conn in enumerate(self._conns):
+            if n >= EVICT_SCAN:
+                break
+            if conn.evictable():
+                del self._conns[conn]
+                self.counts.remove(conn._ip)
+                conn.evict()
+                return True
+        return False
+
+    # -- the connections' bookkeeping (called by the connections) ---------------------------
+    def _aiohttp_handler(self, ip: str) -> GuardedHandler:
+        return GuardedHandler(self, ip, **self._handler_kwargs)
+
+    def _opened(self, conn: Any) -> None:
+        self._conns[conn] = None
+
+    def _touch(self, conn: Any) -> None:
+        if self._conns.pop(conn, False) is None:
+            self._conns[conn] = None
+
+    def _replace(self, old: Any, new: Any) -> None:
+        """``new`` serves ``old``'s connection from now on (the same slot)."""
+        if self._conns.pop(old, False) is None:
+            self._conns[new] = None
+
+    def _closed(self, conn: Any) -> None:
+        if self._conns.pop(conn, False) is None:
+            self.counts.remove(conn._ip)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, addr = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                      flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
