@@ -440,6 +440,7 @@ class HttpServer:
         self._resume: asyncio.TimerHandle | None = None
         self._accept_log = LogBudget(LOG_EVERY_S)
         self._refuse_log = LogBudget(LOG_EVERY_S)
+        self.accept_failures = 0  # accept() errors since start (the log says them in aggregate)
 
     def add_fast_get(self, prefix: str, route: FastRoute) -> None:
         """Serve ``GET {prefix}{name}`` (``name`` without ``/``) on the fast path when
@@ -563,6 +564,7 @@ class HttpServer:
         assert loop is not None and sock is not None
         if exc.errno in _RESOURCE_ERRNOS:
             self._evict_one()  # give a descriptor back, so the next accept can succeed
+        self.accept_failures += 1
         low, high = ACCEPT_BACKOFF_S
         self._backoff_s = min(high, max(low, self._backoff_s * 2))
         count = self._accept_log.event(loop.time())
