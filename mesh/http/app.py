@@ -111,6 +111,10 @@ _MSG_MORE = getattr(socket, "MSG_MORE", 0)  # headers wait for the body: one pac
 _SIMPLE_GET = re.compile(rb"GET (/[A-Za-z0-9_./-]*) HTTP/1\.1"
                          rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00-\x08\x0a-\x1f\x7f]*)*")
 _NOT_SIMPLE = (b"\r\ncontent-length:", b"\r\ntransfer-encoding:", b"\r\nexpect:", b"\r\nupgrade:")
+# Fields aiohttp refuses to see twice (RFC 9110 singletons); Host must also be there once.
+_SINGLETONS = (b"\r\ncontent-location:", b"\r\ncontent-range:", b"\r\ncontent-type:", b"\r\netag:",
+               b"\r\nmax-forwards:", b"\r\nserver:", b"\r\nuser-agent:")
+_HOST = b"\r\nhost:"
 _CONNECTION = b"\r\nconnection:"
 
 
@@ -121,7 +125,8 @@ class SimpleGet(NamedTuple):
 
 def parse_simple_get(head: bytes) -> SimpleGet | None:
     """Sans-IO: a request head (without the blank line that ends it) if it is a plain
-    ``GET /path HTTP/1.1`` with well-formed fields, no body, no upgrade and no expectation;
+    ``GET /path HTTP/1.1`` with well-formed fields, one Host, no repeated singleton field, no
+    body, no upgrade and no expectation;
     None for anything else, which aiohttp then parses and answers in full (errors included)."""
     m = _SIMPLE_GET.fullmatch(head)
     if m is None or head.count(b"\n") > FAST_MAX_FIELDS:
@@ -130,6 +135,11 @@ def parse_simple_get(head: bytes) -> SimpleGet | None:
     for field in _NOT_SIMPLE:
         if field in low:
             return None  # a body, an expectation or an upgrade
+    if low.count(_HOST) != 1:
+        return None  # HTTP/1.1 needs exactly one Host (aiohttp answers 400)
+    for field in _SINGLETONS:
+        if low.count(field) > 1:
+            return None  # a field that may appear once appears twice (aiohttp answers 400)
     close = False
     at = low.find(_CONNECTION)
     while at >= 0:
