@@ -421,3 +421,4 @@ def test_3000_idle_connections_do_not_stop_a_normal_get(tmp_path: Path, mongo: s
         node.stop()
     out = node.output()
     assert "Too many open files" not in out and "Traceback" not in out, out
+    assert out.count("HTTP connection caps reached") <= 3, out

@@ -110,11 +110,11 @@ _MSG_MORE = getattr(socket, "MSG_MORE", 0)  # headers wait for the body: one pac
 # A plain GET: request line, then fields (token ":" value without control characters), CRLF-separated.
 _SIMPLE_GET = re.compile(rb"GET (/[A-Za-z0-9_./-]*) HTTP/1\.1"
                          rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00-\x08\x0a-\x1f\x7f]*)*")
-_NOT_SIMPLE = (b"\r\ncontent-length:", b"\r\ntransfer-encoding:", b"\r\nexpect:", b"\r\nupgrade:")
-# Fields aiohttp refuses to see twice (RFC 9110 singletons); Host must also be there once.
-_SINGLETONS = (b"\r\ncontent-location:", b"\r\ncontent-range:", b"\r\ncontent-type:", b"\r\netag:",
-               b"\r\nmax-forwards:", b"\r\nserver:", b"\r\nuser-agent:")
-_HOST = b"\r\nhost:"
+# The fields that decide: a body, an expectation or an upgrade make a request not plain; Host
+# must be there once, and fields aiohttp refuses to see twice (RFC 9110 singletons) must not repeat.
+_FIELDS_OF_NOTE = re.compile(rb"\r\n(content-length|transfer-encoding|expect|upgrade|host|content-location"
+                             rb"|content-range|content-type|etag|max-forwards|server|user-agent):")
+_NOT_SIMPLE = frozenset((b"content-length", b"transfer-encoding", b"expect", b"upgrade"))
 _CONNECTION = b"\r\nconnection:"
 
 
@@ -132,14 +132,9 @@ def parse_simple_get(head: bytes) -> SimpleGet | None:
     if m is None or head.count(b"\n") > FAST_MAX_FIELDS:
         return None  # not GET, not HTTP/1.1, a query, escapes, malformed fields, obs-fold, bare CR/LF
     low = head.lower()
-    for field in _NOT_SIMPLE:
-        if field in low:
-            return None  # a body, an expectation or an upgrade
-    if low.count(_HOST) != 1:
-        return None  # HTTP/1.1 needs exactly one Host (aiohttp answers 400)
-    for field in _SINGLETONS:
-        if low.count(field) > 1:
-            return None  # a field that may appear once appears twice (aiohttp answers 400)
+    names = _FIELDS_OF_NOTE.findall(low)
+    if b"host" not in names or len(names) != len(set(names)) or not _NOT_SIMPLE.isdisjoint(names):
+        return None  # no Host, a field twice (aiohttp answers 400), a body, expectation or upgrade
     close = False
     at = low.find(_CONNECTION)
     while at >= 0:
@@ -248,12 +243,8 @@ class _FastConnection(asyncio.Protocol):
         self._buf += data
         if not self._paused:
             self._serve()
-        if self._buf and self._head_at is None and self._timer is not None:
-            self._head_at = self._loop.time()  # a head is incomplete: it is due soon
-            due = self._deadline()
-            if self._timer.when() > due:
-                self._timer.cancel()
-                self._timer = self._loop.call_at(due, self._check_timer)
+            if self._buf and self._head_at is None:
+                self._head_started()
 
     def eof_received(self) -> bool:
         return False  # close
@@ -274,6 +265,8 @@ class _FastConnection(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.resume_reading()
             self._serve()
+            if self._buf and self._head_at is None:
+                self._head_started()
 
     # -- requests --------------------------------------------------------------------------
     def _serve(self) -> None:
@@ -371,6 +364,16 @@ class _FastConnection(asyncio.Protocol):
         if self._buf:
             return (self._head_at or self._last) + limits.header_timeout_s
         return self._last + (limits.keepalive_s if self._served else limits.header_timeout_s)
+
+    def _head_started(self) -> None:
+        """An incomplete head waits in the buffer: it is due header_timeout_s from now."""
+        if self._timer is None:
+            return  # handed over or closed
+        self._head_at = self._loop.time()
+        due = self._deadline()
+        if self._timer.when() > due:
+            self._timer.cancel()
+            self._timer = self._loop.call_at(due, self._check_timer)
 
     def _check_timer(self) -> None:
         self._timer = None
@@ -527,6 +530,7 @@ class HttpServer:
             verdict = counts.admit(ip, conn.fileno())
             if verdict == ConnectionCounts.FULL and self._evict_one():
                 verdict = ConnectionCounts.OK
+                self._say_full()
             if verdict != ConnectionCounts.OK:
                 self._refuse(conn, verdict)
                 continue
@@ -561,11 +565,16 @@ class HttpServer:
         except OSError:
             pass
         conn.close()
+        self._say_full()
+
+    def _say_full(self) -> None:
+        """One line per 10 s while connections are refused or idle ones closed to make room."""
         assert self._loop is not None
         count = self._refuse_log.event(self._loop.time())
         if count:
-            log.warning("refused %d HTTP connection(s) in the last %g s (at most %d per IP, %d in "
-                        "all; %d open); counted in mesh_bad_input_total", count, LOG_EVERY_S,
+            log.warning("HTTP connection caps reached: %d connection(s) refused or idle ones closed "
+                        "to make room in the last %g s (at most %d per IP, %d in all; %d open); "
+                        "counted in mesh_bad_input_total", count, LOG_EVERY_S,
                         self.counts.max_per_ip, self.counts.max_total, self.counts.total)
 
     def _accept_failed(self, exc: OSError) -> None:
