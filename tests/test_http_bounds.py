@@ -78,6 +78,7 @@ def test_parse_errors_map_to_fixed_words(exc: BaseException | None, reason: str)
 # -- a real server -----------------------------------------------------------------------------
 
 PLAYLIST = b"#EXTM3U\n#EXT-X-VERSION:3\n"
+SEGMENT = os.urandom(1 << 20)
 FAST = "/app/streams/cam.m3u8"
 
 
@@ -86,13 +87,14 @@ class Site:
 
     def __init__(self, limits: HttpLimits, fast: bool = True):
         self.playlist = Reply(PLAYLIST, "application/vnd.apple.mpegurl", "max-age=1")
+        self.segment = Reply(SEGMENT, "video/mp2t", "max-age=60", file=True)
         app = make_app()
         app.router.add_get("/plain", self.plain)
         app.router.add_post("/echo", self.echo)
         self.server = HttpServer(app, "127.0.0.1", 0, limits)
         if fast:
-            self.server.add_fast_get("/app/streams/", lambda name, _: self.playlist
-                                     if name == "cam.m3u8" else None)
+            self.server.add_fast_get("/app/streams/", lambda name, _: {
+                "cam.m3u8": self.playlist, "seg.ts": self.segment}.get(name))
 
     async def plain(self, request: web.Request) -> web.Response:
         return web.Response(text="plain")
@@ -109,6 +111,7 @@ def served(limits: HttpLimits, test: Callable[[Site, int], Awaitable[None]], fas
             await asyncio.wait_for(test(site, site.server.port), 60)
         finally:
             await site.server.stop()
+            site.segment.close()
     asyncio.run(main())
 
 
@@ -217,6 +220,28 @@ def test_a_slow_body_gets_408_and_a_head_too_large_gets_431() -> None:
     served(HttpLimits(body_timeout_s=0.3, max_head_bytes=16 << 10), check)
 
 
+def test_a_client_that_stops_reading_is_dropped_after_the_keep_alive_time() -> None:
+    async def check(site: Site, port: int) -> None:
+        before = bad_input_count("http", "send_timeout")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(get("/app/streams/seg.ts") * 8)  # 8 MB asked for, none of it read
+        await wait_for(lambda: bad_input_count("http", "send_timeout") == before + 1)
+        await wait_for(lambda: site.server.connections == 0)
+        sock.close()
+    served(SHORT, check)
+
+
+def test_queries_longer_than_2048_bytes_get_414() -> None:
+    async def check(site: Site, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("/plain?q=" + "a" * 3000))
+        status, body = await answer(reader)
+        assert status == 414 and b"2048" in body
+    served(HttpLimits(fd_reserve=64), check)
+
+
 def test_the_per_ip_cap_refuses_the_extra_connection_and_not_another_address() -> None:
     async def check(site: Site, port: int) -> None:
         def conn(ip: str):  # type: ignore[no-untyped-def]
@@ -256,6 +281,25 @@ def test_when_full_the_longest_idle_connection_makes_room() -> None:
         busy_writer.write(get(FAST))  # the others still work
         assert await answer(busy_reader) == (200, PLAYLIST)
     served(HttpLimits(max_connections=5, fd_reserve=64), check)
+
+
+def test_when_full_of_busy_connections_a_new_one_gets_503() -> None:
+    async def check(site: Site, port: int) -> None:
+        busy = []
+        for _ in range(2):  # requests in progress (bodies still coming) are never evicted
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 8\r\n\r\n{")
+            busy.append((reader, writer))
+            await wait_for(lambda: site.server.connections == len(busy))
+        before = bad_input_count("http", "conn_full")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        refused = await closed_by_server(reader)
+        assert refused == b"" or refused.startswith(b"HTTP/1.1 503 ")
+        assert bad_input_count("http", "conn_full") == before + 1
+        busy[0][1].write(b"\"a\": 1}")  # the busy ones finish normally
+        assert await answer(busy[0][0]) == (200, b'{"a": 1}')
+    served(HttpLimits(max_connections=2, fd_reserve=64, header_timeout_s=30), check)
 
 
 MALFORMED = [

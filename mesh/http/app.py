@@ -385,7 +385,9 @@ class _FastConnection(asyncio.Protocol):
             return
         if self._paused:
             metrics.reject("http", "send_timeout")
-        elif self._buf:
+            self._transport.abort()  # close() would wait for the client to read what is queued
+            return
+        if self._buf:
             metrics.reject("http", "header_timeout")
         elif not self._served:
             metrics.reject("http", "idle_timeout")
