@@ -4,8 +4,9 @@ line instead of a traceback for a malformed request, and the connection's slot g
 aiohttp bounds idle keep-alive (``keepalive_timeout``) but lets a request head arrive as slowly as
 the client likes. Here a head (from its first byte, or from the accept for a connection's first
 request) must be complete within ``header_timeout_s`` and ``max_head_bytes``. "Waiting for a head"
-is read from aiohttp's handler state (no request queued or running, no upgrade); the tests in
-tests/test_http_bounds.py fail if a new aiohttp changes that state.
+means every request parsed so far (counted from aiohttp's message queue as it grows) has had its
+response finished (``finish_response``) and the connection is not upgraded; the tests in
+tests/test_http_bounds.py fail if a new aiohttp changes those hooks.
 """
 from __future__ import annotations
 
@@ -42,11 +43,11 @@ class GuardedHandler(web.RequestHandler):
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._quiet = False
+        self._in_flight = 0  # requests parsed whose response is not finished yet
 
     # -- state -----------------------------------------------------------------------------
     def _waiting_for_head(self) -> bool:
-        return (not self._messages and not self._request_in_progress and not self._upgraded
-                and self._payload_parser is None)
+        return self._in_flight == 0 and not self._upgraded
 
     def evictable(self) -> bool:
         return self.transport is not None and self._waiting_for_head()
@@ -71,7 +72,9 @@ class GuardedHandler(web.RequestHandler):
                 self.transport.write(HEAD_TOO_LARGE)
                 self.force_close()
                 return
+        queued = len(self._messages)
         super().data_received(data)
+        self._in_flight += max(0, len(self._messages) - queued)
         if self._head_timer is not None and not self._waiting_for_head():
             self._head_timer.cancel()
             self._head_timer = None
@@ -84,6 +87,12 @@ class GuardedHandler(web.RequestHandler):
             self._head_timer = None
         self._owner._closed(self)
         super().connection_lost(exc)
+
+    async def finish_response(self, request: Any, resp: Any, start_time: float | None) -> Any:
+        try:
+            return await super().finish_response(request, resp, start_time)
+        finally:
+            self._in_flight = max(0, self._in_flight - 1)
 
     # -- the head timeout ------------------------------------------------------------------
     def _arm(self) -> None:
