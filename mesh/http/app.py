@@ -447,7 +447,7 @@ class HttpServer:
         self._handler_kwargs: dict[str, Any] = {}
         self._fast_routes: list[tuple[str, FastRoute]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._sock: socket.socket | None = None
+        self._socks: list[socket.socket] = []  # listening
         self.counts = ConnectionCounts(0, 0, 0)
         self._conns: dict[Any, None] = {}  # open connections, least recently active first
         self._connecting: set[asyncio.Task[None]] = set()
@@ -484,9 +484,9 @@ class HttpServer:
         await self._runner.setup()
         self._aiohttp = self._runner.server
         self._loop = asyncio.get_running_loop()
-        self._sock = _listen(self.host, self.port)
-        self.port = self._sock.getsockname()[1]  # port 0: learn the one the OS gave us
-        self._loop.add_reader(self._sock.fileno(), self._accept)
+        self._socks = _listen(self.host, self.port)
+        self.port = self._socks[0].getsockname()[1]  # port 0: learn the one the OS gave us
+        self._resume_accepting()
         log.info("http: at most %d connections (%d per IP; %d of %d descriptors kept for the rest), "
                  "heads within %g s, keep-alive %g s", total, limits.max_connections_per_ip,
                  nofile - fd_ceiling, nofile, limits.header_timeout_s, limits.keepalive_s)
@@ -495,11 +495,10 @@ class HttpServer:
         if self._resume is not None:
             self._resume.cancel()
             self._resume = None
-        if self._sock is not None:
-            if self._loop is not None:
-                self._loop.remove_reader(self._sock.fileno())
-            self._sock.close()
-            self._sock = None
+        self._pause_accepting()
+        for sock in self._socks:
+            sock.close()
+        self._socks = []
         for task in list(self._connecting):
             task.cancel()
         for conn in list(self._conns):
@@ -514,9 +513,9 @@ class HttpServer:
         return self.counts.total
 
     # -- accepting -------------------------------------------------------------------------
-    def _accept(self) -> None:
-        sock, counts, loop = self._sock, self.counts, self._loop
-        assert sock is not None and loop is not None
+    def _accept(self, sock: socket.socket) -> None:
+        counts, loop = self.counts, self._loop
+        assert loop is not None
         for _ in range(ACCEPT_BATCH):
             try:
                 conn, addr = sock.accept()
@@ -581,8 +580,8 @@ class HttpServer:
 
     def _accept_failed(self, exc: OSError) -> None:
         """accept() failed (out of descriptors or memory): pause accepting, say so once in a while."""
-        loop, sock = self._loop, self._sock
-        assert loop is not None and sock is not None
+        loop = self._loop
+        assert loop is not None
         if exc.errno in _RESOURCE_ERRNOS:
             self._evict_one()  # give a descriptor back, so the next accept can succeed
         self.accept_failures += 1
@@ -594,13 +593,19 @@ class HttpServer:
                         "accepting again in %g s. Raise the open-files limit (LimitNOFILE) or lower "
                         "http_max_connections", count, LOG_EVERY_S, exc.strerror or exc,
                         self.counts.total, self._backoff_s)
-        loop.remove_reader(sock.fileno())
+        self._pause_accepting()
         self._resume = loop.call_later(self._backoff_s, self._resume_accepting)
+
+    def _pause_accepting(self) -> None:
+        if self._loop is not None:
+            for sock in self._socks:
+                self._loop.remove_reader(sock.fileno())
 
     def _resume_accepting(self) -> None:
         self._resume = None
-        if self._sock is not None and self._loop is not None:
-            self._loop.add_reader(self._sock.fileno(), self._accept)
+        if self._loop is not None:
+            for sock in self._socks:
+                self._loop.add_reader(sock.fileno(), self._accept, sock)
 
     def _evict_one(self) -> bool:
         """Close the least recently active connection that is between requests."""
@@ -635,16 +640,26 @@ class HttpServer:
             self.counts.remove(conn._ip)
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    family, kind, proto, _, addr = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                                      flags=socket.AI_PASSIVE)[0]
-    sock = socket.socket(family, kind, proto)
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on every address ``host`` resolves to (as asyncio's create_server), all
+    on one port (the first one's, when ``port`` is 0)."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    addrs = list(dict.fromkeys((family, addr) for family, _, _, _, addr in infos))
+    socks: list[socket.socket] = []
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(addr)
-        sock.listen(1024)
-        sock.setblocking(False)
+        for family, addr in addrs:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and len(addrs) > 1:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if socks[0] is not sock:
+                addr = (addr[0], socks[0].getsockname()[1], *addr[2:])
+            sock.bind(addr)
+            sock.listen(1024)
+            sock.setblocking(False)
     except OSError:
-        sock.close()
+        for sock in socks:
+            sock.close()
         raise
-    return sock
+    return socks
