@@ -24,7 +24,7 @@ from aiohttp import http_exceptions, web
 
 from mesh.cluster import NodeProcess, node_env
 from mesh.http.app import HttpServer, Reply, make_app
-from mesh.http.limits import (ConnectionCounts, HttpLimits, LogBudget, connection_budget,
+from mesh.http.limits import (ConnectionCounts, HttpLimits, LogBudget, connection_budget, ip_key,
                               parse_error_reason)
 from mesh.metrics import bad_input_count
 
@@ -53,6 +53,14 @@ def test_counts_refuse_per_ip_then_report_full() -> None:
     assert (counts.total, counts.by_ip) == (2, {"10.0.0.1": 1, "10.0.0.2": 1})
     counts.remove("10.0.0.1")
     assert "10.0.0.1" not in counts.by_ip and counts.admit("10.0.0.1", 10) == counts.OK
+
+
+def test_one_ip_is_an_ipv4_address_or_an_ipv6_slash_64() -> None:
+    assert ip_key("10.1.2.3") == "10.1.2.3"
+    assert ip_key("::ffff:10.1.2.3") == "10.1.2.3"
+    assert ip_key("2001:db8:1:2:aaaa::1") == ip_key("2001:db8:1:2:bbbb::2") == "2001:db8:1:2::/64"
+    assert ip_key("2001:db8:1:3::1") == "2001:db8:1:3::/64"
+    assert ip_key("fe80::1%eth0") == "fe80::/64"
 
 
 def test_log_budget_says_one_line_per_interval_with_the_count() -> None:

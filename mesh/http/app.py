@@ -30,7 +30,7 @@ from aiohttp.http import SERVER_SOFTWARE
 
 from .. import metrics
 from .guarded import GuardedHandler
-from .limits import (ConnectionCounts, HttpLimits, LogBudget, connection_budget,
+from .limits import (ConnectionCounts, HttpLimits, LogBudget, connection_budget, ip_key,
                      raise_nofile_limit)
 
 log = logging.getLogger("mesh.http")
@@ -527,7 +527,7 @@ class HttpServer:
                 self._accept_failed(exc)
                 return
             self._backoff_s = 0.0
-            ip = str(addr[0]) if isinstance(addr, tuple) else str(addr or "?")
+            ip = ip_key(str(addr[0])) if isinstance(addr, tuple) else str(addr or "?")
             verdict = counts.admit(ip, conn.fileno())
             if verdict == ConnectionCounts.FULL and self._evict_one():
                 verdict = ConnectionCounts.OK

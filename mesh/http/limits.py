@@ -6,12 +6,14 @@ passed in:
 - :class:`HttpLimits`: the configured budget (timeouts, head size, connection caps, fd reserve).
 - :func:`connection_budget`: how many connections the process can afford, from its
   ``RLIMIT_NOFILE`` minus a reserve of descriptors kept for the bus, the database and files.
-- :class:`ConnectionCounts`: per-IP and total admission (the caller evicts or refuses).
+- :class:`ConnectionCounts`: per-IP and total admission (the caller evicts or refuses);
+  :func:`ip_key` says what "one IP" is (an IPv6 /64).
 - :class:`LogBudget`: at most one log line per interval, with the count of what it folds in.
 - :func:`parse_error_reason`: a fixed counter word for an HTTP parse error (never peer text).
 """
 from __future__ import annotations
 
+import ipaddress
 import resource
 from dataclasses import dataclass
 from typing import Any
@@ -93,6 +95,20 @@ class ConnectionCounts:
         else:
             self.by_ip.pop(ip, None)
         self.total = max(0, self.total - 1)
+
+
+def ip_key(ip: str) -> str:
+    """The address a per-IP cap counts: IPv4 as is (also when mapped into IPv6), IPv6 by its /64,
+    since one subscriber usually holds a whole /64."""
+    if ":" not in ip:
+        return ip
+    try:
+        addr = ipaddress.IPv6Address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(ipaddress.IPv6Network((addr, 64), strict=False).network_address) + "/64"
 
 
 class LogBudget:
