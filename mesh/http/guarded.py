@@ -11,6 +11,7 @@ tests/test_http_bounds.py fail if a new aiohttp changes those hooks.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +43,6 @@ class GuardedHandler(web.RequestHandler):
         self._ip = ip
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
-        self._quiet = False
         self._in_flight = 0  # requests parsed whose response is not finished yet
 
     # -- state -----------------------------------------------------------------------------
@@ -110,19 +110,18 @@ class GuardedHandler(web.RequestHandler):
     def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
         if status >= 500:
-            return super().handle_error(request, status, exc, message)
+            return super().handle_error(request, status, exc, message)  # our bug: aiohttp logs it
         reason = parse_error_reason(exc)
         metrics.reject("http", reason)
         count = _malformed_log.event(self._loop.time())
         if count:
             log.warning("%d malformed HTTP request(s) answered %d in the last minute (latest: %s); "
                         "counted in mesh_bad_input_total{boundary=\"http\"}", count, status, reason)
-        self._quiet = True
-        try:
-            return super().handle_error(request, status, exc, message)
-        finally:
-            self._quiet = False
-
-    def log_exception(self, *args: Any, **kw: Any) -> None:
-        if not self._quiet:
-            super().log_exception(*args, **kw)
+        if request.writer.output_size > 0:
+            raise ConnectionError("the answer had begun; the connection is dropped instead")
+        lines = (message or getattr(exc, "message", "") or "").strip().splitlines()
+        what = lines[0][:300].rstrip(".: ") if lines else "malformed request"
+        text = json.dumps({"error": f"{what}; send a well-formed HTTP/1.1 request"})
+        response = web.Response(status=status, text=text, content_type="application/json")
+        response.force_close()
+        return response
