@@ -225,7 +225,8 @@ def fuzz(count: int, seed: int = 0) -> dict:
     result: dict[str, Any] = {
         "target": TARGET, "inputs": count, "accepted": accepted, "rejected": rejected,
         "crashes": crashes, "seconds": round(time.perf_counter() - started, 3),
-        "max_rss_growth_bytes": max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) * 1024,
+        "max_rss_growth_bytes": max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                                    - rss_before) * 1024,
     }
     result["fast_path_accepted"] = fast_accepted  # of the accepted, how many the fast path took
     if first_crash:

@@ -157,7 +157,8 @@ SHORT = HttpLimits(header_timeout_s=0.3, keepalive_s=0.6, body_timeout_s=0.3, fd
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "aiohttp-only"])
 @pytest.mark.parametrize("sent", [b"", b"GET /app/streams/cam.m3u8 HTTP/1.1\r\nHost: t\r\n",
-                                  b"GET /plain?a=1 HTTP/1.1\r\nHost"], ids=["silent", "half-fast", "half-query"])
+                                  b"GET /plain?a=1 HTTP/1.1\r\nHost"],
+                         ids=["silent", "half-fast", "half-query"])
 def test_an_unfinished_head_is_closed_after_the_header_timeout(fast: bool, sent: bytes) -> None:
     async def check(site: Site, port: int) -> None:
         reason = "header_timeout" if sent else "idle_timeout"

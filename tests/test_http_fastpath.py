@@ -28,7 +28,8 @@ ACCEPTED = [
     (b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: keep-alive", SimpleGet("/x", False)),
     (b"GET /x HTTP/1.1\r\nHost: h\r\nX-Empty:\r\nX-Tab:\tv\t", SimpleGet("/x", False)),
     (b"GET /x HTTP/1.1\r\nHost: h\r\nX-Obs: caf\xc3\xa9", SimpleGet("/x", False)),  # obs-text is allowed
-    (b"GET /x HTTP/1.1\r\nHost: h\r\nX-Content-Length: 5", SimpleGet("/x", False)),  # only the real field counts
+    # only the real field counts
+    (b"GET /x HTTP/1.1\r\nHost: h\r\nX-Content-Length: 5", SimpleGet("/x", False)),
     (b"GET /x HTTP/1.1\r\nHost: h\r\nAccept: a\r\nAccept: b", SimpleGet("/x", False)),  # may repeat
 ]
 
