@@ -11,6 +11,12 @@ pre-built header lines, the body sent from a memory file with ``sendfile`` (no c
 Python), the same headers aiohttp would send. At the first request it does not handle (any other
 path or method, a query string, a body, an error, a stream not open yet) it hands the connection,
 with the bytes it holds, to aiohttp for good, so everything else keeps aiohttp's behaviour.
+
+Strangers' costs are bounded on both paths (the budget is :class:`~mesh.http.limits.HttpLimits`,
+written down in the README): :class:`HttpServer` accepts connections itself and counts them per
+IP and in total against the open-files limit; a request head must be complete in
+``header_timeout_s``, idle keep-alive ends after ``keepalive_s``, a body must arrive in
+``body_timeout_s``. aiohttp's side of this lives in :mod:`mesh.http.guarded`.
 """
 from __future__ import annotations
 
