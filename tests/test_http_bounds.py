@@ -98,6 +98,7 @@ class Site:
         self.segment = Reply(SEGMENT, "video/mp2t", "max-age=60", file=True)
         app = make_app()
         app.router.add_get("/plain", self.plain)
+        app.router.add_get("/big", self.big)
         app.router.add_post("/echo", self.echo)
         self.server = HttpServer(app, "127.0.0.1", 0, limits)
         if fast:
@@ -106,6 +107,9 @@ class Site:
 
     async def plain(self, request: web.Request) -> web.Response:
         return web.Response(text="plain")
+
+    async def big(self, request: web.Request) -> web.Response:
+        return self.segment.response()
 
     async def echo(self, request: web.Request) -> web.Response:
         return web.json_response(await request.json())
@@ -229,13 +233,14 @@ def test_a_slow_body_gets_408_and_a_head_too_large_gets_431() -> None:
     served(HttpLimits(body_timeout_s=0.3, max_head_bytes=16 << 10), check)
 
 
-def test_a_client_that_stops_reading_is_dropped_after_the_keep_alive_time() -> None:
+@pytest.mark.parametrize("path", ["/app/streams/seg.ts", "/big"], ids=["fast-path", "aiohttp"])
+def test_a_client_that_stops_reading_is_dropped_after_the_keep_alive_time(path: str) -> None:
     async def check(site: Site, port: int) -> None:
         before = bad_input_count("http", "send_timeout")
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", port))
-        sock.sendall(get("/app/streams/seg.ts") * 8)  # 8 MB asked for, none of it read
+        sock.sendall(get(path) * 8)  # 8 MB asked for, none of it read
         await wait_for(lambda: bad_input_count("http", "send_timeout") == before + 1)
         await wait_for(lambda: site.server.connections == 0)
         sock.close()

@@ -3,7 +3,8 @@ line instead of a traceback for a malformed request, and the connection's slot g
 
 aiohttp bounds idle keep-alive (``keepalive_timeout``) but lets a request head arrive as slowly as
 the client likes. Here a head (from its first byte, or from the accept for a connection's first
-request) must be complete within ``header_timeout_s`` and ``max_head_bytes``. "Waiting for a head"
+request) must be complete within ``header_timeout_s`` and ``max_head_bytes``, and a client that
+stops reading an answer is dropped after ``keepalive_s``. "Waiting for a head"
 means every request parsed so far (counted from aiohttp's message queue as it grows) has had its
 response finished (``finish_response``) and the connection is not upgraded; the tests in
 tests/test_http_bounds.py fail if a new aiohttp changes those hooks.
@@ -44,6 +45,7 @@ class GuardedHandler(web.RequestHandler):
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._in_flight = 0  # requests parsed whose response is not finished yet
+        self._send_timer: asyncio.TimerHandle | None = None
 
     # -- state -----------------------------------------------------------------------------
     def _waiting_for_head(self) -> bool:
@@ -82,11 +84,30 @@ class GuardedHandler(web.RequestHandler):
         self._owner._touch(self)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        for timer in (self._head_timer, self._send_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._send_timer = None
         self._owner._closed(self)
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        # The client is not reading its answer: it has keepalive_s to take some of it.
+        super().pause_writing()
+        if self._send_timer is None and self.transport is not None:
+            self._send_timer = self._loop.call_later(self._owner.limits.keepalive_s, self._stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _stalled(self) -> None:
+        self._send_timer = None
+        if self.transport is not None:
+            metrics.reject("http", "send_timeout")
+            self.transport.abort()  # close() would wait for the client to read what is queued
 
     async def finish_response(self, request: Any, resp: Any, start_time: float | None) -> Any:
         try:
