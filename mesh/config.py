@@ -67,8 +67,8 @@ class NodeConfig:
     http_header_timeout_s: float = 10.0  # a request head must be complete this long after it starts
     http_keepalive_s: float = 75.0  # idle keep-alive connections are closed after this
     http_body_timeout_s: float = 20.0  # a request body must arrive this long after its head
-    http_max_head_bytes: int = 32 << 10
-    http_max_connections: int = 0  # 0: the open-files limit minus http_fd_reserve
+    http_max_head_bytes: int = 16 << 10
+    http_max_connections: int = 0  # 0: the open-files limit minus http_fd_reserve, at most 16384
     http_max_connections_per_ip: int = 512
     http_fd_reserve: int = 1024  # descriptors HTTP leaves for the bus, the database and files
     extra: dict[str, Any] = field(default_factory=dict, repr=False)

@@ -37,6 +37,9 @@ def test_budget_keeps_the_fd_reserve_and_honours_a_lower_cap() -> None:
     assert connection_budget(HttpLimits(fd_reserve=256, max_connections=5000), 1024) == (768, 768)
     # a reserve that would leave almost nothing is cut to half the limit
     assert connection_budget(HttpLimits(fd_reserve=1024), 1024) == (512, 512)
+    # a huge limit: memory, not descriptors, bounds the automatic cap; an explicit one may go higher
+    assert connection_budget(HttpLimits(), 1 << 20) == (16384, (1 << 20) - 1024)
+    assert connection_budget(HttpLimits(max_connections=100_000), 1 << 20) == (100_000, (1 << 20) - 1024)
 
 
 def test_counts_refuse_per_ip_then_report_full() -> None:

@@ -19,6 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 MIN_CONNECTIONS = 64  # below this the fd reserve is cut to half the limit instead
+# With max_connections = 0 (auto), at most this many whatever the open-files limit: an idle
+# connection costs about 3 KB, one holding a full 16 KiB head about 40 KB as aiohttp parses it
+# (measured), so about 660 MB at this cap.
+AUTO_MAX_CONNECTIONS = 16384
 
 
 @dataclass(frozen=True)
@@ -26,8 +30,8 @@ class HttpLimits:
     header_timeout_s: float = 10.0  # a request head must be complete this long after it starts
     keepalive_s: float = 75.0  # idle keep-alive connections are closed after this
     body_timeout_s: float = 20.0  # a request body must have arrived this long after its head
-    max_head_bytes: int = 32 << 10  # bytes of one request head (line and fields)
-    max_connections: int = 0  # 0: RLIMIT_NOFILE minus fd_reserve
+    max_head_bytes: int = 16 << 10  # bytes of one request head (line and fields)
+    max_connections: int = 0  # 0: RLIMIT_NOFILE minus fd_reserve, at most AUTO_MAX_CONNECTIONS
     max_connections_per_ip: int = 512
     fd_reserve: int = 1024  # descriptors HTTP never takes (bus, database, files, RTMP)
 
@@ -62,7 +66,8 @@ def connection_budget(limits: HttpLimits, nofile: int) -> tuple[int, int]:
     if nofile - reserve < MIN_CONNECTIONS:
         reserve = nofile // 2
     ceiling = nofile - reserve
-    total = ceiling if limits.max_connections <= 0 else min(limits.max_connections, ceiling)
+    wanted = AUTO_MAX_CONNECTIONS if limits.max_connections <= 0 else limits.max_connections
+    total = min(wanted, ceiling)
     return total, ceiling
 
 
