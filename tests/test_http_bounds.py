@@ -442,12 +442,18 @@ def select_wait(seconds: float) -> None:
     select.select([], [], [], seconds)
 
 
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 # -- a real edge node ----------------------------------------------------------------------------
 
 @pytest.mark.integration
 def test_3000_idle_connections_do_not_stop_a_normal_get(tmp_path: Path, mongo: str) -> None:
-    """An edge limited to 1,024 descriptors: 3,000 silent connections from six addresses (as the
-    attack, which took every descriptor before) and a normal GET still gets its answer."""
+    """An edge limited to 1,024 descriptors: 3,000 connections from six addresses, silent or sending
+    half a 15 KB head (as the attack, which took every descriptor before): a normal GET still gets
+    its answer and the node's memory grows within the README's budget (768 connections here)."""
     node_id = f"edge-{uuid.uuid4().hex[:6]}"
     args = ["prlimit", "--nofile=1024:1024", sys.executable, "-m", "mesh", "node", "--role", "edge",
             "--node-id", node_id, "--http-port", "0", "--rtmp-port", "0", "--bus-port", "0",
@@ -458,6 +464,9 @@ def test_3000_idle_connections_do_not_stop_a_normal_get(tmp_path: Path, mongo: s
     try:
         host, port = node.http.rsplit("/", 1)[-1].rsplit(":", 1)
         node.wait_for_line(r"http: at most 768 connections")
+        rss_before = rss_bytes(node.pid)
+        half_head = b"GET /LiveApp/streams/cam1.m3u8 HTTP/1.1\r\nHost: e\r\n" + b"X-Pad: " + b"p" * 8000 \
+            + b"\r\nX-Pad2: " + b"p" * 7000
         for i in range(3000):
             sock = socket.socket()
             sock.bind((f"127.0.0.{2 + i % 6}", 0))
@@ -467,6 +476,12 @@ def test_3000_idle_connections_do_not_stop_a_normal_get(tmp_path: Path, mongo: s
             except BlockingIOError:
                 pass
             held.append(sock)
+        for i, sock in enumerate(held):
+            if i % 2:
+                try:
+                    sock.send(half_head)
+                except OSError:
+                    pass  # not connected yet, or already refused or evicted
         for _ in range(3):
             with urllib.request.urlopen(f"{node.http}/healthz", timeout=20) as resp:
                 assert resp.status == 200
@@ -477,6 +492,8 @@ def test_3000_idle_connections_do_not_stop_a_normal_get(tmp_path: Path, mongo: s
                         and ('reason="evicted"' in line or 'reason="conn_full"' in line))
         assert made_room > 0  # the cap was reached and held
         assert len(os.listdir(f"/proc/{node.pid}/fd")) <= 1024 - 128
+        growth = rss_bytes(node.pid) - rss_before
+        assert growth < 768 * 45_000 + (40 << 20), growth  # ~40 KB a connection, plus slack
     finally:
         for sock in held:
             sock.close()
