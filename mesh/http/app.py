@@ -223,7 +223,7 @@ class _FastConnection(asyncio.Protocol):
         self._buf = bytearray()
         self._fd = -1
         self._sock: socket.socket | None = None  # our duplicate of the socket, for send() flags
-        self._ip = self._remote = ip
+        self._ip = self._remote = ip  # _ip is what the per-IP cap counts (an IPv6 /64)
         self._paused = False
         self._served = False
         self._last = 0.0  # the accept, the last request answered, or the last resume of writing
@@ -241,6 +241,9 @@ class _FastConnection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, (tuple, list)):
+            self._remote = str(peer[0])  # the client's own address, for the route
         self._server._opened(self)
         self._last = self._loop.time()
         self._timer = self._loop.call_at(self._deadline(), self._check_timer)
