@@ -23,6 +23,7 @@ import pytest
 from aiohttp import http_exceptions, web
 
 from mesh.cluster import NodeProcess, node_env
+from mesh.config import ConfigError, load_config
 from mesh.http.app import HttpServer, Reply, make_app
 from mesh.http.limits import (ConnectionCounts, HttpLimits, LogBudget, connection_budget, ip_key,
                               parse_error_reason)
@@ -84,6 +85,18 @@ def test_log_budget_says_one_line_per_interval_with_the_count() -> None:
 ])
 def test_parse_errors_map_to_fixed_words(exc: BaseException | None, reason: str) -> None:
     assert parse_error_reason(exc) == reason
+
+
+def test_config_fields_reach_the_limits_and_bad_values_name_the_field() -> None:
+    cfg = load_config(env={"MESH_HTTP_HEADER_TIMEOUT_S": "2.5", "MESH_HTTP_MAX_CONNECTIONS_PER_IP": "7"})
+    limits = HttpLimits.from_config(cfg)
+    assert (limits.header_timeout_s, limits.max_connections_per_ip) == (2.5, 7)
+    assert HttpLimits.from_config(load_config(env={})) == HttpLimits()  # one set of defaults
+    for field, value in [("http_header_timeout_s", 0), ("http_keepalive_s", -1),
+                         ("http_max_head_bytes", 100), ("http_max_connections_per_ip", 0),
+                         ("http_fd_reserve", -5)]:
+        with pytest.raises(ConfigError, match=f"'{field}'"):
+            load_config(env={}, **{field: value})
 
 
 # -- a real server -----------------------------------------------------------------------------

@@ -28,9 +28,9 @@ from .. import __version__
 from ..config import NodeConfig
 from ..embedded_db import EmbeddedDb, EmbeddedDbError, free_port
 from ..http.app import HttpServer, make_app
-from ..http.limits import HttpLimits
 from ..http.broadcasts import add_broadcast_routes
 from ..http.cluster import add_cluster_routes
+from ..http.limits import HttpLimits
 from ..http.pages import add_page_routes
 from ..registry import NodeInfo, Registry, RegistryError
 
