@@ -43,6 +43,14 @@ def test_budget_keeps_the_fd_reserve_and_honours_a_lower_cap() -> None:
     assert connection_budget(HttpLimits(max_connections=100_000), 1 << 20) == (100_000, (1 << 20) - 1024)
 
 
+def test_the_soft_open_files_limit_is_raised_to_the_hard_one(tmp_path: Path) -> None:
+    script = ("import resource; from mesh.http.limits import raise_nofile_limit; "
+              "n = raise_nofile_limit(); print(n, *resource.getrlimit(resource.RLIMIT_NOFILE))")
+    out = subprocess.run(["prlimit", "--nofile=300:900", sys.executable, "-c", script],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["900", "900", "900"]
+
+
 def test_counts_refuse_per_ip_then_report_full() -> None:
     counts = ConnectionCounts(total=3, per_ip=2, fd_ceiling=100)
     assert counts.admit("10.0.0.1", 10) == counts.OK

@@ -47,13 +47,15 @@ class HttpLimits:
 def raise_nofile_limit() -> int:
     """Raise this process's soft ``RLIMIT_NOFILE`` to its hard limit; return the soft limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = max(soft, 1 << 20) if soft != resource.RLIM_INFINITY else 1 << 20
-    if soft == resource.RLIM_INFINITY or soft >= hard:
-        return hard if soft == resource.RLIM_INFINITY else soft
+    infinity = resource.RLIM_INFINITY
+    if soft == infinity:
+        return 1 << 20  # as good as unlimited; budget as if it were this
+    target = 1 << 20 if hard == infinity else hard  # the kernel refuses more than nr_open anyway
+    if soft >= target:
+        return soft
     try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        return hard
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))  # the hard limit stays
+        return target
     except (ValueError, OSError):
         return soft
 
