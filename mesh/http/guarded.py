@@ -110,10 +110,11 @@ class GuardedHandler(web.RequestHandler):
             self.transport.abort()  # close() would wait for the client to read what is queued
 
     async def finish_response(self, request: Any, resp: Any, start_time: float | None) -> Any:
+        queued = len(self._messages)  # a declined upgrade's tail is parsed in here
         try:
             return await super().finish_response(request, resp, start_time)
         finally:
-            self._in_flight = max(0, self._in_flight - 1)
+            self._in_flight = max(0, self._in_flight - 1 + max(0, len(self._messages) - queued))
 
     # -- the head timeout ------------------------------------------------------------------
     def _arm(self) -> None:
