@@ -6,7 +6,8 @@ the client likes. Here a head (from its first byte, or from the accept for a con
 request) must be complete within ``header_timeout_s`` and ``max_head_bytes``, and a client that
 stops reading an answer is dropped after ``keepalive_s``. "Waiting for a head"
 means every request parsed so far (counted from aiohttp's message queue as it grows) has had its
-response finished (``finish_response``) and the connection is not upgraded; the tests in
+response finished (``finish_response``), none is queued or running, and the connection is not
+upgraded; the tests in
 tests/test_http_bounds.py fail if a new aiohttp changes those hooks.
 """
 from __future__ import annotations
@@ -49,7 +50,10 @@ class GuardedHandler(web.RequestHandler):
 
     # -- state -----------------------------------------------------------------------------
     def _waiting_for_head(self) -> bool:
-        return self._in_flight == 0 and not self._upgraded
+        # _messages and _request_in_progress also cover requests parsed outside data_received
+        # (the tail of a declined upgrade, parsed in finish_response)
+        return (self._in_flight == 0 and not self._messages and not self._request_in_progress
+                and not self._upgraded)
 
     def evictable(self) -> bool:
         return self.transport is not None and self._waiting_for_head()
@@ -110,11 +114,10 @@ class GuardedHandler(web.RequestHandler):
             self.transport.abort()  # close() would wait for the client to read what is queued
 
     async def finish_response(self, request: Any, resp: Any, start_time: float | None) -> Any:
-        queued = len(self._messages)  # a declined upgrade's tail is parsed in here
         try:
             return await super().finish_response(request, resp, start_time)
         finally:
-            self._in_flight = max(0, self._in_flight - 1 + max(0, len(self._messages) - queued))
+            self._in_flight = max(0, self._in_flight - 1)
 
     # -- the head timeout ------------------------------------------------------------------
     def _arm(self) -> None:
