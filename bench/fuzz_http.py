@@ -5,7 +5,7 @@ ffmpeg playlist and segment fetches, REST calls, then mutated: bit flips, insert
 truncations, splices, huge declared lengths, long lines, many fields, junk queries and paths) goes
 through the parsers the node runs on it, in the node's order:
 
-1. the fast path's sans-IO head parser, :func:`mesh.http.app.parse_simple_get`;
+1. the fast path's sans-IO head parser, :func:`mesh.http.fastpath.parse_simple_get`;
 2. aiohttp's request parser built as the node's aiohttp handler builds it (the C parser when
    installed, the node's line/field/field-count limits), fed in one to three pieces;
 3. for each request aiohttp accepts: its URL, path and query as a handler sees them, and the
@@ -29,7 +29,7 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http import HttpRequestParser
 from aiohttp.web_protocol import MAX_MSG_QUEUE_SIZE, RequestPayloadError
 
-from mesh.http.app import FAST_MAX_HEAD, parse_simple_get
+from mesh.http.fastpath import FAST_MAX_HEAD, parse_simple_get
 
 try:  # the edge's name rules (the lead may move them; the fuzz follows)
     from mesh.broker.wire import NAME_RE

@@ -1,4 +1,4 @@
-"""What a stranger's HTTP connections may cost a node (mesh.http.limits, mesh.http.app): the pure
+"""What a stranger's HTTP connections may cost a node (mesh.http.limits, mesh.http.server): the pure
 admission rules, then a real HttpServer on 127.0.0.1 (heads, keep-alive and bodies timed out on
 the fast path and aiohttp's, per-IP and total caps, malformed requests counted without a
 traceback), a child process run out of descriptors, and a real edge node under 3,000 idle

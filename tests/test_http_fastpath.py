@@ -1,4 +1,4 @@
-"""The HTTP fast path (mesh.http.app): its pure request-head parser, and a real server on 127.0.0.1
+"""The HTTP fast path (mesh.http.fastpath): its pure request-head parser, and a real server on 127.0.0.1
 checked with raw sockets against aiohttp answering the same URLs: identical responses, pipelining,
 hand-over to aiohttp, Connection: close, slow readers, shutdown.
 """
@@ -313,13 +313,13 @@ class QueuedTransport(asyncio.Transport):
 
 
 def test_nothing_overtakes_bytes_the_transport_still_queues() -> None:
-    from mesh.http.app import _FastConnection
+    from mesh.http.fastpath import FastConnection
 
     async def main() -> None:
         site = Site()
         ours, peer = socket.socketpair()
         peer.setblocking(False)
-        conn = _FastConnection(site.server, "127.0.0.1")
+        conn = FastConnection(site.server, "127.0.0.1")
         transport = QueuedTransport(ours)
         conn.connection_made(transport)
         conn.data_received(get("/app/streams/seg000000001.ts"))

@@ -23,7 +23,7 @@ from .. import metrics
 from .limits import LogBudget, parse_error_reason
 
 if TYPE_CHECKING:
-    from .app import HttpServer
+    from .server import HttpServer
 
 log = logging.getLogger("mesh.http")
 
@@ -36,7 +36,7 @@ _malformed_log = LogBudget(60.0)
 
 
 class GuardedHandler(web.RequestHandler):
-    """One aiohttp connection of an :class:`~mesh.http.app.HttpServer`."""
+    """One aiohttp connection of an :class:`~mesh.http.server.HttpServer`."""
 
     def __init__(self, owner: "HttpServer", ip: str, **kwargs: Any):
         assert owner._aiohttp is not None

@@ -1,6 +1,6 @@
 """What a stranger's HTTP connections may cost a node: the limits and the pure rules behind them.
 
-The server (:mod:`mesh.http.app`) owns sockets and timers; this module only decides, with time
+The server (:mod:`mesh.http.server`) owns sockets and timers; this module only decides, with time
 passed in:
 
 - :class:`HttpLimits`: the configured budget (timeouts, head size, connection caps, fd reserve).
@@ -18,6 +18,9 @@ import resource
 from dataclasses import dataclass
 from typing import Any
 
+from aiohttp import web
+
+BODY_TIMEOUT_S = web.AppKey("mesh_http_body_timeout_s", float)  # the app's body timeout (HttpServer sets it)
 MIN_CONNECTIONS = 64  # below this the fd reserve is cut to half the limit instead
 # With max_connections = 0 (auto), at most this many whatever the open-files limit: an idle
 # connection costs about 3 KB, one holding a full 16 KiB head about 40 KB as aiohttp parses it
