@@ -104,6 +104,14 @@ class NodeConfig:
     rest_allowed_cidrs: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     # peers whose X-Forwarded-For names the real client (the load balancer); loopback by default
     trusted_proxies: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    # HTTP bounds (see the README's resource budget)
+    http_header_timeout_s: float = 10.0  # a request head must be complete this long after it starts
+    http_keepalive_s: float = 75.0  # idle keep-alive connections are closed after this
+    http_body_timeout_s: float = 20.0  # a request body must arrive this long after its head
+    http_max_head_bytes: int = 16 << 10
+    http_max_connections: int = 0  # 0: the open-files limit minus http_fd_reserve, at most 16384
+    http_max_connections_per_ip: int = 512
+    http_fd_reserve: int = 1024  # descriptors HTTP leaves for the bus, the database and files
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # -- derived ---------------------------------------------------------------------------
@@ -158,6 +166,16 @@ class NodeConfig:
                 raise bad(name, "must be a positive integer")
         if self.rtmp_max_connections_per_ip > self.rtmp_max_connections:
             raise bad("rtmp_max_connections_per_ip", "must not be more than rtmp_max_connections")
+        for name in ("http_header_timeout_s", "http_keepalive_s", "http_body_timeout_s"):
+            if not 0 < getattr(self, name) <= 3600:
+                raise bad(name, "use more than 0 and at most 3600 seconds")
+        if not 1024 <= self.http_max_head_bytes <= 1 << 20:
+            raise bad("http_max_head_bytes", "use 1024 to 1048576 bytes")
+        for name in ("http_max_connections", "http_fd_reserve"):
+            if getattr(self, name) < 0:
+                raise bad(name, "must be 0 or more")
+        if self.http_max_connections_per_ip <= 0:
+            raise bad("http_max_connections_per_ip", "must be a positive integer")
         if self.mongo and not self.mongo.startswith(("mongodb://", "mongodb+srv://")):
             raise bad("mongo", "must be a mongodb:// or mongodb+srv:// URI, "
                       "e.g. mongodb://user:pass@10.0.0.5:27017/")

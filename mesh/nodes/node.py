@@ -31,6 +31,7 @@ from ..http.app import HttpServer, make_app
 from ..http.auth import RestAuth
 from ..http.broadcasts import add_broadcast_routes
 from ..http.cluster import add_cluster_routes
+from ..http.limits import HttpLimits
 from ..http.pages import add_page_routes
 from ..registry import NodeInfo, Registry, RegistryError
 from ..tokens import secrets_of
@@ -49,7 +50,7 @@ class Node:
         self.registry: Registry | None = None
         self.zmq: zmq.asyncio.Context | None = None
         self.app = make_app()
-        self.http = HttpServer(self.app, cfg.bind, cfg.http_port)
+        self.http = HttpServer(self.app, cfg.bind, cfg.http_port, HttpLimits.from_config(cfg))
         self.parts: list[Part] = []
         self.info = NodeInfo(self.node_id, self.role, cfg.host, version=__version__)
         self._heartbeat_task: asyncio.Task[None] | None = None
