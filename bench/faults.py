@@ -34,12 +34,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
 from ._lab import Host, Lab, node_args, python, unavailable
+from .ingest import wait_for
 
 SCENARIOS = ("edge-kill", "edge-partition", "origin-kill", "db-pause", "wan")
 HTTP_PORT, RTMP_PORT, BUS_PORT = 5080, 1935, 5560
@@ -60,14 +63,7 @@ def http_get(url: str, timeout_s: float = 2.0) -> tuple[int, bytes]:
 
 
 def wait(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(interval_s)
+    return wait_for(predicate, timeout_s, what, interval_s)
 
 
 # --------------------------------------------------------------------------- the viewer
@@ -371,38 +367,44 @@ def scenario(cl: LabCluster, player: Player, name: str) -> dict[str, Any]:
     return result
 
 
+@contextmanager
+def watched_cluster(work: Path, **wan: float) -> Iterator[tuple[LabCluster, Player]]:
+    """A lab cluster with a reconnecting publisher and a player that has started playing."""
+    with Lab() as lab:
+        cl = LabCluster(lab, work, **wan)
+        publisher = player = None
+        try:
+            cl.start()
+            publisher = Publisher(cl.publish_url, work / "publisher.log")
+            publisher.start()
+            player = Player(cl.play_url)
+            player.start()
+            wait(lambda: player.started_at is not None, 90, "the player to start")
+            yield cl, player
+        finally:
+            if player is not None:
+                player.stop()
+            if publisher is not None:
+                publisher.stop()
+            cl.stop()
+
+
 def run(names: list[str], workdir: Path | None = None) -> dict[str, Any]:
     why = unavailable()
     if why:
         raise click.ClickException(f"the lab cannot run here: {why}")
     work = workdir or Path(tempfile.mkdtemp(prefix="mesh-bench-faults-"))
     results = []
-    groups = [[n for n in names if n != "wan"], [n for n in names if n == "wan"]]
-    for group in groups:
+    for group in ([n for n in names if n != "wan"], [n for n in names if n == "wan"]):
         if not group:
             continue
         wan = group == ["wan"]
         sub = work / ("wan" if wan else "main")
         sub.mkdir(parents=True, exist_ok=True)
-        with Lab() as lab:
-            cl = LabCluster(lab, sub, wan_delay_ms=50 if wan else 0, wan_loss=0.01 if wan else 0)
-            publisher = player = None
-            try:
-                say(f"starting the lab ({'origins behind 50 ms and 1 % loss' if wan else '6 hosts'})")
-                cl.start()
-                publisher = Publisher(cl.publish_url, sub / "publisher.log")
-                publisher.start()
-                player = Player(cl.play_url)
-                player.start()
-                wait(lambda: player.started_at is not None, 60, "the player to start")
-                for name in group:
-                    results.append(scenario(cl, player, name))
-            finally:
-                if player is not None:
-                    player.stop()
-                if publisher is not None:
-                    publisher.stop()
-                cl.stop()
+        say(f"starting the lab ({'origins behind 50 ms and 1 % loss' if wan else '6 hosts'})")
+        with watched_cluster(sub, **({"wan_delay_ms": 50, "wan_loss": 0.01} if wan else {})) as (cl, player):
+            for name in group:
+                results.append(scenario(cl, player, name))
     return {"benchmark": "faults", "results": results, "when": time.strftime("%Y-%m-%d %H:%M:%S"),
             "load_avg": [round(x, 2) for x in os.getloadavg()], "workdir": str(work)}
 

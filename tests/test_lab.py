@@ -13,8 +13,8 @@ from typing import Iterator
 
 import pytest
 
-from mesh_bench._lab import Lab, unavailable
-from mesh_bench.faults import LabCluster, Player, Publisher, http_get, wait
+from mesh_bench._lab import unavailable
+from mesh_bench.faults import LabCluster, Player, http_get, wait, watched_cluster
 
 from .browser import play_hls, require_chromium
 from .media import ffmpeg_decode_errors
@@ -28,24 +28,8 @@ if WHY:
 
 @pytest.fixture(scope="module")
 def lab_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LabCluster, Player]]:
-    work = tmp_path_factory.mktemp("lab")
-    with Lab() as lab:
-        cl = LabCluster(lab, work)
-        publisher = player = None
-        try:
-            cl.start()
-            publisher = Publisher(cl.publish_url, work / "publisher.log")
-            publisher.start()
-            player = Player(cl.play_url)
-            player.start()
-            wait(lambda: player.started_at is not None, 90, "the player to start")
-            yield cl, player
-        finally:
-            if player is not None:
-                player.stop()
-            if publisher is not None:
-                publisher.stop()
-            cl.stop()
+    with watched_cluster(tmp_path_factory.mktemp("lab")) as (cl, player):
+        yield cl, player
 
 
 def test_every_node_is_its_own_host_and_advertises_its_own_address(lab_cluster) -> None:
@@ -97,24 +81,9 @@ def test_hlsjs_keeps_playing_when_an_edge_is_killed_behind_round_robin(lab_clust
 
 
 def test_origin_to_edge_delay_and_loss_are_repaired(tmp_path: Path) -> None:
-    with Lab() as lab:
-        cl = LabCluster(lab, tmp_path, wan_delay_ms=50, wan_loss=0.01)
-        publisher = player = None
-        try:
-            cl.start()
-            publisher = Publisher(cl.publish_url, tmp_path / "publisher.log")
-            publisher.start()
-            player = Player(cl.play_url)
-            player.start()
-            wait(lambda: player.started_at is not None, 90, "the player to start")
-            count = player.mark()["segments"]
-            wait(lambda: player.mark()["segments"] >= count + 6, 60, "six more segments over the lossy link")
-            report = player.mark()
-            assert report["lost"] == 0 and report["reused"] == 0 and report["msn_regressions"] == 0, report
-            assert ffmpeg_decode_errors(cl.play_url, seconds=3) == ""
-        finally:
-            if player is not None:
-                player.stop()
-            if publisher is not None:
-                publisher.stop()
-            cl.stop()
+    with watched_cluster(tmp_path, wan_delay_ms=50, wan_loss=0.01) as (cl, player):
+        count = player.mark()["segments"]
+        wait(lambda: player.mark()["segments"] >= count + 6, 60, "six more segments over the lossy link")
+        report = player.mark()
+        assert report["lost"] == 0 and report["reused"] == 0 and report["msn_regressions"] == 0, report
+        assert ffmpeg_decode_errors(cl.play_url, seconds=3) == ""
