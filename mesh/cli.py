@@ -450,6 +450,32 @@ def lb_haproxy(mongo: str | None, mongo_file: str | None, listen: str, http_port
         fail(str(exc))
 
 
+@main.group()
+def install() -> None:
+    """Install mesh as a service on this machine."""
+
+
+@install.command("systemd")
+@click.option("--role", type=click.Choice(["origin", "edge", "standalone", "db"]), default="standalone",
+              show_default=True, help="Written to the config file (db: the embedded database's unit).")
+@click.option("--user", default="mesh", show_default=True, help="The system user the service runs as.")
+@click.option("--root", "root", type=click.Path(file_okay=False), default="/", show_default=True,
+              help="Prefix for every path written (for tests and images); the unit is then not enabled.")
+def install_systemd(role: str, user: str, root: str) -> None:
+    """As root: create the system user (useradd --system), /etc/mesh (0750 root:USER), /var/lib/mesh
+    and /var/cache/mesh (0750 USER:USER), the config file /etc/mesh/mesh.toml (0640 root:USER,
+    holding the role), and the unit (mesh.service, or mesh-db.service for --role db) in
+    /etc/systemd/system; then systemctl daemon-reload and enable it (or print those commands when
+    systemd is not running). The unit passes no --role: the node takes it from the config file.
+    """
+    from .install import InstallError, Layout, install_systemd as run_install
+
+    try:
+        run_install(role, layout=Layout(Path(root).resolve()), user=user, say=click.echo)
+    except InstallError as exc:
+        fail(str(exc))
+
+
 @main.command()
 @click.argument("mode", type=click.Choice(["cluster", "standalone"]))
 @click.argument("mongo_host", required=False)
@@ -473,18 +499,22 @@ def mode(mode: str, mongo_host: str | None, user: str | None, password: str | No
       mesh mode standalone                          back to one process with its own database
 
     The password is never taken from the command line (every local user can read that). The
-    config file holds it, so it is written 0640, group mesh (root if there is no mesh group).
-    Then restart the node (e.g. systemctl restart mesh-origin).
+    config file holds it, so it is written 0640, group mesh (root if there is no mesh group), or
+    the group of its directory (/etc/mesh after `mesh install systemd`: the service user's).
+    Then restart the node: systemctl restart mesh.
     """
     from urllib.parse import quote_plus
 
     from .config import set_config_values
     from .credentials import uri_has_password
 
+    from .install import restart_hint, share_with_dir_group
+
     path = Path(config_path) if config_path else default_config_path()
     if mode == "standalone":
         set_config_values(path, {"role": "standalone", "mongo": ""})
-        click.echo(f"wrote {path}: standalone mode (embedded database). Restart the node to apply.")
+        share_with_dir_group(path)
+        click.echo(f"wrote {path}: standalone mode (embedded database); {restart_hint(path)}")
         return
     if not mongo_host:
         fail("cluster mode needs the database address: mesh mode cluster MONGO_HOST [USER]")
@@ -510,8 +540,9 @@ def mode(mode: str, mongo_host: str | None, user: str | None, password: str | No
     if not no_check:
         run_registry(uri, lambda r: r.count_nodes())  # a bad address or password fails here, clearly
     set_config_values(path, {"role": role, "mongo": uri})
-    click.echo(f"wrote {path}: cluster mode, role {role}, database {uri.split('@')[-1]}. "
-               f"Restart the node to apply.")
+    share_with_dir_group(path)
+    click.echo(f"wrote {path}: cluster mode, role {role}, database {uri.split('@')[-1]}; "
+               f"{restart_hint(path)}")
 
 
 @main.command()
