@@ -3,6 +3,7 @@ nodes on the embedded database), and a config failing the balancer's check never
 from __future__ import annotations
 
 import json
+import resource
 import shutil
 import signal
 import subprocess
@@ -39,6 +40,14 @@ http {{
 {temps}    include {include_dir}/mesh-http.conf;
 }}
 """
+
+
+def room_for_maxconn() -> None:
+    """HAProxy wants two descriptors per connection of its maxconn; raise the limit if we may."""
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+    except (ValueError, OSError):
+        pass
 
 
 def get(url: str) -> tuple[int, bytes]:
@@ -157,7 +166,8 @@ def test_haproxy_watch_follows_join_and_death(tmp_path: Path, mongo: str, db_nam
     try:
         wait_until(lambda: cfg.exists(), timeout_s=30, message=watcher.output)
         haproxy = subprocess.Popen(["haproxy", "-W", "-db", "-f", str(cfg)], stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                   stdout=subprocess.DEVNULL, stderr=open(tmp_path / "haproxy.log", "w"),
+                                   preexec_fn=room_for_maxconn)
         pidfile.write_text(str(haproxy.pid))
         base = f"http://127.0.0.1:{http_port}"
         wait_until(lambda: node_behind(base) == edge1.node_id, message="haproxy serving edge 1")

@@ -144,6 +144,7 @@ class BusPublisher:
         self._tasks: list[asyncio.Task[None]] = []
         self.messages_sent = 0
         self.entries_sent = 0
+        self.bytes_sent = 0
         self.snapshots_served = 0
         _publishers.add(self)
 
@@ -241,6 +242,7 @@ class BusPublisher:
             return
         self.messages_sent += 1
         self.entries_sent += len(entries)
+        self.bytes_sent += len(topic) + len(header) + len(payload)
 
     # -- tasks -----------------------------------------------------------------------------
     async def _serve_subscriptions(self) -> None:
@@ -303,3 +305,4 @@ class BusPublisher:
 _publishers: "weakref.WeakSet[BusPublisher]" = weakref.WeakSet()
 metrics.BUS_SENT.add_source(lambda: sum(p.messages_sent for p in list(_publishers)))
 metrics.BUS_SENT_ENTRIES.add_source(lambda: sum(p.entries_sent for p in list(_publishers)))
+metrics.BUS_SENT_BYTES.add_source(lambda: sum(p.bytes_sent for p in list(_publishers)))
