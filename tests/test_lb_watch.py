@@ -3,6 +3,8 @@ nodes on the embedded database), and a config failing the balancer's check never
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -19,13 +21,30 @@ from mesh.lb_watch import apply_files
 from .media import ffmpeg_decode_errors
 from .procs import node_env, wait_until
 
+ROOT = Path(__file__).resolve().parent.parent
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+
+
+def readme_block(first_word: str) -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```(?:sh|nginx)\n(.*?)```", text, re.S)
+    block = next(b for b in blocks if b.startswith(first_word))
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def readme_lb_args(kind: str, path: str, replacement: Path) -> list[str]:
+    """The README's `mesh lb KIND ... --watch` line as argv after `mesh`, its path moved under the test's."""
+    line = next(x for x in readme_block("mesh lb") if x.startswith(f"mesh lb {kind} "))
+    argv = shlex.split(line.replace(path, str(replacement)))
+    assert argv[:3] == ["mesh", "lb", kind] and "--watch" in argv
+    return argv[1:]
 
 
 def stock_nginx_conf(prefix: Path, include_dir: Path) -> str:
     """A main nginx.conf as an operator has it, plus the two include lines the README gives."""
     temps = "".join(f"    {k}_temp_path {prefix}/tmp/{k};\n" for k in TEMP_DIRS)
+    stream_line, http_line = (x.replace("/etc/nginx/mesh", str(include_dir)) for x in readme_block("stream {"))
     return f"""load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 daemon off;
 pid {prefix}/nginx.pid;
@@ -33,10 +52,10 @@ error_log {prefix}/error.log warn;
 user root root;
 worker_processes 1;
 events {{ worker_connections 1024; }}
-stream {{ include {include_dir}/mesh-stream.conf; }}
+{stream_line}
 http {{
     access_log off;
-{temps}    include {include_dir}/mesh-http.conf;
+{temps}    {http_line}
 }}
 """
 
@@ -65,7 +84,7 @@ def hls_requests(node) -> float:
 class Watcher:
     def __init__(self, args: list[str], mongo: str, db_name: str, log: Path):
         self.log = log
-        self.proc = subprocess.Popen([sys.executable, "-m", "mesh", "lb", *args, "--watch", "--interval", "0.5"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "mesh", *args, "--interval", "0.5"],
                                      env=node_env(MESH_MONGO=mongo, MESH_DB_NAME=db_name),
                                      stdout=subprocess.DEVNULL, stderr=open(log, "w"))
 
@@ -108,7 +127,8 @@ def test_nginx_include_watch_follows_join_and_death(tmp_path: Path, mongo: str, 
     conf.write_text(stock_nginx_conf(prefix, include))
     http_port, rtmp_port = free_port(), free_port()
     cache = tmp_path / "cache" / "nginx" / "mesh"  # parents missing: --include creates them
-    watcher = Watcher(["nginx", "--include", str(include), "--cache-dir", str(cache), "--listen", "127.0.0.1",
+    watcher = Watcher(readme_lb_args("nginx", "/etc/nginx/mesh", include) + [
+                       "--cache-dir", str(cache), "--listen", "127.0.0.1",
                        "--http-port", str(http_port), "--rtmp-port", str(rtmp_port),
                        "--check-cmd", f"{NGINX} -t -q -p {prefix} -c {conf}",
                        "--reload-cmd", f"{NGINX} -p {prefix} -c {conf} -s reload"], mongo, db_name,
@@ -150,7 +170,8 @@ def test_haproxy_watch_follows_join_and_death(tmp_path: Path, mongo: str, db_nam
     edge1 = node_factory("edge")
     cfg, pidfile = tmp_path / "haproxy.cfg", tmp_path / "haproxy.pid"
     http_port, rtmp_port = free_port(), free_port()
-    watcher = Watcher(["haproxy", "--out", str(cfg), "--listen", "127.0.0.1", "--http-port", str(http_port),
+    watcher = Watcher(readme_lb_args("haproxy", "/etc/haproxy/haproxy.cfg", cfg) + [
+                       "--listen", "127.0.0.1", "--http-port", str(http_port),
                        "--rtmp-port", str(rtmp_port), "--reload-cmd", f"kill -USR2 $(cat {pidfile})"],
                       mongo, db_name, tmp_path / "watch.log")
     haproxy = publisher = None
