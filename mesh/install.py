@@ -143,11 +143,15 @@ def this_mesh_command() -> str:
 
 
 def share_with_dir_group(path: Path) -> None:
-    """Give ``path`` (0640) to its directory's group, when that is not root's: /etc/mesh is
-    root:SERVICE-USER 0750 after an install, so the service can read what `mesh mode` writes."""
+    """As root, give ``path`` (0640) to its directory's group when that directory is closed to
+    others and not root's group: /etc/mesh is 0750 root:SERVICE-USER after an install, so the
+    service can read what `mesh mode` writes. Anything else is left as written (0640/0600)."""
+    if os.geteuid() != 0:
+        return
     try:
-        gid = path.parent.stat().st_gid
-        if gid != 0 and path.stat().st_gid != gid:
+        st = path.parent.stat()
+        gid = st.st_gid
+        if gid != 0 and not st.st_mode & 0o007 and path.stat().st_gid != gid:
             os.chown(path, -1, gid)
             os.chmod(path, 0o640)
     except PermissionError:
