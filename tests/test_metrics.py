@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -76,7 +77,13 @@ def test_operator_metrics_and_the_dashboard(node_factory) -> None:
                       value(s, "mesh_abr_transcoder_lag_seconds", stream="cam1")]
             return s if all(v is not None for v in wanted) and wanted[1] > 0 and wanted[2] > 0 else None
 
+        try:  # a viewer's bad request, so the rejected-inputs panel has a series to show
+            get(f"{node.http}/LiveApp/streams/no_such_thing.xyz")
+            raise AssertionError("a bad HLS path answered 200")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 404
         scraped = wait_until(exported, timeout_s=60, interval_s=0.5, message="per-stream metrics")
+        assert value(scraped, "mesh_bad_input_total", boundary="http", reason="path") >= 1
         assert value(scraped, "mesh_hls_stream_viewers", stream="cam1") >= 1
         for name in ("mesh_bus_sent_bytes_total", "mesh_bus_received_bytes_total",
                      "mesh_bus_messages_sent_total", "mesh_bus_messages_received_total"):
