@@ -1,5 +1,6 @@
 """Regenerate deploy/nginx/mesh.conf and deploy/haproxy/haproxy.cfg, the example load-balancer configs
-(for a cluster of two origins and three edges), from the same code `mesh lb` uses:
+(for a cluster of two origins and three edges), from the same code `mesh lb` uses, and the systemd
+units in deploy/systemd/ from the code `mesh install systemd` uses:
 
     .venv/bin/python deploy/render_examples.py
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mesh.install import DB_UNIT, NODE_UNIT, render_unit
 from mesh.lb import Backend, Backends, render_haproxy, render_nginx
 
 HERE = Path(__file__).parent
@@ -24,6 +26,8 @@ def examples() -> dict[Path, str]:
     return {
         HERE / "nginx" / "mesh.conf": render_nginx(EXAMPLE, listen="0.0.0.0"),
         HERE / "haproxy" / "haproxy.cfg": render_haproxy(EXAMPLE, listen="0.0.0.0"),
+        HERE / "systemd" / NODE_UNIT: render_unit("origin"),
+        HERE / "systemd" / DB_UNIT: render_unit("db"),
     }
 
 

@@ -403,6 +403,17 @@ def _lb_options(fn: Any) -> Any:
     fn = click.option("--rtmp-port", type=int, default=1935, show_default=True)(fn)
     fn = click.option("--out", type=click.Path(dir_okay=False), default=None,
                       help="Write here instead of standard output.")(fn)
+    fn = click.option("--watch", is_flag=True,
+                      help="Keep running: re-render when the alive nodes change, check, replace, reload.")(fn)
+    fn = click.option("--interval", "interval_s", type=click.FloatRange(0.2, 60), default=1.0,
+                      show_default=True, help="With --watch: seconds between registry polls.")(fn)
+    fn = click.option("--check-cmd", default=None,
+                      help="Command that checks the config ({conf}: the candidate file) [nginx: "
+                           "`nginx -t -q -c {conf}`, with --include `nginx -t -q`; haproxy: "
+                           "`haproxy -c -q -f {conf}`].")(fn)
+    fn = click.option("--reload-cmd", default=None,
+                      help="Command that reloads the balancer after a change [nginx: `nginx -s reload`; "
+                           "haproxy: `systemctl reload haproxy`].")(fn)
     return fn
 
 
@@ -421,32 +432,143 @@ def _emit(text: str, out: str | None) -> None:
         click.echo(text, nl=False)
 
 
-@lb.command("nginx")
-@_lb_options
-def lb_nginx(mongo: str | None, mongo_file: str | None, listen: str, http_port: int, rtmp_port: int,
-             out: str | None) -> None:
-    """nginx.conf: stream{} for RTMP (least connections to origins), http{} with an HLS cache
-    (round-robin to edges). Needs Debian's libnginx-mod-stream."""
-    from .lb import render_nginx
+def _lb_watch(mongo: str | None, mongo_file: str | None, render: Any, check_cmd: str | None,
+              reload_cmd: str | None, interval_s: float) -> None:
+    """Run :func:`mesh.lb_watch.watch` until SIGTERM/Ctrl-C."""
+    from .lb_watch import watch
+    from .registry import Registry, RegistryError
+
+    uri = mongo_uri(mongo, mongo_file)
+    setup_logging("info")
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        registry = Registry(uri, os.environ.get("MESH_DB_NAME") or "mesh",
+                            node_dead_after_s=float(os.environ.get("MESH_NODE_DEAD_AFTER_S") or 4.0))
+        await registry.connect()
+        try:
+            click.echo(f"following the cluster every {interval_s:g} s (check: {check_cmd or 'none'}; "
+                       f"reload: {reload_cmd or 'none'}); Ctrl-C stops", err=True)
+            await watch(registry, render, check_cmd=check_cmd, reload_cmd=reload_cmd,
+                        interval_s=interval_s, stop=stop)
+        finally:
+            await registry.close()
 
     try:
-        _emit(render_nginx(_alive_backends(mongo, mongo_file), listen=listen, http_port=http_port,
-                           rtmp_port=rtmp_port), out)
+        asyncio.run(go())
+    except RegistryError as exc:
+        fail(str(exc))
+
+
+@lb.command("nginx")
+@_lb_options
+@click.option("--include", "include_dir", type=click.Path(file_okay=False), default=None,
+              help="Write mesh-stream.conf and mesh-http.conf into this directory, to include from a "
+                   "stock nginx.conf (inside stream {} and http {}), instead of a whole nginx.conf.")
+@click.option("--cache-dir", default=None, help="The HLS cache directory, created if missing "
+              "[default: /var/cache/nginx/mesh].")
+def lb_nginx(mongo: str | None, mongo_file: str | None, listen: str, http_port: int, rtmp_port: int,
+             out: str | None, watch: bool, interval_s: float, check_cmd: str | None, reload_cmd: str | None,
+             include_dir: str | None, cache_dir: str | None) -> None:
+    """nginx config: stream{} for RTMP (least connections to origins), http{} with an HLS cache
+    (round-robin to edges). Needs Debian's libnginx-mod-stream.
+
+    \b
+    A whole nginx.conf:   mesh lb nginx --out /etc/nginx/nginx.conf
+    Parts to include:     mesh lb nginx --include /etc/nginx/mesh
+      then in nginx.conf, at the top level:  stream { include /etc/nginx/mesh/mesh-stream.conf; }
+      and inside http { }:                   include /etc/nginx/mesh/mesh-http.conf;
+    Following the cluster: add --watch (checks with nginx -t before a reload; keeps the old
+    config when the check fails).
+    """
+    from .lb import NGINX_CACHE_DIR, render_nginx, render_nginx_includes
+
+    if out and include_dir:
+        fail("--out writes a whole nginx.conf, --include the parts to include: pick one")
+    if watch and not (out or include_dir):
+        fail("--watch needs --out FILE or --include DIR to keep up to date")
+    if out or include_dir:
+        base = cache_dir or NGINX_CACHE_DIR
+        Path(base).mkdir(parents=True, exist_ok=True)  # nginx -t fails on a missing parent
+
+    def render(backends: Any) -> dict[Path, str]:
+        if include_dir:
+            parts = render_nginx_includes(backends, listen=listen, http_port=http_port, rtmp_port=rtmp_port,
+                                          cache_dir=cache_dir or NGINX_CACHE_DIR)
+            return {Path(include_dir) / name: text for name, text in parts.items()}
+        return {Path(out or "-"): render_nginx(backends, listen=listen, http_port=http_port,
+                                               rtmp_port=rtmp_port, cache_dir=cache_dir)}
+
+    if watch:
+        _lb_watch(mongo, mongo_file, render, check_cmd or ("nginx -t -q" if include_dir else
+                                                           "nginx -t -q -c {conf}"),
+                  reload_cmd or "nginx -s reload", interval_s)
+        return
+    try:
+        files = render(_alive_backends(mongo, mongo_file))
     except ValueError as exc:
         fail(str(exc))
+    if include_dir:
+        for path, text in files.items():
+            _emit(text, str(path))
+        click.echo(f"add to nginx.conf: at the top level `stream {{ include {Path(include_dir).resolve()}/"
+                   f"mesh-stream.conf; }}`, inside http {{ }} `include {Path(include_dir).resolve()}/"
+                   f"mesh-http.conf;`", err=True)
+    else:
+        _emit(next(iter(files.values())), out)
 
 
 @lb.command("haproxy")
 @_lb_options
 def lb_haproxy(mongo: str | None, mongo_file: str | None, listen: str, http_port: int, rtmp_port: int,
-             out: str | None) -> None:
-    """haproxy.cfg: TCP for RTMP to origins, HTTP round-robin to edges with health checks."""
+               out: str | None, watch: bool, interval_s: float, check_cmd: str | None,
+               reload_cmd: str | None) -> None:
+    """haproxy.cfg: TCP for RTMP to origins, HTTP round-robin to edges with health checks.
+    With --watch it follows the cluster (checked with haproxy -c before a reload)."""
     from .lb import render_haproxy
 
+    def render(backends: Any) -> dict[Path, str]:
+        return {Path(out or "-"): render_haproxy(backends, listen=listen, http_port=http_port,
+                                                 rtmp_port=rtmp_port)}
+
+    if watch:
+        if not out:
+            fail("--watch needs --out FILE to keep up to date")
+        _lb_watch(mongo, mongo_file, render, check_cmd or "haproxy -c -q -f {conf}",
+                  reload_cmd or "systemctl reload haproxy", interval_s)
+        return
     try:
-        _emit(render_haproxy(_alive_backends(mongo, mongo_file), listen=listen, http_port=http_port,
-                             rtmp_port=rtmp_port), out)
+        _emit(next(iter(render(_alive_backends(mongo, mongo_file)).values())), out)
     except ValueError as exc:
+        fail(str(exc))
+
+
+@main.group()
+def install() -> None:
+    """Install mesh as a service on this machine."""
+
+
+@install.command("systemd")
+@click.option("--role", type=click.Choice(["origin", "edge", "standalone", "db"]), default="standalone",
+              show_default=True, help="Written to the config file (db: the embedded database's unit).")
+@click.option("--user", default="mesh", show_default=True, help="The system user the service runs as.")
+@click.option("--root", "root", type=click.Path(file_okay=False), default="/", show_default=True,
+              help="Prefix for every path written (for tests and images); the unit is then not enabled.")
+def install_systemd(role: str, user: str, root: str) -> None:
+    """As root: create the system user (useradd --system), /etc/mesh (0750 root:USER), /var/lib/mesh
+    and /var/cache/mesh (0750 USER:USER), the config file /etc/mesh/mesh.toml (0640 root:USER,
+    holding the role), and the unit (mesh.service, or mesh-db.service for --role db) in
+    /etc/systemd/system; then systemctl daemon-reload and enable it (or print those commands when
+    systemd is not running). The unit passes no --role: the node takes it from the config file.
+    """
+    from .install import InstallError, Layout, install_systemd as run_install
+
+    try:
+        run_install(role, layout=Layout(Path(root).resolve()), user=user, say=click.echo)
+    except InstallError as exc:
         fail(str(exc))
 
 
@@ -473,18 +595,22 @@ def mode(mode: str, mongo_host: str | None, user: str | None, password: str | No
       mesh mode standalone                          back to one process with its own database
 
     The password is never taken from the command line (every local user can read that). The
-    config file holds it, so it is written 0640, group mesh (root if there is no mesh group).
-    Then restart the node (e.g. systemctl restart mesh-origin).
+    config file holds it, so it is written 0640, group mesh (root if there is no mesh group), or
+    the group of its directory (/etc/mesh after `mesh install systemd`: the service user's).
+    Then restart the node: systemctl restart mesh.
     """
     from urllib.parse import quote_plus
 
     from .config import set_config_values
     from .credentials import uri_has_password
 
+    from .install import restart_hint, share_with_dir_group
+
     path = Path(config_path) if config_path else default_config_path()
     if mode == "standalone":
         set_config_values(path, {"role": "standalone", "mongo": ""})
-        click.echo(f"wrote {path}: standalone mode (embedded database). Restart the node to apply.")
+        share_with_dir_group(path)
+        click.echo(f"wrote {path}: standalone mode (embedded database); {restart_hint(path)}")
         return
     if not mongo_host:
         fail("cluster mode needs the database address: mesh mode cluster MONGO_HOST [USER]")
@@ -510,8 +636,9 @@ def mode(mode: str, mongo_host: str | None, user: str | None, password: str | No
     if not no_check:
         run_registry(uri, lambda r: r.count_nodes())  # a bad address or password fails here, clearly
     set_config_values(path, {"role": role, "mongo": uri})
-    click.echo(f"wrote {path}: cluster mode, role {role}, database {uri.split('@')[-1]}. "
-               f"Restart the node to apply.")
+    share_with_dir_group(path)
+    click.echo(f"wrote {path}: cluster mode, role {role}, database {uri.split('@')[-1]}; "
+               f"{restart_hint(path)}")
 
 
 @main.command()

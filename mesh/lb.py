@@ -55,83 +55,116 @@ def _servers(backends: list[Backend], indent: str, extra: str = "") -> str:
     return "\n".join(f"{indent}server {b.host}:{b.port}{extra};  # {b.node_id}" for b in backends)
 
 
+NGINX_CACHE_DIR = "/var/cache/nginx/mesh"
+NGINX_STREAM_FILE = "mesh-stream.conf"
+NGINX_HTTP_FILE = "mesh-http.conf"
+
+
+def _indent(text: str, by: str) -> str:
+    return "".join(by + line if line.strip() else line for line in text.splitlines(keepends=True))
+
+
+def nginx_stream_part(b: Backends, *, listen: str, rtmp_port: int) -> str:
+    """What goes inside ``stream {}``: RTMP publishers to the origin with the fewest connections."""
+    return f"""# RTMP: each publisher's TCP connection goes to the origin with the fewest connections.
+upstream mesh_rtmp {{
+    least_conn;
+{_servers(b.rtmp, "    ")}
+}}
+server {{
+    listen {listen}:{rtmp_port};
+    proxy_pass mesh_rtmp;
+    proxy_connect_timeout 5s;
+    proxy_timeout 60s;
+}}
+"""
+
+
+def nginx_http_part(b: Backends, *, listen: str, http_port: int, cache_dir: str) -> str:
+    """What goes inside ``http {}``: the HLS cache, edges round-robin, stream creation to origins."""
+    origins = b.http_origins or b.http_edges
+    return f"""# Segments are immutable; playlists change every segment, so they are cached for one second.
+proxy_cache_path {cache_dir} levels=1:2 keys_zone=mesh_hls:16m max_size=2g inactive=60s use_temp_path=off;
+
+upstream mesh_edges {{
+{_servers(b.http_edges, "    ", " max_fails=2 fail_timeout=5s")}
+    keepalive 64;
+}}
+upstream mesh_origins {{
+{_servers(origins, "    ")}
+}}
+
+server {{
+    listen {listen}:{http_port};
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header X-Forwarded-For $remote_addr;
+    proxy_next_upstream error timeout http_502 http_503;
+
+    location ~ \\.ts$ {{
+        proxy_pass http://mesh_edges;
+        proxy_cache mesh_hls;
+        proxy_cache_valid 200 10m;
+        proxy_cache_lock on;
+    }}
+    location ~ \\.m3u8$ {{
+        proxy_pass http://mesh_edges;
+        proxy_cache mesh_hls;
+        proxy_cache_valid 200 1s;
+        proxy_cache_lock on;
+        proxy_cache_lock_timeout 2s;
+    }}
+    location ~ ^/[^/]+/rest/v2/broadcasts/create$ {{
+        proxy_pass http://mesh_origins;
+    }}
+    location / {{
+        proxy_pass http://mesh_edges;
+    }}
+}}
+"""
+
+
+def render_nginx_includes(b: Backends, *, listen: str = "127.0.0.1", http_port: int = 5080,
+                          rtmp_port: int = 1935, cache_dir: str = NGINX_CACHE_DIR) -> dict[str, str]:
+    """Two files for a stock nginx.conf: ``mesh-stream.conf`` (include it inside ``stream {}``) and
+    ``mesh-http.conf`` (include it inside ``http {}``)."""
+    b.check()
+    note = "# Rendered by `mesh lb nginx --include` from the mesh registry; included from nginx.conf {}.\n"
+    return {NGINX_STREAM_FILE: note.format("stream {}") + nginx_stream_part(b, listen=listen, rtmp_port=rtmp_port),
+            NGINX_HTTP_FILE: note.format("http {}") + nginx_http_part(b, listen=listen, http_port=http_port,
+                                                                     cache_dir=cache_dir)}
+
+
 def render_nginx(b: Backends, *, listen: str = "127.0.0.1", http_port: int = 5080, rtmp_port: int = 1935,
-                 prefix: str | None = None, app: str = "LiveApp") -> str:
+                 prefix: str | None = None, app: str = "LiveApp", cache_dir: str | None = None) -> str:
     """A complete nginx.conf. With ``prefix`` it is self-contained (pid, logs, cache, temp files
     under that directory, foreground) for a private instance such as `mesh cluster up` runs."""
     b.check()
-    origins = b.http_origins or b.http_edges
     private = prefix is not None
-    base = prefix or "/var/cache/nginx/mesh"
+    base = prefix or NGINX_CACHE_DIR
+    cache = cache_dir or (f"{prefix}/cache" if private else f"{NGINX_CACHE_DIR}/cache")
     head = ""
     if private:
         head = (f"daemon off;\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log warn;\n"
                 f"{'user root root;' + chr(10) if os.geteuid() == 0 else ''}")
     temp = "".join(f"    {k}_temp_path {base}/tmp/{k};\n"
                    for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")) if private else ""
+    stream = _indent(nginx_stream_part(b, listen=listen, rtmp_port=rtmp_port), "    ")
+    http = _indent(nginx_http_part(b, listen=listen, http_port=http_port, cache_dir=cache), "    ")
     return f"""# Rendered by `mesh lb nginx` from the mesh registry. Publishers -> origins, viewers -> edges.
 load_module {NGINX_STREAM_MODULE};
 {head}worker_processes {1 if private else "auto"};
 events {{ worker_connections 4096; }}
 
 stream {{
-    # RTMP: each publisher's TCP connection goes to the origin with the fewest connections.
-    upstream mesh_rtmp {{
-        least_conn;
-{_servers(b.rtmp, "        ")}
-    }}
-    server {{
-        listen {listen}:{rtmp_port};
-        proxy_pass mesh_rtmp;
-        proxy_connect_timeout 5s;
-        proxy_timeout 60s;
-    }}
-}}
+{stream}}}
 
 http {{
     access_log off;
     sendfile on;
     tcp_nodelay on;
     keepalive_timeout 65;
-{temp}    # Segments are immutable; playlists change every segment, so they are cached for one second.
-    proxy_cache_path {base}/cache levels=1:2 keys_zone=mesh_hls:16m max_size=2g inactive=60s use_temp_path=off;
-
-    upstream mesh_edges {{
-{_servers(b.http_edges, "        ", " max_fails=2 fail_timeout=5s")}
-        keepalive 64;
-    }}
-    upstream mesh_origins {{
-{_servers(origins, "        ")}
-    }}
-
-    server {{
-        listen {listen}:{http_port};
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-        proxy_set_header X-Forwarded-For $remote_addr;
-        proxy_next_upstream error timeout http_502 http_503;
-
-        location ~ \\.ts$ {{
-            proxy_pass http://mesh_edges;
-            proxy_cache mesh_hls;
-            proxy_cache_valid 200 10m;
-            proxy_cache_lock on;
-        }}
-        location ~ \\.m3u8$ {{
-            proxy_pass http://mesh_edges;
-            proxy_cache mesh_hls;
-            proxy_cache_valid 200 1s;
-            proxy_cache_lock on;
-            proxy_cache_lock_timeout 2s;
-        }}
-        location ~ ^/[^/]+/rest/v2/broadcasts/create$ {{
-            proxy_pass http://mesh_origins;
-        }}
-        location / {{
-            proxy_pass http://mesh_edges;
-        }}
-    }}
-}}
+{temp}{http}}}
 """
 
 
@@ -151,6 +184,8 @@ defaults
     timeout connect 5s
     timeout client 60s
     timeout server 60s
+    # health checks: a node is out after 2 failed checks 1 s apart, back in after 2 good ones
+    default-server inter 1s fall 2 rise 2
 
 frontend rtmp_in
     mode tcp

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, Iterator
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import REGISTRY, CounterMetricFamily, Metric
 
 log = logging.getLogger("mesh.bad_input")
@@ -28,6 +28,17 @@ TRANSCODER_LAG = Gauge("mesh_abr_transcoder_lag_seconds", "How far behind real t
                        ["stream"])
 HLS_EGRESS_BYTES = Counter("mesh_hls_egress_bytes_total",
                            "Bytes of HLS playlists and segments sent to viewers (updated every heartbeat)")
+# Per-stream series carry only streams open on the node: their labels go when the stream closes.
+HLS_STREAM_EGRESS_BYTES = Counter("mesh_hls_stream_egress_bytes_total",
+                                  "Bytes of HLS sent to viewers, per stream (updated every heartbeat)", ["stream"])
+HLS_STREAM_VIEWERS = Gauge("mesh_hls_stream_viewers",
+                           "Viewers of a stream on this edge (addresses that asked for a playlist in the "
+                           "last 10 s)", ["stream"])
+INGEST_BYTES = Counter("mesh_ingest_bytes_total",
+                       "Media bytes received from a stream's source on this origin (updated every segment)",
+                       ["stream"])
+REGISTRY_WRITE_SECONDS = Histogram("mesh_registry_write_seconds", "Latency of registry (MongoDB) writes",
+                                   ["op"], buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
 
 
 class SummedCounter:
@@ -58,6 +69,8 @@ BUS_SENT = SummedCounter("mesh_bus_messages_sent", "ZeroMQ messages (batches of 
 BUS_SENT_ENTRIES = SummedCounter("mesh_bus_entries_sent", "Entries (access units, configs, heartbeats) published")
 BUS_RECEIVED = SummedCounter("mesh_bus_messages_received", "Bus messages received and decoded by subscribers")
 BUS_RECEIVED_ENTRIES = SummedCounter("mesh_bus_entries_received", "Entries received by subscribers")
+BUS_SENT_BYTES = SummedCounter("mesh_bus_sent_bytes", "Bytes of bus messages published (all frames)")
+BUS_RECEIVED_BYTES = SummedCounter("mesh_bus_received_bytes", "Bytes of bus messages received and decoded")
 RTMP_RECEIVED_BYTES = SummedCounter(
     "mesh_rtmp_received_bytes", "Bytes received from RTMP publishers (wire bytes, handshakes included)")
 

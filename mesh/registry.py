@@ -17,9 +17,11 @@ Change streams are not used: a plain ``mongod`` has no replica set.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
+import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Awaitable, Callable, Iterable, TypeVar
 from urllib.parse import unquote, unquote_plus, urlsplit
 
 import pymongo
@@ -53,6 +55,23 @@ class StreamBusy(RuntimeError):
 class Fenced(RuntimeError):
     """This origin no longer owns the stream (a newer epoch claimed it)."""
 
+
+
+_W = TypeVar("_W", bound=Callable[..., Awaitable[Any]])
+
+
+def _timed_write(fn: _W) -> _W:
+    """Observe the write's latency in ``mesh_registry_write_seconds{op=<method name>}``."""
+    observe = metrics.REGISTRY_WRITE_SECONDS.labels(fn.__name__).observe
+
+    @functools.wraps(fn)
+    async def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return await fn(*args, **kwargs)
+        finally:
+            observe(time.perf_counter() - start)
+    return timed  # type: ignore[return-value]
 
 @dataclass(frozen=True)
 class Claim:
@@ -182,6 +201,7 @@ class Registry:
         return now
 
     # -- nodes -----------------------------------------------------------------------------
+    @_timed_write
     async def register_node(self, info: NodeInfo) -> None:
         doc = {
             "role": info.role, "host": info.host, "http_url": info.http_url,
@@ -194,11 +214,13 @@ class Registry:
             {"$set": doc, "$currentDate": {"last_seen": True, "started_at": True}},
             upsert=True)
 
+    @_timed_write
     async def heartbeat(self, node_id: str, load: dict[str, Any]) -> None:
         await self.nodes.update_one(
             {"_id": node_id},
             {"$set": {"load": load, "stopped": False}, "$currentDate": {"last_seen": True}})
 
+    @_timed_write
     async def deregister(self, node_id: str) -> None:
         """Mark the node gone now (readers see it dead at once) and hand its streams back."""
         await self.nodes.update_one({"_id": node_id},
@@ -243,6 +265,7 @@ class Registry:
         return self._judge(doc, await self.server_time()) if doc else None
 
     # -- streams ---------------------------------------------------------------------------
+    @_timed_write
     async def create_stream(self, stream_id: str, app: str, settings: dict[str, Any]) -> dict[str, Any]:
         """Record a stream before it goes live (REST create). Existing streams keep their state."""
         return await self.streams.find_one_and_update(
@@ -258,6 +281,7 @@ class Registry:
             }}],
             upsert=True, return_document=ReturnDocument.AFTER)
 
+    @_timed_write
     async def claim_stream(self, stream_id: str, app: str, node: NodeInfo,
                            renditions: Iterable[dict[str, Any]] = ()) -> Claim:
         """Atomically become the origin of ``stream_id`` or raise :class:`StreamBusy`."""
@@ -310,6 +334,7 @@ class Registry:
         if result.matched_count == 0:
             raise Fenced(f"stream {stream_id}: epoch {epoch} of {node_id} was superseded")
 
+    @_timed_write
     async def advance_media_sequence(self, stream_id: str, node_id: str, epoch: int,
                                      next_sequence: int, extra: dict[str, Any] | None = None) -> None:
         """Record the number of the next segment (called as each segment closes)."""
@@ -318,6 +343,7 @@ class Registry:
             "$set": dict(extra or {}),
             "$currentDate": {"updated_at": True}})
 
+    @_timed_write
     async def advance_media_sequences(self, node_id: str,
                                       updates: list[tuple[str, int, int, dict[str, Any]]]) -> set[str]:
         """Many streams' :meth:`advance_media_sequence` in one round trip: ``(stream_id, epoch,
@@ -337,6 +363,7 @@ class Registry:
         still = {(d["_id"], d.get("epoch")) for d in await cursor.to_list(None)}
         return {sid for sid, epoch in wanted if (sid, epoch) not in still}
 
+    @_timed_write
     async def set_stream_status(self, stream_id: str, node_id: str, epoch: int, status: str,
                                 next_sequence: int | None = None) -> None:
         if status not in STREAM_STATUSES:
@@ -389,6 +416,7 @@ class Registry:
         }).sort("updated_at", 1).limit(1000)
         return [d for d in await cursor.to_list(None) if isinstance(d.get("_id"), str)]
 
+    @_timed_write
     async def mark_orphans(self) -> int:
         """Persist terminated_unexpectedly for broadcasting streams whose origin is dead."""
         alive = sorted(await self.alive_node_ids())

@@ -173,3 +173,30 @@ def test_cluster_up_with_publisher_plays_through_nginx(tmp_path: Path) -> None:
     assert port_is_free("127.0.0.1", http_port) and port_is_free("127.0.0.1", rtmp_port)
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout
     assert leftovers.strip() == "", "every child process is gone"
+
+
+def test_include_parts_pass_nginx_t_in_debians_stock_nginx_conf(tmp_path: Path) -> None:
+    """`mesh lb nginx --include`'s two files with the README's two include lines in the stock
+    /etc/nginx/nginx.conf (copied: the machine's own is not touched)."""
+    from mesh.lb import render_nginx_includes
+
+    stock = Path("/etc/nginx/nginx.conf")
+    assert stock.exists(), "nginx is installed by scripts/setup"
+    include = tmp_path / "mesh"
+    include.mkdir()
+    cache = tmp_path / "var" / "cache" / "nginx" / "mesh"
+    backends = Backends([Backend("o1", "127.0.0.1", 1)], [Backend("e1", "127.0.0.1", 2)], [])
+    for name, text in render_nginx_includes(backends, http_port=free_port(), rtmp_port=free_port(),
+                                            cache_dir=str(cache)).items():
+        (include / name).write_text(text)
+    readme = (ROOT / "README.md").read_text()
+    stream_line, http_line = (line.replace("/etc/nginx/mesh", str(include)) for line in
+                              re.search(r"```nginx\n(stream \{.*?\n)(include .*?)\n```", readme, re.S).groups())
+    conf = stock.read_text().replace("http {", "http {\n\t" + http_line.strip(), 1) + "\n" + stream_line
+    (tmp_path / "nginx.conf").write_text(conf)
+    cmd = ["nginx", "-t", "-c", str(tmp_path / "nginx.conf")]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode != 0 and "mesh" in out.stderr, "the cache directory's parents are missing"
+    cache.mkdir(parents=True)  # what `mesh lb nginx --include` does
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

@@ -176,6 +176,7 @@ class BusPublisher:
         self._tasks: list[asyncio.Task[None]] = []
         self.messages_sent = 0
         self.entries_sent = 0
+        self.bytes_sent = 0
         self.snapshots_served = 0
         _publishers.add(self)
         self.snapshots_dropped = 0  # requests or replies dropped by the bounds (also counted)
@@ -300,6 +301,7 @@ class BusPublisher:
             return
         self.messages_sent += 1
         self.entries_sent += len(entries)
+        self.bytes_sent += len(topic) + len(header) + len(payload)
 
     # -- tasks -----------------------------------------------------------------------------
     async def _serve_subscriptions(self) -> None:
@@ -439,3 +441,4 @@ def _joined(entries: list[Entry]) -> tuple[Any, int]:
         view[pos:pos + n] = e.payload
         pos += n
     return view, size
+metrics.BUS_SENT_BYTES.add_source(lambda: sum(p.bytes_sent for p in list(_publishers)))

@@ -213,6 +213,7 @@ class Link:
             return
         self.subscriber.messages_received += 1
         self.subscriber.entries_received += len(entries)
+        self.subscriber.bytes_received += sum(len(f) for f in frames)
         sub = self.subs.get(frames[0])
         if sub is not None:
             sub.on_live(entries)
@@ -348,6 +349,7 @@ class BusSubscriber:
         self.links: dict[str, Link] = {}
         self.messages_received = 0
         self.entries_received = 0
+        self.bytes_received = 0
         _subscribers.add(self)
 
     def subscribe(self, bus_endpoint: str, snapshot_endpoint: str, stream_id: str, rendition: str,
@@ -395,3 +397,4 @@ class BusSubscriber:
 _subscribers: "weakref.WeakSet[BusSubscriber]" = weakref.WeakSet()
 metrics.BUS_RECEIVED.add_source(lambda: sum(s.messages_received for s in list(_subscribers)))
 metrics.BUS_RECEIVED_ENTRIES.add_source(lambda: sum(s.entries_received for s in list(_subscribers)))
+metrics.BUS_RECEIVED_BYTES.add_source(lambda: sum(s.bytes_received for s in list(_subscribers)))

@@ -121,6 +121,8 @@ class HlsRoutes:
         self._viewers: dict[tuple[str, str], float] = {}
         self.egress_bytes = 0
         self._egress_mark = (time.monotonic(), 0)
+        self._egress_by_stream: dict[str, int] = {}  # since the last load(); per-stream metrics
+        self._labelled: set[str] = set()  # streams with per-stream metric labels
         self._playlist_ok = metrics.VIEWER_REQUESTS.labels("playlist", "200")
         self._segment_ok = metrics.VIEWER_REQUESTS.labels("segment", "200")
         streams.on_close(self._forget)
@@ -141,8 +143,29 @@ class HlsRoutes:
         self._egress_mark = (now, self.egress_bytes)
         sent = self.egress_bytes - sent_then
         metrics.HLS_EGRESS_BYTES.inc(sent)
+        self._stream_metrics()
         return {"viewers": len(self._viewers), "edge_streams": len(self.streams.streams),
                 "egress_kbps": round(sent * 8 / 1000 / max(now - then, 1e-3), 1)}
+
+    def _stream_metrics(self) -> None:
+        """Per-stream viewers and egress bytes, for the streams open here: a closed stream's
+        labels go, so the label set stays as small as the set of open streams."""
+        sent, self._egress_by_stream = self._egress_by_stream, {}
+        viewers: dict[str, int] = {}
+        for _, stream_id in self._viewers:
+            viewers[stream_id] = viewers.get(stream_id, 0) + 1
+        open_ids = set(self.streams.streams)
+        for stream_id in open_ids:
+            metrics.HLS_STREAM_EGRESS_BYTES.labels(stream_id).inc(sent.get(stream_id, 0))
+            metrics.HLS_STREAM_VIEWERS.labels(stream_id).set(viewers.get(stream_id, 0))
+        for stream_id in self._labelled - open_ids:
+            metrics.HLS_STREAM_EGRESS_BYTES.remove(stream_id)
+            metrics.HLS_STREAM_VIEWERS.remove(stream_id)
+        self._labelled = open_ids
+
+    def _count(self, stream_id: str, size: int) -> None:
+        self.egress_bytes += size
+        self._egress_by_stream[stream_id] = self._egress_by_stream.get(stream_id, 0) + size
 
     # -- replies ---------------------------------------------------------------------------
     def _playlist(self, r: Rendition) -> Reply:
@@ -159,8 +182,8 @@ class HlsRoutes:
         self.files.forget(base)
         self._playlists.pop(base, None)
 
-    def _sent(self, reply: Reply) -> Reply:
-        self.egress_bytes += len(reply.body)
+    def _sent(self, reply: Reply, stream_id: str) -> Reply:
+        self._count(stream_id, len(reply.body))
         return reply
 
     # -- HTTP ------------------------------------------------------------------------------
@@ -172,7 +195,7 @@ class HlsRoutes:
             return None  # protected: every request carries ?token=, checked by handle()
         if name.endswith(".ts"):
             m = SEGMENT_RE.fullmatch(name)
-            if m is None or (r := self.streams.get(*split_base(m.group(1)))) is None:
+            if m is None or (r := self.streams.get(*(parts := split_base(m.group(1))))) is None:
                 return None
             seq = int(m.group(2))
             data = r.window.segment(seq)
@@ -180,7 +203,7 @@ class HlsRoutes:
                 return None
             r.last_request = time.monotonic()
             self._segment_ok.inc()
-            return self._sent(self.files.get(r.window.base, seq, data))
+            return self._sent(self.files.get(r.window.base, seq, data), parts[0])
         m = PLAYLIST_RE.fullmatch(name)
         if m is None or m.group(1).endswith(ADAPTIVE):
             return None
@@ -191,7 +214,7 @@ class HlsRoutes:
         r.last_request = time.monotonic()
         self._viewers[(remote, stream_id)] = time.monotonic()
         self._playlist_ok.inc()
-        return self._sent(self._playlist(r))
+        return self._sent(self._playlist(r), stream_id)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -227,10 +250,10 @@ class HlsRoutes:
             self._playlist_ok.inc()
             if query:
                 text = r.window.playlist(query).encode()
-                self.egress_bytes += len(text)
+                self._count(stream_id, len(text))
                 return web.Response(body=text, headers={"Cache-Control": PLAYLIST_CACHE_CONTROL,
                                                         "Content-Type": PLAYLIST_CONTENT_TYPE})
-            return self._sent(self._playlist(r)).response()
+            return self._sent(self._playlist(r), stream_id).response()
         if m := SEGMENT_RE.fullmatch(name):
             base, seq = m.group(1), int(m.group(2))
             stream_id, rendition = split_base(base)
@@ -240,7 +263,7 @@ class HlsRoutes:
             if data is None:
                 raise NotFound(f"segment {seq} of {base} is not (or no longer) here", "segment")
             self._segment_ok.inc()
-            self.egress_bytes += len(data)
+            self._count(stream_id, len(data))
             return web.Response(body=data, headers={"Cache-Control": SEGMENT_CACHE_CONTROL,
                                                     "Content-Type": SEGMENT_TYPE})
         raise NotFound(f"{name[:100]!r} is not a playlist ({{id}}.m3u8) or segment "
@@ -250,7 +273,7 @@ class HlsRoutes:
         stream, src = await self.streams.open(stream_id)
         doc = await self.streams.fresh_doc(stream)
         text = render_master_playlist(variants(stream, doc, src), query)
-        self.egress_bytes += len(text)
+        self._count(stream_id, len(text))
         return web.Response(text=text, content_type=PLAYLIST_TYPE,
                             headers={"Cache-Control": PLAYLIST_CACHE_CONTROL})
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from mesh_codecs.media import (VIDEO, AccessUnit, AudioConfig, VideoConfig, audio_to_dict,
                                video_to_dict)
 
+from .. import metrics
 from ..broker.wire import FLAG_SEG_START
 from ..ladder import Rung
 from ..registry import FINISHED, Claim, Fenced
@@ -49,6 +50,7 @@ class LiveStream:
         self.fenced = False
         self.finished = False
         self.bytes_in = 0
+        self._bytes_counted = 0  # of bytes_in, already in metrics.INGEST_BYTES
         self._bitrate_mark = (time.monotonic(), 0)
         self.bitrate_kbps = 0.0
         self.abr: Renditions | None = None
@@ -104,12 +106,21 @@ class LiveStream:
 
     # -- registry bookkeeping --------------------------------------------------------------
     def _segment_closed(self) -> None:
+        metrics.INGEST_BYTES.labels(self.stream_id).inc(self.bytes_in - self._bytes_counted)
+        self._bytes_counted = self.bytes_in
         now = time.monotonic()
         then, bytes_then = self._bitrate_mark
         if now - then >= 1.0:
             self.bitrate_kbps = (self.bytes_in - bytes_then) * 8 / 1000 / (now - then)
             self._bitrate_mark = (now, self.bytes_in)
         self.book.note(self)
+
+    def _drop_metrics(self) -> None:
+        """The stream is gone from this origin: so is its series (bounded label set)."""
+        try:
+            metrics.INGEST_BYTES.remove(self.stream_id)
+        except KeyError:
+            pass
 
     def renditions(self) -> list[dict[str, Any]]:
         v, a = self.video, self.audio
@@ -133,6 +144,7 @@ class LiveStream:
         if self.fenced:
             return
         self.fenced = True
+        self._drop_metrics()
         log.warning("stream %s was taken over by another origin (epoch %d superseded); "
                     "stopping it here", self.stream_id, self.epoch)
         self.bus.close_channel(self.channel)
@@ -148,6 +160,7 @@ class LiveStream:
         self.finished = True
         if self.fenced:
             return
+        self._drop_metrics()
         self.channel.eos("finished" if status == FINISHED else status)
         self.bus.close_channel(self.channel)
         if self.abr is not None:
