@@ -56,6 +56,9 @@ class NodeConfig:
     # liveness
     heartbeat_interval_s: float = 1.0
     node_dead_after_s: float = 4.0
+    # dead nodes leave the REST node list and the cluster page after this long unseen (their
+    # documents stay in the database: `mesh cluster nodes --all` lists them)
+    node_forget_after_s: float = 600.0
     # HLS
     segment_target_s: float = 2.0
     playlist_window: int = 5
@@ -132,6 +135,9 @@ class NodeConfig:
         if self.node_dead_after_s < 2 * self.heartbeat_interval_s:
             raise bad("node_dead_after_s", "must be at least twice heartbeat_interval_s, "
                       "or live nodes would flap to dead")
+        if self.node_forget_after_s < self.node_dead_after_s:
+            raise bad("node_forget_after_s", "must be at least node_dead_after_s (a node is "
+                      "forgotten only after it is dead)")
         if not 0.5 <= self.segment_target_s <= 30:
             raise bad("segment_target_s", "use 0.5 to 30 seconds")
         if not 2 <= self.playlist_window <= 100:

@@ -20,7 +20,9 @@ from ..config import NodeConfig
 from ..ingest.bookkeeping import SequenceBook
 from ..ingest.flv_source import FlvPublish
 from ..ingest.live import LiveStream
-from ..ingest.rtmp_server import PublishRejected, RtmpConnectionInfo, RtmpServer, server_limits
+from ..errors import NotFound
+from ..ingest.rtmp_server import (PublishAborted, PublishRejected, RtmpConnectionInfo, RtmpServer,
+                                  server_limits)
 from ..ladder import parse_ladder
 from ..names import NAME_RULE, is_name
 from ..registry import FINISHED, NodeInfo, Registry, RegistryError, StreamBusy
@@ -43,6 +45,7 @@ class OriginPart:
         self.rtmp = RtmpServer(self, host=cfg.bind, port=cfg.rtmp_port, **server_limits(cfg))
         self.book = SequenceBook(registry, info.node_id)
         self.live: dict[str, LiveStream] = {}
+        self._publishes: dict[str, _StoppablePublish] = {}  # RTMP publishers by stream id
         self._claiming: set[str] = set()
         self._gauge = metrics.STREAMS.labels("origin")
         self._secrets = tokens.secrets_of(cfg.cluster_secret, cfg.cluster_secret_previous)
@@ -123,11 +126,32 @@ class OriginPart:
         await live.finish(FINISHED)
         log.info("stream %s/%s ended (%s)", live.app, live.stream_id, reason)
 
+    async def stop_stream(self, stream_id: str) -> str:
+        """Stop a stream live here (REST ``stop``): a pull source stops; an RTMP publisher is
+        disconnected (its next media ends the publish with an error status). The stream is
+        finished at once. Returns ``pull`` or ``rtmp``; raises NotFound when it is not live here."""
+        live = self.live.get(stream_id)
+        if live is None:
+            raise NotFound(f"stream {stream_id} is not live on {self.info.node_id}")
+        if stream_id in self.pulls.sources:
+            self.pulls.cancel(stream_id)
+            kind = "pull"
+        else:
+            publish = self._publishes.get(stream_id)
+            if publish is not None and publish.live is live:
+                publish.stop_reason = f"stream {stream_id} was stopped over the REST API"
+            kind = "rtmp"
+        await self.end_stream(live, "stopped over REST")
+        return kind
+
     def _fenced(self, live: LiveStream) -> None:
         self._forget(live)
         self.pulls.cancel(live.stream_id)  # an RTMP publisher is dropped by its sink
 
     def _forget(self, live: LiveStream) -> None:
+        publish = self._publishes.get(live.stream_id)
+        if publish is not None and publish.live is live:
+            del self._publishes[live.stream_id]
         if self.live.get(live.stream_id) is live:
             del self.live[live.stream_id]
             self._gauge.set(len(self.live))
@@ -139,6 +163,7 @@ class OriginPart:
 
     def _forget_all(self) -> None:
         self.live.clear()
+        self._publishes.clear()
         self._gauge.set(0)
 
     # -- RtmpHandler -----------------------------------------------------------------------
@@ -157,4 +182,23 @@ class OriginPart:
             raise PublishRejected("NetStream.Publish.Denied",
                                   "a valid ?token= is required to publish on this origin")
         live = await self.begin_stream(stream_name, app, "rtmp")
-        return FlvPublish(live, self.end_stream)
+        publish = _StoppablePublish(live, self.end_stream)
+        self._publishes[stream_name] = publish
+        return publish
+
+
+class _StoppablePublish(FlvPublish):
+    """An RTMP publish the origin can end (REST ``stop``): once ``stop_reason`` is set, the next
+    media the publisher sends ends the publish with an error status and closes the connection."""
+
+    stop_reason = ""
+
+    def on_media(self, batch: list[tuple[int, int, bytes]]) -> None:
+        if self.stop_reason:
+            raise PublishAborted("stopped", self.stop_reason)
+        super().on_media(batch)
+
+    def on_video(self, timestamp_ms: int, payload: bytes) -> None:
+        if self.stop_reason:
+            raise PublishAborted("stopped", self.stop_reason)
+        super().on_video(timestamp_ms, payload)
