@@ -126,7 +126,7 @@ def test_broadcast_lifecycle_of_a_live_stream(node_factory) -> None:
         status, stopped = call("POST", f"{b}/show/stop")
         assert (status, stopped["success"], stopped["dataId"]) == (200, True, "show"), stopped
         assert pub.wait(timeout=20) != 0, "the publisher was disconnected"
-        origin.wait_for_line(r"\(show\): stream show was stopped over the REST API")
+        origin.wait_for_line(r"\(LiveApp/show\): stream show was stopped over the REST API")
     finally:
         pub.kill()
         pub.wait()

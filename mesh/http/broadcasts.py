@@ -305,7 +305,10 @@ def add_broadcast_routes(app: web.Application, registry: Registry, app_name: str
             if value is not None:
                 fields[key] = value
         url = body.get("streamUrl")
-        if url is not None and url != (doc.get("settings") or {}).get("streamUrl"):
+        changes_url = url is not None and url != (doc.get("settings") or {}).get("streamUrl")
+        if url is not None and not changes_url:
+            fields["settings.streamUrl"] = url  # the same source again: nothing to judge
+        if changes_url:
             if doc.get("status") == BROADCASTING:
                 raise HttpError(409, f"{stream_id} is live; POST {base}/{stream_id}/stop before "
                                      f"changing its streamUrl", "busy")
@@ -319,7 +322,7 @@ def add_broadcast_routes(app: web.Application, registry: Registry, app_name: str
             raise HttpError(400, "nothing to update: send name, description or streamUrl"
                             + (f" (ignored: {', '.join(unknown)[:200]})" if unknown else ""), "body")
         if not await registry.update_stream_fields(stream_id, app_name, fields,
-                                                   unless_live="settings.streamUrl" in fields):
+                                                   unless_live=changes_url):
             raise HttpError(409, f"{stream_id} went live meanwhile; stop it first", "busy")
         return json_response(result(True, "updated", stream_id))
 
