@@ -93,6 +93,10 @@ class NodeConfig:
     require_play_token: bool = False  # HLS playlists and segments need ?token= (act play)
     require_publish_token: bool = False  # RTMP publish and REST create need a publish token
     pull_file_root: str = ""  # pull sources may read files only below this directory ("" = none)
+    # MP4 recording (mesh/ingest/record.py): every stream of the app, unless a stream says otherwise
+    # (PUT /{app}/rest/v2/broadcasts/{id}/recording/true|false); files below record_dir
+    record_mp4: bool = False
+    record_dir: str = ""  # "" = {data_dir}/records
     # ABR ladder (mesh/ladder.py): e.g. ["720p2500k", "480p1000k", "360p600k"]; empty = off
     abr: list[str] = field(default_factory=list)
     abr_preset: str = "veryfast"  # libx264 preset of the ladder's encoders
@@ -107,6 +111,9 @@ class NodeConfig:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # -- derived ---------------------------------------------------------------------------
+    def resolved_record_dir(self) -> Path:
+        return Path(self.record_dir) if self.record_dir else Path(self.data_dir) / "records"
+
     def resolved_node_id(self) -> str:
         if self.node_id:
             return self.node_id

@@ -433,3 +433,23 @@ class Registry:
         if app:
             query["app"] = app
         return await self.streams.count_documents(query)
+
+    # -- recordings (``vods``) ----------------------------------------------------------------
+    @property
+    def vods(self) -> Any:
+        return self._db["vods"]
+
+    async def save_vod(self, vod_id: str, fields: dict[str, Any]) -> None:
+        """Create or update the record of one MP4 recording."""
+        await self.vods.update_one({"_id": vod_id}, {"$set": fields,
+                                                     "$currentDate": {"updated_at": True}}, upsert=True)
+
+    async def list_vods(self, app: str, offset: int = 0, size: int = 1000) -> list[dict[str, Any]]:
+        cursor = self.vods.find({"app": app}).sort("_id", 1).skip(max(0, offset)).limit(max(0, size))
+        return [d for d in await cursor.to_list(None) if isinstance(d.get("_id"), str)]
+
+    async def count_vods(self, app: str) -> int:
+        return await self.vods.count_documents({"app": app})
+
+    async def get_vod(self, vod_id: str) -> dict[str, Any] | None:
+        return await self.vods.find_one({"_id": vod_id})

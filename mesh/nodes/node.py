@@ -32,6 +32,7 @@ from ..http.auth import RestAuth
 from ..http.broadcasts import BroadcastActions, add_broadcast_routes
 from ..http.cluster import add_cluster_routes
 from ..http.pages import add_page_routes
+from ..http.vods import add_vod_routes
 from ..registry import NodeInfo, Registry, RegistryError
 from ..tokens import secrets_of
 from .part import Part, Shared
@@ -78,6 +79,7 @@ class Node:
         actions = BroadcastActions(self.node_id, role.create_pull, role.stop_stream, role.check_url,
                                    self._origin_hint, secrets)
         add_broadcast_routes(self.app, self.registry, cfg.app, actions, auth)
+        add_vod_routes(self.app, self.registry, cfg.app, cfg.resolved_record_dir(), auth)
         add_page_routes(self.app, cfg.app, self.registry, serves_hls=self.role != "origin")
         await self.http.start()
         self.info.http_url = f"http://{cfg.host}:{self.http.port}"

@@ -7,6 +7,7 @@ the sequence book that records segment numbers in the registry.
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -20,6 +21,8 @@ from ..config import NodeConfig
 from ..ingest.bookkeeping import SequenceBook
 from ..ingest.flv_source import FlvPublish
 from ..ingest.live import LiveStream
+from ..ingest.record import Mp4Recorder
+from ..ingest.record import warm_up as record_warm_up
 from ..errors import NotFound
 from ..ingest.rtmp_server import (PublishAborted, PublishRejected, RtmpConnectionInfo, RtmpServer,
                                   server_limits)
@@ -57,6 +60,7 @@ class OriginPart:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
+        record_warm_up()  # on the recorder's thread: the loop goes on
         self.book.start()
         await self.bus.start()
         self.info.bus_endpoint = self.bus.endpoint
@@ -69,6 +73,7 @@ class OriginPart:
         await self.rtmp.stop()  # every publisher's on_unpublish has run: eos sent, status written
         for live in list(self.live.values()):
             await live.finish()
+            await self._end_recording(live)
         self._forget_all()
         await self.book.stop()
         await self.bus.stop()
@@ -117,6 +122,7 @@ class OriginPart:
                           abr_preset=cfg.abr_preset, abr_threads=cfg.abr_encoder_threads)
         self.live[stream_id] = live
         self._gauge.set(len(self.live))
+        await self._maybe_record(live, claim.epoch)
         log.info("stream %s/%s live on %s (epoch %d, from segment %d%s)", app, stream_id, node_id,
                  claim.epoch, claim.media_sequence, ", taking over" if claim.takeover else "")
         return live
@@ -125,6 +131,41 @@ class OriginPart:
         self._forget(live)
         await live.finish(FINISHED)
         log.info("stream %s/%s ended (%s)", live.app, live.stream_id, reason)
+        await self._end_recording(live)
+
+    # -- recording -------------------------------------------------------------------------
+    async def _maybe_record(self, live: LiveStream, epoch: int) -> None:
+        """Record the stream when it or the app asks for it (``mp4_enabled`` 1 / -1 on the stream,
+        else ``record_mp4``). A registry or disk problem here never refuses the publish."""
+        try:
+            doc = await self.registry.get_stream(live.stream_id) or {}
+            wanted = doc.get("mp4_enabled") or 0
+            if wanted < 0 or (wanted == 0 and not self.cfg.record_mp4):
+                return
+            recorder = Mp4Recorder(self.cfg.resolved_record_dir(), live.stream_id, epoch,
+                                   configs=lambda: (live.video, live.audio))
+            live.recorder = recorder
+            await self.registry.save_vod(recorder.info.vod_id, self._vod_fields(live, recorder, "recording"))
+        except Exception as exc:
+            log.warning("cannot record %s: %s; the live stream goes on", live.stream_id, exc)
+
+    def _vod_fields(self, live: LiveStream, recorder: Mp4Recorder, status: str) -> dict[str, Any]:
+        info = recorder.info
+        return {"app": live.app, "stream_id": live.stream_id, "origin_node": self.info.node_id,
+                "file": info.path.name, "size": info.size, "duration_ms": info.duration_ms,
+                "started_ms": int(info.started * 1000), "status": "failed" if info.failed else status,
+                "error": info.failed or None}
+
+    async def _end_recording(self, live: LiveStream) -> None:
+        recorder = live.recorder
+        if not isinstance(recorder, Mp4Recorder) or recorder.closed:
+            return
+        recorder.close()
+        await asyncio.to_thread(recorder.wait)
+        try:
+            await self.registry.save_vod(recorder.info.vod_id, self._vod_fields(live, recorder, "finished"))
+        except Exception as exc:
+            log.warning("could not record the end of recording %s: %s", recorder.info.vod_id, exc)
 
     async def stop_stream(self, stream_id: str) -> str:
         """Stop a stream live here (REST ``stop``): a pull source stops; an RTMP publisher is
@@ -146,6 +187,8 @@ class OriginPart:
 
     def _fenced(self, live: LiveStream) -> None:
         self._forget(live)
+        if isinstance(live.recorder, Mp4Recorder):
+            live.recorder.close()
         self.pulls.cancel(live.stream_id)  # an RTMP publisher is dropped by its sink
 
     def _forget(self, live: LiveStream) -> None:
