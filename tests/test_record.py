@@ -9,6 +9,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from .browser import page_eval
 from .media import FFMPEG, FFPROBE, ffmpeg_publish
 from .procs import wait_until
 
@@ -82,6 +83,9 @@ def test_a_20_s_publish_records_20_s_with_both_tracks_listed_and_downloaded_via_
     assert decode_errors(via_edge) == ""
     boxes = top_level_boxes(direct)
     assert boxes[:2] == [b"ftyp", b"moov"] and boxes.count(b"moof") >= 8
+    # the recordings page lists it with a download link
+    page = page_eval(f"{edge.http}/#/vods", "return document.body.innerText", lambda t: vod["vodName"] in t)
+    assert vod["vodName"] in page and "finished" in page and "download" in page
 
 
 def test_a_recording_from_a_killed_origin_still_decodes_up_to_the_kill(node_factory, tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -72,7 +72,6 @@ class RecordingInfo:
     duration_ms: int = 0
     fragments: int = 0
     failed: str = ""
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 class Mp4Recorder:
