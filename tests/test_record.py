@@ -92,6 +92,7 @@ def test_a_recording_from_a_killed_origin_still_decodes_up_to_the_kill(node_fact
     records = tmp_path / "records"
     # the app does not record; this stream asks to
     origin = node_factory("origin", env={"MESH_RECORD_DIR": str(records)})
+    edge = node_factory("edge")
     api = f"{origin.http}/LiveApp/rest/v2"
     req = urllib.request.Request(f"{api}/broadcasts/create", data=b'{"streamId": "crash"}', method="POST",
                                  headers={"Content-Type": "application/json"})
@@ -104,6 +105,9 @@ def test_a_recording_from_a_killed_origin_still_decodes_up_to_the_kill(node_fact
     try:
         path = wait_until(lambda: next(records.glob("crash-*.mp4"), None), timeout_s=60, message="a file")
         wait_until(lambda: top_level_boxes(path).count(b"moof") >= 5, timeout_s=60, message="5 fragments")
+        # the registry is told how far it got, every few heartbeats
+        wait_until(lambda: (v := get(f"{edge.http}/LiveApp/rest/v2/vods/list/0/10")[1]) and v[0]["duration"] >= 6000,
+                   timeout_s=30, message="the recording's progress in the registry")
         origin.kill()
     finally:
         pub.kill()
@@ -113,6 +117,12 @@ def test_a_recording_from_a_killed_origin_still_decodes_up_to_the_kill(node_fact
     duration, codecs = probe(path)
     assert duration >= 8.0 and codecs == {"h264", "aac"}, (duration, codecs)
     assert decode_errors(path) == ""
+    # the list shows it cut short; its file is on the dead origin's disk
+    vod = wait_until(lambda: (v := get(f"{edge.http}/LiveApp/rest/v2/vods/list/0/10")[1])[0]["status"] == "interrupted"
+                     and v[0], timeout_s=20, message="interrupted")
+    assert vod["duration"] >= 6000
+    status, reply = get(f"{edge.http}{vod['filePath']}")
+    assert status == 503 and "not alive" in reply["error"]
 
 
 def test_a_recording_that_cannot_be_written_is_counted_and_the_stream_goes_on(node_factory, tmp_path: Path) -> None:

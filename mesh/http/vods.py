@@ -33,14 +33,20 @@ def _ms(value: Any) -> int | None:
     return None
 
 
-def vod_json(doc: dict[str, Any], app: str, local: Path | None) -> dict[str, Any]:
+def vod_json(doc: dict[str, Any], app: str, local: Path | None,
+             alive: set[str] | None = None) -> dict[str, Any]:
+    """A recording as Ant Media's VoD object. A recording whose origin died while it ran is
+    ``interrupted`` (its file plays up to the last fragment written)."""
     size = doc.get("size") or 0
+    status = doc.get("status")
+    if status == "recording" and alive is not None and doc.get("origin_node") not in alive:
+        status = "interrupted"
     if local is not None and local.is_file():
         size = local.stat().st_size  # what is on disk, also for a recording cut short
     return {"vodId": doc["_id"], "vodName": f"{doc['_id']}.mp4", "streamId": doc.get("stream_id"),
             "streamName": doc.get("stream_id"), "filePath": f"/{app}/vods/{doc['_id']}.mp4",
             "fileSize": size, "creationDate": doc.get("started_ms"), "duration": doc.get("duration_ms"),
-            "type": "streamVod", "status": doc.get("status"), "originNode": doc.get("origin_node"),
+            "type": "streamVod", "status": status, "originNode": doc.get("origin_node"),
             "updateTime": _ms(doc.get("updated_at"))}
 
 
@@ -66,14 +72,16 @@ def add_vod_routes(app: web.Application, registry: Registry, app_name: str, reco
     async def list_page(request: web.Request) -> web.Response:
         offset, size = page_args(request)
         docs = await registry.list_vods(app_name, offset, size)
-        return json_response([vod_json(d, app_name, local_file(d["_id"])) for d in docs])
+        alive = await registry.alive_node_ids()
+        return json_response([vod_json(d, app_name, local_file(d["_id"]), alive) for d in docs])
 
     async def count(request: web.Request) -> web.Response:
         return json_response({"number": await registry.count_vods(app_name)})
 
     async def get_one(request: web.Request) -> web.Response:
         vod_id = vod_id_arg(request)
-        return json_response(vod_json(await find(vod_id), app_name, local_file(vod_id)))
+        doc = await find(vod_id)
+        return json_response(vod_json(doc, app_name, local_file(vod_id), await registry.alive_node_ids()))
 
     async def set_recording(request: web.Request) -> web.Response:
         auth.require(request)

@@ -32,6 +32,8 @@ from ..registry import FINISHED, NodeInfo, Registry, RegistryError, StreamBusy
 
 log = logging.getLogger("mesh.origin")
 
+VOD_NOTE_BEATS = 3  # heartbeats between notes of running recordings in the registry
+
 
 class OriginPart:
     name = "origin"
@@ -49,6 +51,8 @@ class OriginPart:
         self.book = SequenceBook(registry, info.node_id)
         self.live: dict[str, LiveStream] = {}
         self._publishes: dict[str, _StoppablePublish] = {}  # RTMP publishers by stream id
+        self._vod_beats = 0
+        self._vod_task: asyncio.Task[None] | None = None
         self._claiming: set[str] = set()
         self._gauge = metrics.STREAMS.labels("origin")
         self._secrets = tokens.secrets_of(cfg.cluster_secret, cfg.cluster_secret_previous)
@@ -82,6 +86,7 @@ class OriginPart:
         for live in self.live.values():
             if live.abr is not None:
                 metrics.TRANSCODER_LAG.labels(live.stream_id).set(live.abr.lag_s)
+        self._note_recordings()
         return {"streams": len(self.live),
                 "ingest_kbps": round(sum(s.bitrate_kbps for s in self.live.values()))}
 
@@ -155,6 +160,25 @@ class OriginPart:
                 "file": info.path.name, "size": info.size, "duration_ms": info.duration_ms,
                 "started_ms": int(info.started * 1000), "status": "failed" if info.failed else status,
                 "error": info.failed or None}
+
+    def _note_recordings(self) -> None:
+        """Every VOD_NOTE_BEATS heartbeats, record how far each running recording got, so the
+        list shows a killed origin's recording up to about its last note."""
+        self._vod_beats += 1
+        if self._vod_beats % VOD_NOTE_BEATS or (self._vod_task is not None and not self._vod_task.done()):
+            return
+        running = [(live, live.recorder) for live in self.live.values()
+                   if isinstance(live.recorder, Mp4Recorder) and not live.recorder.closed]
+        if running:
+            self._vod_task = asyncio.get_running_loop().create_task(self._save_vods(running))
+
+    async def _save_vods(self, running: list[tuple[LiveStream, Mp4Recorder]]) -> None:
+        for live, recorder in running:
+            try:
+                await self.registry.save_vod(recorder.info.vod_id, self._vod_fields(live, recorder, "recording"))
+            except Exception as exc:
+                log.debug("could not note recording %s: %s", recorder.info.vod_id, exc)
+                return
 
     async def _end_recording(self, live: LiveStream) -> None:
         recorder = live.recorder
