@@ -64,7 +64,8 @@ class OriginPart:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        record_warm_up()  # on the recorder's thread: the loop goes on
+        if self.cfg.record_mp4:
+            record_warm_up()  # on the recorder's thread: the loop goes on
         self.book.start()
         await self.bus.start()
         self.info.bus_endpoint = self.bus.endpoint
