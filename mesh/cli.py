@@ -271,12 +271,22 @@ def cluster() -> None:
 @click.option("--mongo", metavar="URI", default=None, help=f"[default: MESH_MONGO or {DEFAULT_MONGO}]")
 @mongo_file_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def cluster_nodes(mongo: str | None, mongo_file: str | None, as_json: bool) -> None:
-    """List the nodes of the cluster, alive or dead (judged on the database server's clock)."""
+@click.option("--all", "show_all", is_flag=True,
+              help="Also list nodes unseen for longer than node_forget_after_s (600 s by default).")
+def cluster_nodes(mongo: str | None, mongo_file: str | None, as_json: bool, show_all: bool) -> None:
+    """List the nodes of the cluster, alive or dead (judged on the database server's clock).
+    Nodes dead for longer than node_forget_after_s are left out unless --all is given."""
     from .console import ago, size, table
     from .http.cluster import node_json
 
-    views = run_registry(mongo_uri(mongo, mongo_file), lambda r: r.list_nodes())
+    from .config import NodeConfig
+
+    try:
+        within = None if show_all else float(os.environ.get("MESH_NODE_FORGET_AFTER_S")
+                                              or NodeConfig.node_forget_after_s)
+    except ValueError:
+        fail("MESH_NODE_FORGET_AFTER_S must be a number of seconds", 2)
+    views = run_registry(mongo_uri(mongo, mongo_file), lambda r: r.list_nodes_seen(within_s=within))
     if as_json:
         click.echo(json.dumps([node_json(v, internal=True) for v in views], indent=2, default=str))
         return

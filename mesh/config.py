@@ -56,6 +56,9 @@ class NodeConfig:
     # liveness
     heartbeat_interval_s: float = 1.0
     node_dead_after_s: float = 4.0
+    # dead nodes leave the REST node list and the cluster page after this long unseen (their
+    # documents stay in the database: `mesh cluster nodes --all` lists them)
+    node_forget_after_s: float = 600.0
     # HLS
     segment_target_s: float = 2.0
     playlist_window: int = 5
@@ -93,6 +96,10 @@ class NodeConfig:
     require_play_token: bool = False  # HLS playlists and segments need ?token= (act play)
     require_publish_token: bool = False  # RTMP publish and REST create need a publish token
     pull_file_root: str = ""  # pull sources may read files only below this directory ("" = none)
+    # MP4 recording (mesh/ingest/record.py): every stream of the app, unless a stream says otherwise
+    # (PUT /{app}/rest/v2/broadcasts/{id}/recording/true|false); files below record_dir
+    record_mp4: bool = False
+    record_dir: str = ""  # "" = {data_dir}/records
     # ABR ladder (mesh/ladder.py): e.g. ["720p2500k", "480p1000k", "360p600k"]; empty = off
     abr: list[str] = field(default_factory=list)
     abr_preset: str = "veryfast"  # libx264 preset of the ladder's encoders
@@ -115,6 +122,9 @@ class NodeConfig:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # -- derived ---------------------------------------------------------------------------
+    def resolved_record_dir(self) -> Path:
+        return Path(self.record_dir) if self.record_dir else Path(self.data_dir) / "records"
+
     def resolved_node_id(self) -> str:
         if self.node_id:
             return self.node_id
@@ -143,6 +153,9 @@ class NodeConfig:
         if self.node_dead_after_s < 2 * self.heartbeat_interval_s:
             raise bad("node_dead_after_s", "must be at least twice heartbeat_interval_s, "
                       "or live nodes would flap to dead")
+        if self.node_forget_after_s < self.node_dead_after_s:
+            raise bad("node_forget_after_s", "must be at least node_dead_after_s (a node is "
+                      "forgotten only after it is dead)")
         if not 0.5 <= self.segment_target_s <= 30:
             raise bad("segment_target_s", "use 0.5 to 30 seconds")
         if not 2 <= self.playlist_window <= 100:

@@ -26,6 +26,9 @@ RUNGS_DROPPED = Counter("mesh_abr_rungs_dropped_total",
                         "Ladder rungs dropped because the transcoder could not keep real time")
 TRANSCODER_LAG = Gauge("mesh_abr_transcoder_lag_seconds", "How far behind real time a stream's ladder is",
                        ["stream"])
+RECORD_BYTES = Counter("mesh_record_bytes_total", "Bytes of MP4 recordings written and fsync'd")
+RECORD_ERRORS = Counter("mesh_record_errors_total",
+                        "Recording failures (disk full, I/O, backlog); the live stream goes on", ["reason"])
 HLS_EGRESS_BYTES = Counter("mesh_hls_egress_bytes_total",
                            "Bytes of HLS playlists and segments sent to viewers (updated every heartbeat)")
 # Per-stream series carry only streams open on the node: their labels go when the stream closes.

@@ -425,3 +425,81 @@ class Registry:
             {"status": BROADCASTING, "origin_node": {"$nin": alive}, "updated_at": {"$lt": cutoff}},
             {"$set": {"status": TERMINATED}, "$currentDate": {"finished_at": True}})
         return result.modified_count
+
+    # -- REST queries (broadcast API, cluster list hygiene) ----------------------------------
+    async def list_nodes_seen(self, offset: int = 0, size: int = 1000, *,
+                              within_s: float | None = None) -> list[NodeView]:
+        """Like :meth:`list_nodes`, leaving out nodes not seen for more than ``within_s`` seconds
+        (server clock; None: every node). Their documents stay: ``mesh cluster nodes --all``."""
+        now = await self.server_time()
+        query: dict[str, Any] = {}
+        if within_s is not None:
+            query = {"last_seen": {"$gte": now - dt.timedelta(seconds=within_s)}}
+        cursor = self.nodes.find(query).sort("_id", 1).skip(max(0, offset)).limit(max(0, size))
+        views = [self._judge(doc, now) for doc in await cursor.to_list(None)]
+        return [v for v in views if v is not None]
+
+    async def count_nodes_seen(self, within_s: float | None = None) -> int:
+        if within_s is None:
+            return await self.count_nodes()
+        cutoff = await self.server_time() - dt.timedelta(seconds=within_s)
+        return await self.nodes.count_documents({"last_seen": {"$gte": cutoff}})
+
+    async def insert_stream(self, stream_id: str, app: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+        """Record a new stream in status ``created`` (REST create); None if the id is taken."""
+        doc = {"_id": stream_id, "app": app, "status": CREATED, "epoch": 0, "media_sequence": 0,
+               "discontinuity_sequence": 0, "settings": {}, **fields}
+        try:
+            await self.streams.insert_one(doc)
+        except pymongo.errors.DuplicateKeyError:
+            return None
+        await self.streams.update_one({"_id": stream_id},
+                                      {"$currentDate": {"created_at": True, "updated_at": True}})
+        return await self.get_stream(stream_id)
+
+    async def update_stream_fields(self, stream_id: str, app: str, fields: dict[str, Any], *,
+                                   unless_live: bool = False) -> bool:
+        """Set descriptive fields (name, description, settings.*) of a stream of ``app``; with
+        ``unless_live`` only while no live origin broadcasts it. True if a document changed."""
+        query: dict[str, Any] = {"_id": stream_id, "app": app}
+        if unless_live:
+            query["$or"] = [{"status": {"$ne": BROADCASTING}},
+                            {"origin_node": {"$nin": sorted(await self.alive_node_ids())}}]
+        result = await self.streams.update_one(
+            query, {"$set": fields, "$currentDate": {"updated_at": True}})
+        return result.matched_count > 0
+
+    async def delete_stream(self, stream_id: str, app: str) -> bool:
+        """Remove a stream of ``app`` that no live origin broadcasts (one conditional delete)."""
+        alive = sorted(await self.alive_node_ids())
+        result = await self.streams.delete_one({"_id": stream_id, "app": app, "$or": [
+            {"status": {"$ne": BROADCASTING}}, {"origin_node": {"$nin": alive}}]})
+        return result.deleted_count > 0
+
+    async def count_live_streams(self, app: str | None = None) -> int:
+        """Streams broadcasting on a live origin."""
+        query: dict[str, Any] = {"status": BROADCASTING,
+                                 "origin_node": {"$in": sorted(await self.alive_node_ids())}}
+        if app:
+            query["app"] = app
+        return await self.streams.count_documents(query)
+
+    # -- recordings (``vods``) ----------------------------------------------------------------
+    @property
+    def vods(self) -> Any:
+        return self._db["vods"]
+
+    async def save_vod(self, vod_id: str, fields: dict[str, Any]) -> None:
+        """Create or update the record of one MP4 recording."""
+        await self.vods.update_one({"_id": vod_id}, {"$set": fields,
+                                                     "$currentDate": {"updated_at": True}}, upsert=True)
+
+    async def list_vods(self, app: str, offset: int = 0, size: int = 1000) -> list[dict[str, Any]]:
+        cursor = self.vods.find({"app": app}).sort("_id", 1).skip(max(0, offset)).limit(max(0, size))
+        return [d for d in await cursor.to_list(None) if isinstance(d.get("_id"), str)]
+
+    async def count_vods(self, app: str) -> int:
+        return await self.vods.count_documents({"app": app})
+
+    async def get_vod(self, vod_id: str) -> dict[str, Any] | None:
+        return await self.vods.find_one({"_id": vod_id})

@@ -71,7 +71,8 @@ def test_rest_changes_need_a_token_or_an_allowed_network_and_refusals_change_not
     assert request(f"{origin.http}/LiveApp/rest/v2/broadcasts/ssrf")[0] == 404, "a refusal changes nothing"
     # a valid token (either secret during a rotation) passes authentication; the body is then judged
     for secret in (SECRET, OLD_SECRET):
-        status, reply, _ = request(create, "POST", {"streamId": "ok"}, {"Authorization": f"Bearer {rest_token(secret)}"})
+        status, reply, _ = request(create, "POST", {"streamId": "ok", "streamUrl": 5},
+                                   {"Authorization": f"Bearer {rest_token(secret)}"})
         assert status == 400 and b"streamUrl" in reply
     # the node JSON hides internal endpoints from strangers, shows them to the authenticated
     nodes_url = f"{origin.http}/rest/v2/cluster/nodes/0/10"

@@ -25,6 +25,7 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
     ({"role": "origin"}, "mongo"),  # origins need a database
     ({"playlist_window": 1}, "playlist_window"),
     ({"node_dead_after_s": 1.0}, "node_dead_after_s"),
+    ({"node_forget_after_s": 3.0}, "node_forget_after_s"),  # forgotten before it is dead
 ])
 def test_errors_name_the_field(overrides: dict, field: str) -> None:
     with pytest.raises(ConfigError) as err:

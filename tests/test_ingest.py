@@ -185,7 +185,7 @@ def test_create_rejects_bad_bodies_with_json_errors(node_factory, tmp_path: Path
         (b"{not json", "application/json", 400, "not valid JSON"),
         (b"[1, 2]", "application/json", 400, "JSON object"),
         (b'{"streamId": "a b", "streamUrl": "rtsp://x/y"}', "application/json", 400, "streamId"),
-        (b'{"streamId": "ok"}', "application/json", 400, "streamUrl"),
+        (b'{"streamId": "ok", "streamUrl": 5}', "application/json", 400, "streamUrl"),
         (b'{"streamId": "ok", "streamUrl": "gopher://x"}', "application/json", 400, "scheme"),
         (b'{"streamId": "ok", "streamUrl": "/etc/passwd"}', "application/json", 400, "below"),
         (b'{"streamId": "ok", "streamUrl": "../../etc/passwd"}', "application/json", 400, "below"),
@@ -194,10 +194,10 @@ def test_create_rejects_bad_bodies_with_json_errors(node_factory, tmp_path: Path
     ]
     for body, ctype, status, words in cases:
         got, reply = http("POST", url, body, ctype)
-        assert got == status and words in reply["error"], (body[:40], got, reply)
+        assert got == status and words in reply["message"] and reply["success"] is False, (body[:40], got, reply)
     got, reply = http("POST", f"{edge.http}/LiveApp/rest/v2/broadcasts/create",
                       {"streamId": "x", "streamUrl": "rtsp://h/s"})
-    assert got == 409 and origin.http in reply["error"]
+    assert got == 409 and origin.http in reply["message"]
     assert http("GET", f"{origin.http}/LiveApp/rest/v2/broadcasts/nosuch")[0] == 404
     assert http("GET", f"{origin.http}/OtherApp/rest/v2/broadcasts/list/0/5")[0] == 404
     # the origin still serves

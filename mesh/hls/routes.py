@@ -144,7 +144,11 @@ class HlsRoutes:
         sent = self.egress_bytes - sent_then
         metrics.HLS_EGRESS_BYTES.inc(sent)
         self._stream_metrics()
-        return {"viewers": len(self._viewers), "edge_streams": len(self.streams.streams),
+        per_stream: dict[str, int] = {}
+        for _, stream_id in self._viewers:
+            per_stream[stream_id] = per_stream.get(stream_id, 0) + 1
+        return {"viewers": len(self._viewers), "stream_viewers": per_stream,
+                "edge_streams": len(self.streams.streams),
                 "egress_kbps": round(sent * 8 / 1000 / max(now - then, 1e-3), 1)}
 
     def _stream_metrics(self) -> None:

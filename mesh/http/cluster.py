@@ -2,6 +2,10 @@
 
 - ``GET /rest/v2/cluster/node-count`` → ``{"number": N}``
 - ``GET /rest/v2/cluster/nodes/{offset}/{size}`` → list of nodes with ``status`` alive|dead
+
+Both leave out nodes not seen for ``forget_after_s`` (``node_forget_after_s``, 10 minutes by
+default): a node that died long ago is history, not cluster. Its document stays in the database,
+and ``mesh cluster nodes --all`` still lists it.
 - ``GET /healthz`` → this node's own health
 - ``GET /metrics`` → Prometheus text
 """
@@ -56,14 +60,16 @@ def node_json(view: NodeView, internal: bool = False) -> dict[str, Any]:
 
 
 def add_cluster_routes(app: web.Application, registry: Registry,
-                       health: Callable[[], dict[str, Any]], auth: RestAuth) -> None:
+                       health: Callable[[], dict[str, Any]], auth: RestAuth,
+                       forget_after_s: float | None = None) -> None:
     async def node_count(request: web.Request) -> web.Response:
-        return json_response({"number": await registry.count_nodes()})
+        return json_response({"number": await registry.count_nodes_seen(forget_after_s)})
 
     async def nodes(request: web.Request) -> web.Response:
         offset, size = page_args(request)
         internal = auth.authenticated(request)
-        return json_response([node_json(v, internal) for v in await registry.list_nodes(offset, size)])
+        views = await registry.list_nodes_seen(offset, size, within_s=forget_after_s)
+        return json_response([node_json(v, internal) for v in views])
 
     async def healthz(request: web.Request) -> web.Response:
         report = health()

@@ -48,6 +48,7 @@ class LiveStream:
         self.audio: AudioConfig | None = None
         self.on_fenced = on_fenced
         self.fenced = False
+        self.recorder: Any = None  # an Mp4Recorder (mesh/ingest/record.py) when the origin records
         self.finished = False
         self.bytes_in = 0
         self._bytes_counted = 0  # of bytes_in, already in metrics.INGEST_BYTES
@@ -101,6 +102,8 @@ class LiveStream:
         self.channel.media(track, pts, dts, flags, seg, data, extra)
         if self.abr is not None:
             self.abr.push(track, pts, dts, flags, seg, data, extra)
+        if self.recorder is not None:
+            self.recorder.push(track, pts, dts, flags, seg, data)
         if closed is not None:
             self._segment_closed()
 

@@ -29,10 +29,11 @@ from ..config import NodeConfig
 from ..embedded_db import EmbeddedDb, EmbeddedDbError, free_port
 from ..http.app import HttpServer, make_app
 from ..http.auth import RestAuth
-from ..http.broadcasts import add_broadcast_routes
+from ..http.broadcasts import BroadcastActions, add_broadcast_routes
 from ..http.cluster import add_cluster_routes
 from ..http.limits import HttpLimits
 from ..http.pages import add_page_routes
+from ..http.vods import add_vod_routes
 from ..registry import NodeInfo, Registry, RegistryError
 from ..tokens import secrets_of
 from .part import Part, Shared
@@ -69,15 +70,18 @@ class Node:
         self.registry = Registry(uri, cfg.db_name, node_dead_after_s=cfg.node_dead_after_s)
         await self.registry.connect()
         self.zmq = zmq.asyncio.Context()
-        auth = RestAuth(secrets_of(cfg.cluster_secret, cfg.cluster_secret_previous),
-                        cfg.rest_allowed_cidrs, cfg.trusted_proxies)
-        add_cluster_routes(self.app, self.registry, self.health, auth)
+        secrets = secrets_of(cfg.cluster_secret, cfg.cluster_secret_previous)
+        auth = RestAuth(secrets, cfg.rest_allowed_cidrs, cfg.trusted_proxies)
+        add_cluster_routes(self.app, self.registry, self.health, auth, cfg.node_forget_after_s)
         role = build_parts(self.role, Shared(cfg, self.registry, self.zmq, self.info, self.app, self.http))
         self.parts = role.parts
         for part in self.parts:
             await part.start()
-        add_broadcast_routes(self.app, self.registry, cfg.app, role.create_pull, self._origin_hint, auth)
-        add_page_routes(self.app, cfg.app)
+        actions = BroadcastActions(self.node_id, role.create_pull, role.stop_stream, role.check_url,
+                                   self._origin_hint, secrets)
+        add_broadcast_routes(self.app, self.registry, cfg.app, actions, auth)
+        add_vod_routes(self.app, self.registry, cfg.app, cfg.resolved_record_dir(), auth)
+        add_page_routes(self.app, cfg.app, self.registry, serves_hls=self.role != "origin")
         await self.http.start()
         self.info.http_url = f"http://{cfg.host}:{self.http.port}"
         await self.registry.register_node(self.info)

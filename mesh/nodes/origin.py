@@ -7,6 +7,7 @@ the sequence book that records segment numbers in the registry.
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -22,12 +23,18 @@ from ..ingest.adoption import Adopter
 from ..ingest.bookkeeping import SequenceBook
 from ..ingest.flv_source import FlvPublish
 from ..ingest.live import LiveStream
-from ..ingest.rtmp_server import PublishRejected, RtmpConnectionInfo, RtmpServer, server_limits
+from ..ingest.record import Mp4Recorder
+from ..ingest.record import warm_up as record_warm_up
+from ..errors import NotFound
+from ..ingest.rtmp_server import (PublishAborted, PublishRejected, RtmpConnectionInfo, RtmpServer,
+                                  server_limits)
 from ..ladder import parse_ladder
 from ..names import NAME_RULE, is_name
 from ..registry import FINISHED, NodeInfo, Registry, RegistryError, StreamBusy
 
 log = logging.getLogger("mesh.origin")
+
+VOD_NOTE_BEATS = 3  # heartbeats between notes of running recordings in the registry
 
 
 class OriginPart:
@@ -48,6 +55,9 @@ class OriginPart:
         self.rtmp = RtmpServer(self, host=cfg.bind, port=cfg.rtmp_port, **server_limits(cfg))
         self.book = SequenceBook(registry, info.node_id)
         self.live: dict[str, LiveStream] = {}
+        self._publishes: dict[str, _StoppablePublish] = {}  # RTMP publishers by stream id
+        self._vod_beats = 0
+        self._vod_task: asyncio.Task[None] | None = None
         self._claiming: set[str] = set()
         self._gauge = metrics.STREAMS.labels("origin")
         self._secrets = tokens.secrets_of(cfg.cluster_secret, cfg.cluster_secret_previous)
@@ -62,6 +72,8 @@ class OriginPart:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
+        if self.cfg.record_mp4:
+            record_warm_up()  # on the recorder's thread: the loop goes on
         self.book.start()
         await self.bus.start()
         self.info.bus_endpoint = self.bus.endpoint
@@ -76,6 +88,7 @@ class OriginPart:
         await self.rtmp.stop()  # every publisher's on_unpublish has run: eos sent, status written
         for live in list(self.live.values()):
             await live.finish()
+            await self._end_recording(live)
         self._forget_all()
         await self.book.stop()
         await self.bus.stop()
@@ -84,6 +97,7 @@ class OriginPart:
         for live in self.live.values():
             if live.abr is not None:
                 metrics.TRANSCODER_LAG.labels(live.stream_id).set(live.abr.lag_s)
+        self._note_recordings()
         return {"streams": len(self.live),
                 "ingest_kbps": round(sum(s.bitrate_kbps for s in self.live.values()))}
 
@@ -124,6 +138,7 @@ class OriginPart:
                           abr_preset=cfg.abr_preset, abr_threads=cfg.abr_encoder_threads)
         self.live[stream_id] = live
         self._gauge.set(len(self.live))
+        await self._maybe_record(live, claim.epoch)
         log.info("stream %s/%s live on %s (epoch %d, from segment %d%s)", app, stream_id, node_id,
                  claim.epoch, claim.media_sequence, ", taking over" if claim.takeover else "")
         return live
@@ -132,12 +147,89 @@ class OriginPart:
         self._forget(live)
         await live.finish(FINISHED)
         log.info("stream %s/%s ended (%s)", live.app, live.stream_id, reason)
+        await self._end_recording(live)
+
+    # -- recording -------------------------------------------------------------------------
+    async def _maybe_record(self, live: LiveStream, epoch: int) -> None:
+        """Record the stream when it or the app asks for it (``mp4_enabled`` 1 / -1 on the stream,
+        else ``record_mp4``). A registry or disk problem here never refuses the publish."""
+        try:
+            doc = await self.registry.get_stream(live.stream_id) or {}
+            wanted = doc.get("mp4_enabled") or 0
+            if wanted < 0 or (wanted == 0 and not self.cfg.record_mp4):
+                return
+            recorder = Mp4Recorder(self.cfg.resolved_record_dir(), live.stream_id, epoch,
+                                   configs=lambda: (live.video, live.audio))
+            live.recorder = recorder
+            await self.registry.save_vod(recorder.info.vod_id, self._vod_fields(live, recorder, "recording"))
+        except Exception as exc:
+            log.warning("cannot record %s: %s; the live stream goes on", live.stream_id, exc)
+
+    def _vod_fields(self, live: LiveStream, recorder: Mp4Recorder, status: str) -> dict[str, Any]:
+        info = recorder.info
+        return {"app": live.app, "stream_id": live.stream_id, "origin_node": self.info.node_id,
+                "file": info.path.name, "size": info.size, "duration_ms": info.duration_ms,
+                "started_ms": int(info.started * 1000), "status": "failed" if info.failed else status,
+                "error": info.failed or None}
+
+    def _note_recordings(self) -> None:
+        """Every VOD_NOTE_BEATS heartbeats, record how far each running recording got, so the
+        list shows a killed origin's recording up to about its last note."""
+        self._vod_beats += 1
+        if self._vod_beats % VOD_NOTE_BEATS or (self._vod_task is not None and not self._vod_task.done()):
+            return
+        running = [(live, live.recorder) for live in self.live.values()
+                   if isinstance(live.recorder, Mp4Recorder) and not live.recorder.closed]
+        if running:
+            self._vod_task = asyncio.get_running_loop().create_task(self._save_vods(running))
+
+    async def _save_vods(self, running: list[tuple[LiveStream, Mp4Recorder]]) -> None:
+        for live, recorder in running:
+            try:
+                await self.registry.save_vod(recorder.info.vod_id, self._vod_fields(live, recorder, "recording"))
+            except Exception as exc:
+                log.debug("could not note recording %s: %s", recorder.info.vod_id, exc)
+                return
+
+    async def _end_recording(self, live: LiveStream) -> None:
+        recorder = live.recorder
+        if not isinstance(recorder, Mp4Recorder) or recorder.closed:
+            return
+        recorder.close()
+        await asyncio.to_thread(recorder.wait)
+        try:
+            await self.registry.save_vod(recorder.info.vod_id, self._vod_fields(live, recorder, "finished"))
+        except Exception as exc:
+            log.warning("could not record the end of recording %s: %s", recorder.info.vod_id, exc)
+
+    async def stop_stream(self, stream_id: str) -> str:
+        """Stop a stream live here (REST ``stop``): a pull source stops; an RTMP publisher is
+        disconnected (its next media ends the publish with an error status). The stream is
+        finished at once. Returns ``pull`` or ``rtmp``; raises NotFound when it is not live here."""
+        live = self.live.get(stream_id)
+        if live is None:
+            raise NotFound(f"stream {stream_id} is not live on {self.info.node_id}")
+        if stream_id in self.pulls.sources:
+            self.pulls.cancel(stream_id)
+            kind = "pull"
+        else:
+            publish = self._publishes.get(stream_id)
+            if publish is not None and publish.live is live:
+                publish.stop_reason = f"stream {stream_id} was stopped over the REST API"
+            kind = "rtmp"
+        await self.end_stream(live, "stopped over REST")
+        return kind
 
     def _fenced(self, live: LiveStream) -> None:
         self._forget(live)
+        if isinstance(live.recorder, Mp4Recorder):
+            live.recorder.close()
         self.pulls.cancel(live.stream_id)  # an RTMP publisher is dropped by its sink
 
     def _forget(self, live: LiveStream) -> None:
+        publish = self._publishes.get(live.stream_id)
+        if publish is not None and publish.live is live:
+            del self._publishes[live.stream_id]
         if self.live.get(live.stream_id) is live:
             del self.live[live.stream_id]
             self._gauge.set(len(self.live))
@@ -149,6 +241,7 @@ class OriginPart:
 
     def _forget_all(self) -> None:
         self.live.clear()
+        self._publishes.clear()
         self._gauge.set(0)
 
     # -- RtmpHandler -----------------------------------------------------------------------
@@ -167,4 +260,23 @@ class OriginPart:
             raise PublishRejected("NetStream.Publish.Denied",
                                   "a valid ?token= is required to publish on this origin")
         live = await self.begin_stream(stream_name, app, "rtmp")
-        return FlvPublish(live, self.end_stream)
+        publish = _StoppablePublish(live, self.end_stream)
+        self._publishes[stream_name] = publish
+        return publish
+
+
+class _StoppablePublish(FlvPublish):
+    """An RTMP publish the origin can end (REST ``stop``): once ``stop_reason`` is set, the next
+    media the publisher sends ends the publish with an error status and closes the connection."""
+
+    stop_reason = ""
+
+    def on_media(self, batch: list[tuple[int, int, bytes]]) -> None:
+        if self.stop_reason:
+            raise PublishAborted("stopped", self.stop_reason)
+        super().on_media(batch)
+
+    def on_video(self, timestamp_ms: int, payload: bytes) -> None:
+        if self.stop_reason:
+            raise PublishAborted("stopped", self.stop_reason)
+        super().on_video(timestamp_ms, payload)
