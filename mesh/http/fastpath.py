@@ -27,7 +27,7 @@ from aiohttp.http import SERVER_SOFTWARE
 from .. import metrics
 
 if TYPE_CHECKING:
-    from .server import HttpServer
+    from .limits import ConnectionOwner
 
 log = logging.getLogger("mesh.http")
 
@@ -139,7 +139,7 @@ class FastConnection(asyncio.Protocol):
     ``keepalive_s``, and so does a client that stops reading its answers. The timer is moved
     only when a head is left incomplete, so a request that arrives whole costs no timer work."""
 
-    def __init__(self, server: "HttpServer", ip: str):
+    def __init__(self, server: "ConnectionOwner", ip: str):
         self._server = server
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None

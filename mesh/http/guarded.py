@@ -23,7 +23,7 @@ from .. import metrics
 from .limits import LogBudget, parse_error_reason
 
 if TYPE_CHECKING:
-    from .server import HttpServer
+    from .limits import ConnectionOwner
 
 log = logging.getLogger("mesh.http")
 
@@ -38,7 +38,7 @@ _malformed_log = LogBudget(60.0)
 class GuardedHandler(web.RequestHandler):
     """One aiohttp connection of an :class:`~mesh.http.server.HttpServer`."""
 
-    def __init__(self, owner: "HttpServer", ip: str, **kwargs: Any):
+    def __init__(self, owner: "ConnectionOwner", ip: str, **kwargs: Any):
         assert owner._aiohttp is not None
         super().__init__(owner._aiohttp, loop=asyncio.get_running_loop(), **kwargs)
         self._owner = owner

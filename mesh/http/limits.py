@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 import resource
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -155,3 +155,23 @@ def parse_error_reason(exc: BaseException | None) -> str:
         if reason:
             return reason
     return "malformed"
+
+
+class ConnectionOwner(Protocol):
+    """What a connection protocol (:mod:`.fastpath`, :mod:`.guarded`) needs of the server that
+    accepted it (:class:`mesh.http.server.HttpServer`), so they do not import it."""
+
+    limits: "HttpLimits"
+    _aiohttp: Any
+
+    def _opened(self, conn: Any) -> None: ...
+
+    def _closed(self, conn: Any) -> None: ...
+
+    def _touch(self, conn: Any) -> None: ...
+
+    def _route(self, target: str, remote: str) -> Any: ...
+
+    def _aiohttp_handler(self, ip: str) -> Any: ...
+
+    def _replace(self, conn: Any, handler: Any) -> None: ...
