@@ -233,6 +233,11 @@ class ServerSession:
         """Received bytes not yet parsed (for the driver's read back-pressure)."""
         return len(self._hs) + self._reader.buffered
 
+    def incomplete(self) -> tuple[int, int]:
+        """``(length, due)`` of the longest message partly received (see
+        :meth:`ChunkReader.incomplete`): how long a driver may wait before it reads again."""
+        return self._reader.incomplete()
+
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Add bytes from the peer; ``b""`` means end of stream. Never raises on bad input."""
         if self._eof:
