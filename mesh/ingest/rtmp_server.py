@@ -63,7 +63,8 @@ _WRITE_BUFFER_LIMIT = 1 << 20  # we only write replies and acks; this much unrea
 _CLOSE_GRACE_S = 2.0  # how long a closing socket may take to flush its last reply
 _STOP_TIMEOUT_S = 5.0  # how long stop() waits for on_unpublish callbacks
 MEDIA_READ_MAX_INTERVAL_S = 0.04  # every publisher is read at least this often (one tick) ...
-MEDIA_READ_WAKE_BYTES = 8 << 10  # ... and at once when this much is queued (see the docstring)
+MEDIA_READ_WAKE_BYTES = 8 << 10  # ... and at once when this much is queued, until keyframes are seen
+_WAKE_MIN, _WAKE_MAX = 2 << 10, 64 << 10  # bounds of the per-publisher wake size (_keyframe)
 _READ_BUFFER = 256 << 10  # one read per publisher per tick, usually much less
 _MAX_READ_PER_TICK = 4 << 20  # a fast sender waits in its socket buffer for the next tick
 _conn_ids = itertools.count(1)
@@ -164,6 +165,8 @@ class _RtmpConnection(asyncio.Protocol):
         self._fd = -1  # >= 0 while the server's _MediaReader reads this connection
         self._sock: Any = None  # its socket then (for SO_RCVLOWAT)
         self._lowat = 1  # the socket's SO_RCVLOWAT as we last set it
+        self._wake = server.media_read_wake_bytes  # SO_RCVLOWAT between messages (see _keyframe)
+        self._keyframes: list[int] = []  # sizes of the last few keyframes
         self.conn_id = next(_conn_ids)
         self.peer = "?"
 
@@ -245,7 +248,7 @@ class _RtmpConnection(asyncio.Protocol):
             if self._fd >= 0:
                 # Wake on a keyframe's worth of bytes; but inside a message at least that long
                 # (a keyframe whose start we read), on the last byte it still needs.
-                lowat = wake = self._server.media_read_wake_bytes
+                lowat = wake = self._wake
                 length, due = session.incomplete()
                 if length >= wake and due < wake:
                     lowat = due
@@ -327,6 +330,10 @@ class _RtmpConnection(asyncio.Protocol):
         if sink is None:  # the publish already ended on our side
             media.clear()
             return
+        if self._fd >= 0:
+            for type_id, _, payload in media:
+                if type_id == 9 and payload[:2] == b"\x17\x01":  # an AVC keyframe picture
+                    self._keyframe(len(payload))
         try:
             on_media = self._on_media
             if on_media is not None:
@@ -340,6 +347,19 @@ class _RtmpConnection(asyncio.Protocol):
                     on_audio(timestamp_ms, payload)
         finally:
             media.clear()
+
+    def _keyframe(self, size: int) -> None:
+        """Wake for three quarters of the smallest of the last 8 keyframes (within 2-64 KiB):
+        a keyframe is then read as soon as it has arrived, the frames between are not."""
+        sizes = self._keyframes
+        sizes.append(size)
+        if len(sizes) > 8:
+            del sizes[0]
+        wake = min(max(min(sizes) * 3 // 4, _WAKE_MIN), _WAKE_MAX)
+        if wake != self._wake:
+            self._wake = wake
+            if self._fd >= 0 and self._lowat > wake:
+                self._set_lowat(wake)
 
     def _flush(self) -> None:
         data = self._session.data_to_send()
@@ -447,7 +467,7 @@ class _RtmpConnection(asyncio.Protocol):
                 # paused; it still writes, and closes the socket)
                 self._sock = self._transport.get_extra_info("socket")
                 self._fd = self._sock.fileno()
-                self._set_lowat(self._server.media_read_wake_bytes)
+                self._set_lowat(self._wake)
                 self._server._join_media_reader(self._fd, self)
             else:
                 self._transport.resume_reading()
