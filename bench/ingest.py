@@ -17,6 +17,12 @@ measured over ``--duration`` seconds:
   advanced by at least duration / 2 s - 1; nginx-rtmp: its ``.ts`` files advanced as much);
 * the publishers' own CPU (ffmpeg, for scale: they share the machine).
 
+CPU is the scheduler's nanosecond runtime of every thread (``/proc/PID/task/*/schedstat``) where
+the kernel provides it, else utime+stime from ``/proc/PID/stat`` in 10 ms clock ticks; a trial
+whose server CPU was below :data:`MIN_TICKS` ticks there (one nginx-rtmp publisher for 3 s can be
+0) is marked ``below_resolution``, and the ratio for that N says "below resolution" instead of
+disappearing. Ratios are paired: the median over repeats of mesh / nginx-rtmp of the same repeat.
+
 Run: ``mesh bench ingest [--streams 10 50] [--bitrate-kbps 600] [--duration 15] [--json]``
 """
 from __future__ import annotations
@@ -479,7 +485,8 @@ def _median_trial(ts: list[Trial]) -> dict[str, Any]:
 def format_table(r: dict[str, Any]) -> str:
     c = r["clip"]
     lines = [(f"clip {c['size']}@{c['fps']} H.264 + AAC, {c['kbps']:g} kbps measured ({c['nominal_kbps']} "
-              f"nominal), {c['gop_s']:g} s GOP; {r['params']['duration_s']:g} s per trial; nproc {r['nproc']}"),
+              f"nominal), {c['gop_s']:g} s GOP; {r['params']['duration_s']:g} s per trial; nproc {r['nproc']}; "
+              f"CPU from {_sources(r)}"),
              (f"{'server':<11}{'N':>5}{'cpu %':>8}{'db %':>7}{'cpu-s/Mbit':>12}{'+db':>10}"
               f"{'ingest Mbit/s':>15}{'achieved':>10}{'producing':>11}{'pub cpu %':>11}{'load':>7}")]
     for name, per_n in r["results"].items():
@@ -498,6 +505,12 @@ def format_table(r: dict[str, Any]) -> str:
                      f"({q['cpu_s_per_mbit_with_db']:.2f}x counting the database; paired median of "
                      f"{q['pairs']}); target <= {TARGET_RATIO:g}x {'met' if q['target_met'] else 'missed'}")
     return "\n".join(lines)
+
+
+def _sources(r: dict[str, Any]) -> str:
+    used = {x.get("cpu_source", "stat") for per_n in r["results"].values() for x in per_n.values()}
+    names = {"schedstat": "/proc/PID/task/*/schedstat (ns)", "stat": "/proc/PID/stat (10 ms ticks)"}
+    return " and ".join(names.get(u, u) for u in sorted(used)) or "/proc"
 
 
 def _counts(values: Sequence[str]) -> list[int]:

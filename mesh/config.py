@@ -59,7 +59,8 @@ class NodeConfig:
     max_publishers: int = 500
     rtmp_max_message_bytes: int = 8 << 20
     # Accepted publishers are read together, at most this far apart (0 = as each socket wakes):
-    # fewer wake-ups per packet, at the price of up to this much delay on a busy origin.
+    # fewer wake-ups per packet, at the price of up to this much delay on small messages; a
+    # keyframe (which closes a segment) is read as soon as it has arrived.
     rtmp_read_max_interval_s: float = 0.04
     publish_token: str = ""  # when set, RTMP publishers must pass ?token=
     pull_file_root: str = ""  # pull sources may read files only below this directory ("" = none)
