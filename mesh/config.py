@@ -84,7 +84,8 @@ class NodeConfig:
     rtmp_idle_timeout_s: float = 30.0  # a connection that sends nothing for this long is closed
     rtmp_max_setup_bytes: int = 64 << 10  # input a connection may hold before its publish is accepted
     # Accepted publishers are read together, at most this far apart (0 = as each socket wakes):
-    # fewer wake-ups per packet, at the price of up to this much delay on a busy origin.
+    # fewer wake-ups per packet, at the price of up to this much delay on small messages; a
+    # keyframe (which closes a segment) is read as soon as it has arrived.
     rtmp_read_max_interval_s: float = 0.04
     publish_token: str = field(default="", repr=False)  # when set, RTMP publishers must pass ?token=
     # stream and REST tokens (mesh/tokens.py): JWT HS256 signed with the cluster secret; during a

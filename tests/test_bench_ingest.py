@@ -44,7 +44,39 @@ def test_ingest_runs_mesh_and_nginx_rtmp() -> None:
         assert x["ingest_mbps"] > 0, server  # the server counted bytes it received
         assert x["segments_advanced"] >= 1 and x["producing"] == 1, (server, x)  # segments came out
     assert r["results"]["mesh"]["1"]["db_cpu_pct"] >= 0
-    assert set(r["ratios"]["1"]) >= {"cpu_s_per_mbit", "cpu_s_per_mbit_with_db", "target_met"}
+    # a ratio row for every N, always: a figure, or None with the side(s) below /proc's resolution
+    q = r["ratios"]["1"]
+    assert set(q) >= {"cpu_s_per_mbit", "cpu_s_per_mbit_with_db", "target_met", "below_resolution", "pairs"}
+    if q["cpu_s_per_mbit"] is None:
+        assert q["below_resolution"] and q["pairs"] == 0 and q["target_met"] is None
+    else:
+        assert q["cpu_s_per_mbit"] > 0 and q["pairs"] == 1 and isinstance(q["target_met"], bool)
+    for server in ("mesh", "nginx_rtmp"):
+        x = r["results"][server]["1"]
+        assert x["cpu_source"] in ("schedstat", "stat") and x["cpu_ticks"] >= 0
+        assert x["below_resolution"] == (server in q["below_resolution"])
+
+
+def test_ingest_says_below_resolution_instead_of_dropping_the_ratio() -> None:
+    """The KeyError: '1' of a 3 s, one-stream run: nginx-rtmp showed 0 clock ticks. Now the row
+    stays, says which side could not be read, and the table says so."""
+    from mesh_bench.ingest import Trial, _ratio, format_table
+
+    def trial(server: str, cpu_s: float, below: bool) -> Trial:
+        return Trial(server=server, streams=1, duration_s=3.0, cpu_pct=100 * cpu_s / 3, db_cpu_pct=0.0,
+                     publishers_cpu_pct=1.0, ingest_mbps=0.6, nominal_mbps=0.62, cpu_s_per_mbit=cpu_s / 1.8,
+                     cpu_s_per_mbit_with_db=cpu_s / 1.8, producing=1, segments_advanced=1, publishers_alive=1,
+                     start_s=1.0, loadavg=1.0, cpu_source="stat", cpu_ticks=round(cpu_s * 100),
+                     below_resolution=below)
+
+    q = _ratio([trial("mesh", 0.05, True)], [trial("nginx_rtmp", 0.0, True)])
+    assert q["cpu_s_per_mbit"] is None and q["below_resolution"] == ["mesh", "nginx_rtmp"] and q["pairs"] == 0
+    ok = _ratio([trial("mesh", 0.4, False), trial("mesh", 0.3, False)],
+                [trial("nginx_rtmp", 0.2, False), trial("nginx_rtmp", 0.0, True)])
+    assert ok["pairs"] == 1 and ok["cpu_s_per_mbit"] == 2.0 and ok["below_resolution"] == ["nginx_rtmp"]
+    r = {"clip": {"size": "640x360", "fps": 30, "kbps": 619.2, "nominal_kbps": 600, "gop_s": 2.0},
+         "params": {"duration_s": 3.0}, "nproc": 2, "results": {}, "ratios": {"1": q}}
+    assert "N=1: below resolution: mesh and nginx_rtmp" in format_table(r)
 
 
 def test_latency_measures_the_edge_and_nginx_rtmp() -> None:

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh.ingest.flv_source import FlvPublish
+from mesh.protocols.rtmp.chunk import ChunkReader, ChunkWriter
 from mesh.protocols.rtmp import (
     NEED_DATA,
     PAUSED,
@@ -167,3 +168,35 @@ def test_on_media_pushes_what_on_video_and_on_audio_push(tags) -> None:
     assert _outcome(lambda: fast.on_media(list(batch))) == _outcome(reference)
     assert fast_live.pushed == ref_live.pushed
     assert all(type(key) is bool for _, _, _, key, _ in fast_live.pushed)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([4, 6, 8]), st.integers(0, 12000)), min_size=1, max_size=8),
+       st.sampled_from([128, 4096]))
+def test_incomplete_never_asks_for_more_than_the_message_still_needs(msgs, chunk_size) -> None:
+    """ChunkReader.incomplete() is what the ingest sets SO_RCVLOWAT from while a long message is
+    arriving: its ``due`` must be a lower bound of the bytes still to come for that message,
+    else the kernel would hold back its last bytes (and a keyframe's segment) until more came."""
+    w = ChunkWriter(chunk_size)
+    bodies = [(csid, bytes([i % 251]) * n) for i, (csid, n) in enumerate(msgs)]
+    wire = b"".join(w.write(csid, 9, 1, i * 33, body) for i, (csid, body) in enumerate(bodies))
+    ends: dict[int, list[int]] = {}  # message length -> offsets just past each such message
+    probe = ChunkReader()
+    probe.chunk_size = chunk_size
+    for i in range(len(wire)):
+        probe.feed(wire[i:i + 1])
+        while (m := probe.next_raw()) is not None:
+            ends.setdefault(len(m[4]), []).append(i + 1)
+    r = ChunkReader()
+    r.chunk_size = chunk_size
+    step = max(1, len(wire) // 400)
+    for i in range(0, len(wire), step):
+        r.feed(wire[i:i + step])
+        while r.next_raw() is not None:
+            pass
+        length, due = r.incomplete()
+        at = min(i + step, len(wire))
+        if length:
+            remaining = [e - at for e in ends[length] if e > at]
+            assert remaining and 1 <= due <= min(remaining), (length, due, remaining)
+    assert r.incomplete() == (0, 0)

@@ -18,21 +18,31 @@ after ``idle_timeout_s`` without a byte; until its publish is accepted it may ho
 ``max_setup_bytes`` of input (the session enforces that, and ``max_message_size`` after).
 Each refusal is one counter increment and one debug line (no traceback, no warning flood).
 
-Reading media in batches. Until a publish is accepted, the asyncio transport reads each
+Reading media in ticks. Until a publish is accepted, the asyncio transport reads each
 connection as data arrives (handshake and commands answer at once). From then on, the
-connection's socket joins the server's :class:`_MediaReader`: one epoll set of publishers whose
-own fd is watched by the event loop. When it turns readable, every publisher with data is read
-once into one preallocated buffer and parsed -- but such drains are spaced at least
-``media_read_per_publisher_s`` (1 ms) x publishers apart, capped at
-``media_read_max_interval_s`` (40 ms). A publisher sends a message every ~13 ms (30 fps video,
-47 fps AAC), so reading each as it arrives costs the process a wake-up, an epoll_wait, a
-callback and a recv for every few hundred bytes; with many publishers that per-message wake-up,
-not parsing, was most of the origin's CPU (bench/results/ingest.md). Spacing drains by load keeps
-a lone publisher's latency as before (its messages are ~13 ms apart, more than 1 ms) and makes
-ten publishers cost one wake-up per 10 ms, forty or more one per 40 ms, with each stream's
-messages of a drain travelling on the bus as one batch. The price is that delay, at most the
-interval, on every message of a busy origin. A max interval of 0
-reads every connection per event, as before.
+connection's socket joins the server's :class:`_MediaReader`, which reads every publisher once
+per tick (``media_read_max_interval_s``, 40 ms) into one preallocated buffer, and sooner only
+when one has something big or unfinished:
+
+* each publisher socket's ``SO_RCVLOWAT`` is ``media_read_wake_bytes`` (8 KiB), so the kernel
+  wakes us (through one epoll set whose fd the event loop watches) as soon as that much is
+  queued -- a keyframe -- and not for every small audio frame or inter frame;
+* when a read ends inside a message, that socket's low-water mark drops to 1 byte until the
+  message is complete, so the tail of a keyframe is read the moment it arrives, not at the
+  next tick.
+
+Why: a publisher sends a message every ~13 ms (30 fps video, 47 fps AAC), often as two writes
+(header, payload), so reading each as it arrives costs a wake-up, an event-loop pass, an
+epoll_wait, a recv and a bus send for every few hundred bytes; with few publishers each pass
+found about one message per stream, and that fixed cost, not parsing, was most of the origin's
+CPU (bench/results/ingest.md). Reading in ticks makes it one pass per 40 ms for all publishers.
+
+The price, bounded and documented: a message below the wake size (audio, inter frames,
+commands) waits at most one tick (40 ms) before it is read. The messages that make a segment
+visible -- the keyframe that closes a segment, whenever it is at least the wake size -- are read
+when their last byte arrives, as before. A smaller keyframe (a near-static picture at a low
+bitrate) or an audio-only stream's cut waits up to the tick. A max interval of 0 reads every
+connection per event through the asyncio transport, as before.
 """
 from __future__ import annotations
 
@@ -41,6 +51,7 @@ import itertools
 import logging
 import os
 import select
+import socket
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,8 +67,9 @@ log = logging.getLogger("mesh.ingest.rtmp")
 _WRITE_BUFFER_LIMIT = 1 << 20  # we only write replies and acks; this much unread means a dead peer
 _CLOSE_GRACE_S = 2.0  # how long a closing socket may take to flush its last reply
 _STOP_TIMEOUT_S = 5.0  # how long stop() waits for on_unpublish callbacks
-MEDIA_READ_MAX_INTERVAL_S = 0.04  # publishers are read in batches at most this far apart ...
-MEDIA_READ_PER_PUBLISHER_S = 0.001  # ... and this far apart per publisher below that (see the docstring)
+MEDIA_READ_MAX_INTERVAL_S = 0.04  # every publisher is read at least this often (one tick) ...
+MEDIA_READ_WAKE_BYTES = 8 << 10  # ... and at once when this much is queued, until keyframes are seen
+_WAKE_MIN, _WAKE_MAX = 2 << 10, 64 << 10  # bounds of the per-publisher wake size (_keyframe)
 _READ_BUFFER = 256 << 10  # one read per publisher per tick, usually much less
 _MAX_READ_PER_TICK = 4 << 20  # a fast sender waits in its socket buffer for the next tick
 _conn_ids = itertools.count(1)
@@ -167,6 +179,10 @@ class _RtmpConnection(asyncio.Protocol):
         self._media: list[tuple[int, int, bytes]] = []  # read_media's batch, reused
         self._on_media: Callable[[list[tuple[int, int, bytes]]], None] | None = None
         self._fd = -1  # >= 0 while the server's _MediaReader reads this connection
+        self._sock: Any = None  # its socket then (for SO_RCVLOWAT)
+        self._lowat = 1  # the socket's SO_RCVLOWAT as we last set it
+        self._wake = server.media_read_wake_bytes  # SO_RCVLOWAT between messages (see _keyframe)
+        self._keyframes: list[int] = []  # sizes of the last few keyframes
         self.conn_id = next(_conn_ids)
         self.peer = "?"
         self.ip = "?"
@@ -246,11 +262,29 @@ class _RtmpConnection(asyncio.Protocol):
         if total:
             self._last_rx = now
             self._pump()
+            if self._fd >= 0:
+                # Wake on a keyframe's worth of bytes; but inside a message at least that long
+                # (a keyframe whose start we read), on the last byte it still needs.
+                lowat = wake = self._wake
+                length, due = session.incomplete()
+                if length >= wake and due < wake:
+                    lowat = due
+                if lowat != self._lowat:
+                    self._set_lowat(lowat)
+
+    def _set_lowat(self, lowat: int) -> None:
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
+        except (OSError, AttributeError):  # closed meanwhile; nothing left to wake for
+            return
+        self._lowat = lowat
 
     def _leave_media_reader(self) -> None:
         if self._fd >= 0:
             self._server._leave_media_reader(self._fd)
             self._fd = -1
+            if self._lowat != 1 and not self._closed:  # the transport reads it again: every byte
+                self._set_lowat(1)
 
     # ------------------------------------------------------------------ event pump
 
@@ -313,6 +347,10 @@ class _RtmpConnection(asyncio.Protocol):
         if sink is None:  # the publish already ended on our side
             media.clear()
             return
+        if self._fd >= 0:
+            for type_id, _, payload in media:
+                if type_id == 9 and payload[:2] == b"\x17\x01":  # an AVC keyframe picture
+                    self._keyframe(len(payload))
         try:
             on_media = self._on_media
             if on_media is not None:
@@ -326,6 +364,19 @@ class _RtmpConnection(asyncio.Protocol):
                     on_audio(timestamp_ms, payload)
         finally:
             media.clear()
+
+    def _keyframe(self, size: int) -> None:
+        """Wake for three quarters of the smallest of the last 8 keyframes (within 2-64 KiB):
+        a keyframe is then read as soon as it has arrived, the frames between are not."""
+        sizes = self._keyframes
+        sizes.append(size)
+        if len(sizes) > 8:
+            del sizes[0]
+        wake = min(max(min(sizes) * 3 // 4, _WAKE_MIN), _WAKE_MAX)
+        if wake != self._wake:
+            self._wake = wake
+            if self._fd >= 0 and self._lowat > wake:
+                self._set_lowat(wake)
 
     def _flush(self) -> None:
         data = self._session.data_to_send()
@@ -433,7 +484,9 @@ class _RtmpConnection(asyncio.Protocol):
             if self._sink is not None and self._server.media_read_max_interval_s > 0:
                 # a publisher: its reads move to the server's media reader (the transport stays
                 # paused; it still writes, and closes the socket)
-                self._fd = self._transport.get_extra_info("socket").fileno()
+                self._sock = self._transport.get_extra_info("socket")
+                self._fd = self._sock.fileno()
+                self._set_lowat(self._wake)
                 self._server._join_media_reader(self._fd, self)
             else:
                 self._transport.resume_reading()
@@ -476,7 +529,7 @@ class RtmpServer:
                  idle_timeout_s: float = 30.0, max_message_size: int = 8 << 20,
                  max_setup_bytes: int = 64 << 10,
                  media_read_max_interval_s: float = MEDIA_READ_MAX_INTERVAL_S,
-                 media_read_per_publisher_s: float = MEDIA_READ_PER_PUBLISHER_S) -> None:
+                 media_read_wake_bytes: int = MEDIA_READ_WAKE_BYTES) -> None:
         self.handler = handler
         self.host = host
         self.port = port
@@ -487,7 +540,7 @@ class RtmpServer:
         self.idle_timeout_s = idle_timeout_s
         self.max_message_size = max_message_size
         self.media_read_max_interval_s = media_read_max_interval_s
-        self.media_read_per_publisher_s = media_read_per_publisher_s
+        self.media_read_wake_bytes = media_read_wake_bytes
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[_RtmpConnection] = set()
         self._per_ip: dict[str, int] = {}  # open connections per source address
@@ -564,8 +617,7 @@ class RtmpServer:
 
     def _join_media_reader(self, fd: int, conn: _RtmpConnection) -> None:
         if self._reader is None:
-            self._reader = _MediaReader(asyncio.get_running_loop(), self.media_read_max_interval_s,
-                                        self.media_read_per_publisher_s)
+            self._reader = _MediaReader(asyncio.get_running_loop(), self.media_read_max_interval_s)
         self._reader.add(fd, conn)
 
     def _leave_media_reader(self, fd: int) -> None:
@@ -580,34 +632,31 @@ class RtmpServer:
 
 
 class _MediaReader:
-    """Reads publishing connections in batches: one epoll set (level-triggered) holds them, and
-    its own fd sits in the event loop. When it turns readable, every ready publisher is read once
-    into one shared buffer ("a drain") -- but drains are at least ``interval()`` apart, which
-    grows with the number of publishers (``per_publisher_s`` each, at most ``max_interval_s``).
-    A lone publisher is read as soon as its data arrives; fifty are read together every 40 ms.
-    Nothing runs while no publisher sends. See the module docstring for why."""
+    """Reads publishing connections in ticks: every ``tick_s`` each one is read once into one
+    shared buffer; between ticks, one epoll set (level-triggered, its fd in the event loop)
+    reports the sockets whose ``SO_RCVLOWAT`` was reached -- a keyframe, or the rest of a
+    message a read ended inside of -- and only those are read at once. The tick runs only while
+    there are publishers. See the module docstring for why."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, max_interval_s: float, per_publisher_s: float) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, tick_s: float) -> None:
         self._loop = loop
-        self.max_interval_s = max_interval_s
-        self.per_publisher_s = per_publisher_s
+        self.tick_s = tick_s
         self._epoll = select.epoll()
         self._efd = self._epoll.fileno()
         self._conns: dict[int, _RtmpConnection] = {}
         self._view = memoryview(bytearray(_READ_BUFFER))
-        self._watching = False  # the epoll fd is registered with the event loop
-        self._timer: asyncio.TimerHandle | None = None  # a drain deferred to keep the interval
-        self._last_drain = 0.0
-        self.drains = 0
-
-    def interval(self) -> float:
-        return min(self.max_interval_s, len(self._conns) * self.per_publisher_s)
+        self._timer: asyncio.TimerHandle | None = None
+        self._due = 0.0
+        self.ticks = 0
+        self.wakes = 0
 
     def add(self, fd: int, conn: _RtmpConnection) -> None:
         self._epoll.register(fd, select.EPOLLIN)
         self._conns[fd] = conn
-        if not self._watching and self._timer is None:
-            self._watch(True)
+        if self._timer is None:
+            self._loop.add_reader(self._efd, self._ready)
+            self._due = self._loop.time() + self.tick_s
+            self._timer = self._loop.call_at(self._due, self._tick)
 
     def remove(self, fd: int) -> None:
         if self._conns.pop(fd, None) is None:
@@ -617,48 +666,36 @@ class _MediaReader:
         except (OSError, ValueError):
             pass
         if not self._conns:
-            self._watch(False)
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            self._stop()
 
-    def _watch(self, on: bool) -> None:
-        if on and not self._watching:
-            self._loop.add_reader(self._efd, self._ready)
-        elif not on and self._watching:
+    def _stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
             self._loop.remove_reader(self._efd)
-        self._watching = on
 
     def _ready(self) -> None:
-        """Some publisher has data: drain now, or once the interval since the last drain is up."""
+        """Some publisher has a keyframe's worth queued, or the rest of a message: read those."""
+        self.wakes += 1
         now = self._loop.time()
-        due = self._last_drain + self.interval()
-        if now >= due:
-            self._drain(now)
-        else:
-            self._watch(False)  # level-triggered: stop hearing about it until the deferred drain
-            self._timer = self._loop.call_at(due, self._deferred)
-
-    def _deferred(self) -> None:
-        self._timer = None
-        self._drain(self._loop.time())
-        if self._conns:
-            self._watch(True)
-
-    def _drain(self, now: float) -> None:
-        self._last_drain = now
-        self.drains += 1
         conns, view = self._conns, self._view
         for fd, _mask in self._epoll.poll(0):
             conn = conns.get(fd)
             if conn is not None:
                 conn._read_media(view, now)
 
+    def _tick(self) -> None:
+        now = self._loop.time()
+        due = self._due + self.tick_s
+        self._due = due if due > now else now + self.tick_s
+        self._timer = self._loop.call_at(self._due, self._tick)
+        self.ticks += 1
+        view = self._view
+        for conn in list(self._conns.values()):
+            conn._read_media(view, now)
+
     def close(self) -> None:
-        self._watch(False)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._stop()
         self._conns.clear()
         self._epoll.close()
 

@@ -149,6 +149,38 @@ class ChunkReader:
             raise RemoteProtocolError(
                 f"{held} bytes buffered on this connection (unparsed input and partial messages), "
                 f"over the {self.max_buffered}-byte limit", reason="oversize")
+    def incomplete(self) -> tuple[int, int]:
+        """``(length, due)`` of the longest message that has begun arriving and is not complete
+        (declared length, and payload bytes still to come: a lower bound of what the peer has
+        yet to send for it, chunk headers come on top), or ``(0, 0)``. A message whose header
+        itself is not whole yet is not counted. For a driver deciding how soon to read again."""
+        length = due = 0
+        streams = self._streams
+        unparsed = len(self._buf) - self._pos
+        head_csid = -1
+        if unparsed:  # the start of a chunk that is not whole yet
+            buf, p = self._buf, self._pos
+            b0 = buf[p]
+            fmt, csid = b0 >> 6, b0 & 0x3F
+            p += 1
+            if csid == 0:
+                csid, p = (buf[p] + 64, p + 1) if p < len(buf) else (-1, p)
+            elif csid == 1:
+                csid, p = (buf[p] + (buf[p + 1] << 8) + 64, p + 2) if p + 1 < len(buf) else (-1, p)
+            st = streams.get(csid)
+            if csid >= 0:
+                head_csid = csid
+                if st is not None and st.body is not None:  # the next chunk of a message in progress
+                    length, due = st.length, st.length - st.received - unparsed
+                elif fmt < 2 and p + 6 <= len(buf):
+                    length = (buf[p + 3] << 16) | (buf[p + 4] << 8) | buf[p + 5]
+                    due = length - unparsed
+                elif fmt >= 2 and st is not None:
+                    length, due = st.length, st.length - unparsed
+        for csid, st in streams.items():
+            if st.body is not None and csid != head_csid and st.length > length:
+                length, due = st.length, st.length - st.received
+        return length, due if due > 0 else (1 if length else 0)
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         pos = self._pos

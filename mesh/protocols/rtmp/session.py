@@ -244,6 +244,10 @@ class ServerSession:
         """What this connection holds in memory: unparsed input plus partial message bodies
         (the quantity the setup and publishing caps bound)."""
         return len(self._hs) + self._reader.held
+    def incomplete(self) -> tuple[int, int]:
+        """``(length, due)`` of the longest message partly received (see
+        :meth:`ChunkReader.incomplete`): how long a driver may wait before it reads again."""
+        return self._reader.incomplete()
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Add bytes from the peer; ``b""`` means end of stream. Never raises on bad input."""
