@@ -138,8 +138,8 @@ class NodeConfig:
             raise bad("segment_target_s", "use 0.5 to 30 seconds")
         if not 0.05 <= self.ll_part_target_s <= self.segment_target_s:
             raise bad("ll_part_target_s", "use 0.05 seconds up to segment_target_s")
-        if not 0 <= self.ll_block_s <= 60:
-            raise bad("ll_block_s", "use 0 (three target durations) to 60 seconds")
+        if not 0 <= self.ll_block_s <= 30:
+            raise bad("ll_block_s", "use 0 (three target durations) to 30 seconds (balancers wait 45 s)")
         if not 2 <= self.playlist_window <= 100:
             raise bad("playlist_window", "use 2 to 100 segments")
         if self.snapshot_segments < self.playlist_window:
