@@ -154,3 +154,176 @@ def test_end_of_stream_lists_the_last_segment_and_ends() -> None:
     assert w.ended and w.next_part() is None
     text = render_ll_playlist("cam1", w.shown(), target_s=2.0, part_target_s=0.2, ended=True, preload=None)
     assert text.endswith("#EXT-X-ENDLIST\n") and "PRELOAD-HINT" not in text
+
+
+# -- real processes: an origin, two edges, an ffmpeg publisher -----------------------------------
+
+from mesh.cluster import Nginx, wait_for_port  # noqa: E402
+from mesh.embedded_db import free_port  # noqa: E402
+from mesh.lb import Backend, Backends, render_nginx  # noqa: E402
+
+from .browser import play_hls, require_chromium  # noqa: E402
+from .media import ffmpeg_publish  # noqa: E402
+from .procs import NodeProcess, start_node, wait_until  # noqa: E402
+
+
+def fetch(url: str, timeout_s: float = 30) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def _port(url: str) -> int:
+    return int(re.search(r":(\d+)(?:/|$)", url).group(1))
+
+
+class LlCluster:
+    def __init__(self, tmp: Path, mongo: str):
+        self.tmp, self.mongo = tmp, mongo
+        self.origin = start_node("origin", tmp, mongo=mongo, db_name="llhls")
+        self.edges = [start_node("edge", tmp, mongo=mongo, db_name="llhls") for _ in range(2)]
+        self.publisher = ffmpeg_publish(self.origin.rtmp.replace("{stream_id}", "cam1"), 120)
+        self.nginx: Nginx | None = None
+
+    def url(self, edge: NodeProcess, name: str) -> str:
+        return f"{edge.http}/LiveApp/streams/{name}"
+
+    def playlist(self, edge: NodeProcess, query: str = "") -> str:
+        status, body = fetch(self.url(edge, "cam1_ll.m3u8" + query))
+        assert status == 200, body
+        return body.decode()
+
+    def start_balancer(self, prefix: Path) -> str:
+        backends = Backends([Backend(self.origin.node_id, "127.0.0.1", _port(self.origin.rtmp))],
+                            [Backend(e.node_id, "127.0.0.1", _port(e.http)) for e in self.edges[:2]],
+                            [Backend(self.origin.node_id, "127.0.0.1", _port(self.origin.http))])
+        port = free_port()
+        self.nginx = Nginx(prefix, render_nginx(backends, http_port=port, rtmp_port=free_port(), prefix=str(prefix)))
+        wait_for_port("127.0.0.1", port)
+        return f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        self.publisher.kill()
+        self.publisher.wait()
+        if self.nginx is not None:
+            self.nginx.stop()
+        for node in [*self.edges, self.origin]:
+            node.stop()
+
+
+@pytest.fixture(scope="module")
+def ll(tmp_path_factory: pytest.TempPathFactory, mongo: str) -> Iterator[LlCluster]:
+    c = LlCluster(tmp_path_factory.mktemp("llhls"), mongo)
+    try:
+        def three_segments() -> bool:
+            status, body = fetch(c.url(c.edges[0], "cam1_ll.m3u8"))
+            return status == 200 and body.count(b"#EXTINF") >= 3
+        wait_until(three_segments, timeout_s=60, interval_s=0.3, message="3 LL segments on edge 0")
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.mark.integration
+def test_llhls_playlists_on_both_edges_are_complete_and_consistent(ll: LlCluster) -> None:
+    for edge in ll.edges:
+        found = check_ll_playlist(ll.playlist(edge), "cam1")
+        assert found["part_target"] == 0.2 and len(found["segments"]) >= 3
+        assert all(abs(d - 2.0) < 0.05 for _, d in found["segments"]), found["segments"]
+
+
+@pytest.mark.integration
+def test_parts_and_segments_are_byte_identical_on_two_edges_and_segments_are_their_parts(ll: LlCluster) -> None:
+    found = check_ll_playlist(ll.playlist(ll.edges[0]), "cam1")
+    seq = max(s for s, parts in ((s, [p for p in found["parts"] if p[0] == s]) for s, _ in found["segments"])
+              if parts)
+    indices = [p[1] for p in found["parts"] if p[0] == seq]
+    init = re.search(r'#EXT-X-MAP:URI="([^"]+)"', ll.playlist(ll.edges[0])).group(1)
+    objects = [init, f"cam1_ll{seq:09d}.m4s"] + [f"cam1_ll{seq:09d}.{i}.m4s" for i in indices]
+    got = [[fetch(ll.url(edge, name)) for name in objects] for edge in ll.edges]
+    assert all(status == 200 for per_edge in got for status, _ in per_edge)
+    assert [b for _, b in got[0]] == [b for _, b in got[1]], "every edge serves the same bytes"
+    bodies = [b for _, b in got[0]]
+    assert bodies[1] == b"".join(bodies[2:]), "a segment is its parts concatenated"
+    assert bodies[0][4:8] == b"ftyp" and bodies[2][4:8] == b"moof"
+
+
+def ffprobe_frames(path: Path) -> list[dict]:
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+                          "packet=pts,dts,flags", "-of", "json", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)["packets"]
+
+
+@pytest.mark.integration
+def test_fmp4_segment_with_its_init_decodes_with_the_source_timestamps_and_frame_count(
+        ll: LlCluster, tmp_path: Path) -> None:
+    text = ll.playlist(ll.edges[1])
+    init = re.search(r'#EXT-X-MAP:URI="([^"]+)"', text).group(1)
+    seq = int(re.findall(r"^cam1_ll(\d{9})\.m4s$", text, re.M)[-1])
+    status, mp4 = fetch(ll.url(ll.edges[1], init))
+    status2, seg = fetch(ll.url(ll.edges[1], f"cam1_ll{seq:09d}.m4s"))
+    status3, ts = fetch(ll.url(ll.edges[1], f"cam1{seq:09d}.ts"))
+    assert status == status2 == status3 == 200
+    (tmp_path / "seg.mp4").write_bytes(mp4 + seg)
+    (tmp_path / "seg.ts").write_bytes(ts)
+    decoded = subprocess.run(["ffmpeg", "-hide_banner", "-v", "error", "-nostdin", "-i", str(tmp_path / "seg.mp4"),
+                              "-f", "null", "-"], capture_output=True, text=True, timeout=60)
+    assert decoded.returncode == 0 and not decoded.stderr.strip(), decoded.stderr
+    frames, reference = ffprobe_frames(tmp_path / "seg.mp4"), ffprobe_frames(tmp_path / "seg.ts")
+    assert len(frames) == len(reference) == 60, "2 s of 30 fps: the same 60 frames as the TS segment"
+    assert frames[0]["flags"].startswith("K")
+    # The source's timestamps: the same PTS/DTS steps as the TS segment cut from the same bus entries
+    # (90 kHz both; the TS packetiser adds a constant offset).
+    offset = int(reference[0]["dts"]) - int(frames[0]["dts"])
+    assert [int(f["dts"]) + offset for f in frames] == [int(r["dts"]) for r in reference]
+    assert [int(f["pts"]) + offset for f in frames] == [int(r["pts"]) for r in reference]
+
+
+@pytest.mark.integration
+def test_blocking_request_returns_when_the_part_exists_and_far_ahead_is_400(ll: LlCluster) -> None:
+    edge = ll.edges[0]
+    before = ll.playlist(edge)
+    hint = re.search(r'PRELOAD-HINT:TYPE=PART,URI="cam1_ll(\d{9})\.(\d+)\.m4s"', before)
+    seq, part = int(hint.group(1)), int(hint.group(2))
+    name = f"cam1_ll{seq:09d}.{part}.m4s"
+    assert f'URI="{name}"' not in before.split("PRELOAD-HINT")[0], "the hinted part does not exist yet"
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        blocked = pool.submit(fetch, ll.url(edge, f"cam1_ll.m3u8?_HLS_msn={seq}&_HLS_part={part}"))
+        preload = pool.submit(fetch, ll.url(edge, name))  # a preload-hint fetch blocks the same way
+        status, body = blocked.result(timeout=20)
+        pstatus, pbody = preload.result(timeout=20)
+    assert status == 200 and f'URI="{name}"' in body.decode(), "answered once the part is listed"
+    check_ll_playlist(body.decode(), "cam1")
+    assert pstatus == 200 and pbody[4:8] == b"moof"
+    assert fetch(ll.url(edge, name))[1] == pbody
+    status, body = fetch(ll.url(edge, f"cam1_ll.m3u8?_HLS_msn={seq + 10}&_HLS_part=0"))
+    assert status == 400 and b"too far" in body
+    assert fetch(ll.url(edge, "cam1_ll.m3u8?_HLS_part=1"))[0] == 400
+
+
+@pytest.mark.integration
+def test_cold_edge_answers_a_blocking_request_by_joining(ll: LlCluster) -> None:
+    found = check_ll_playlist(ll.playlist(ll.edges[0]), "cam1")
+    seq, part = found["next"]
+    cold = start_node("edge", ll.tmp, mongo=ll.mongo, db_name="llhls")
+    ll.edges.append(cold)
+    status, body = fetch(ll.url(cold, f"cam1_ll.m3u8?_HLS_msn={seq}&_HLS_part={part}"))
+    assert status == 200, body
+    # the part asked for, or later (the node may take long to start on a loaded machine)
+    assert check_ll_playlist(body.decode(), "cam1")["next"] > (seq, part)
+
+
+@pytest.mark.integration
+def test_hlsjs_low_latency_plays_through_nginx_over_two_edges(ll: LlCluster, tmp_path: Path) -> None:
+    require_chromium()
+    base = ll.start_balancer(tmp_path / "nginx")
+    report = play_hls(f"{base}/LiveApp/streams/cam1_ll.m3u8", min_advance_s=4.0, timeout_s=60, low_latency=True)
+    assert report.fatal_error is None, "\n".join(report.log[-40:])
+    assert report.advanced_s >= 4.0 and report.latency_s is not None and report.latency_s > 0, report
+    # and classic HLS of the same stream through the same balancer is unchanged
+    classic = play_hls(f"{base}/LiveApp/streams/cam1.m3u8", min_advance_s=2.0, timeout_s=60)
+    assert classic.fatal_error is None, "\n".join(classic.log[-40:])
