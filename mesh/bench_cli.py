@@ -19,6 +19,7 @@ BENCHMARKS = {
     "e2e": ("mesh_bench.e2e", "access unit at the origin to segment listed on an edge; player distance"),
     "ingest": ("mesh_bench.ingest", "origin CPU per ingested Mbit vs nginx-rtmp"),
     "latency": ("mesh_bench.latency", "closing keyframe to segment listed: mesh edge vs nginx-rtmp"),
+    "ll-capacity": ("mesh_bench.ll_capacity", "LL-HLS blocking reloads: part-delivery delay with N waiting players"),
     "edge-load": ("mesh_bench.edgeload", "playlist latency on an edge cutting many streams: loop vs workers"),
 }
 
