@@ -147,6 +147,22 @@ def test_blocking_request_directives() -> None:
     assert too_far((9, 0), (5, 2), ) and not too_far((7, 0), (5, 2)) and too_far((5, 6), (5, 2))
 
 
+def test_balancer_configs_pass_blocking_requests_unbuffered_and_never_cache_ll_playlists() -> None:
+    from mesh.lb import LL_PROXY_TIMEOUT_S, Backend, Backends, render_haproxy, render_nginx
+
+    b = Backends([Backend("o", "10.0.0.1", 1935)], [Backend("e1", "10.0.0.2", 5080), Backend("e2", "10.0.0.3", 5080)],
+                 [Backend("o", "10.0.0.1", 5080)])
+    conf = render_nginx(b)
+    ll_block = conf.split("location ~ _ll\\.m3u8$ {", 1)[1].split("}", 1)[0]
+    assert "proxy_buffering off;" in ll_block and "proxy_cache " not in ll_block
+    assert f"proxy_read_timeout {LL_PROXY_TIMEOUT_S}s;" in ll_block and LL_PROXY_TIMEOUT_S > 30  # ll_block_s <= 30
+    assert conf.index("location ~ _ll\\.m3u8$") < conf.index("location ~ \\.m3u8$"), "matched before the cached one"
+    parts = conf.split("location ~ _ll[^/]*\\.(m4s|mp4)$ {", 1)[1].split("}", 1)[0]
+    assert "proxy_cache mesh_hls;" in parts and "proxy_cache_valid 200 10m;" in parts
+    haproxy = render_haproxy(b)
+    assert "use_backend mesh_edges_ll if ll_playlist" in haproxy and f"timeout server {LL_PROXY_TIMEOUT_S}s" in haproxy
+
+
 def test_end_of_stream_lists_the_last_segment_and_ends() -> None:
     entries = stamped_entries(4.5)
     w = LlWindow("cam1")
@@ -162,7 +178,7 @@ from mesh.cluster import Nginx, wait_for_port  # noqa: E402
 from mesh.embedded_db import free_port  # noqa: E402
 from mesh.lb import Backend, Backends, render_nginx  # noqa: E402
 
-from .browser import play_hls, require_chromium  # noqa: E402
+from .browser import page_eval, play_hls, require_chromium  # noqa: E402
 from .media import ffmpeg_publish  # noqa: E402
 from .procs import NodeProcess, start_node, wait_until  # noqa: E402
 
@@ -324,6 +340,11 @@ def test_hlsjs_low_latency_plays_through_nginx_over_two_edges(ll: LlCluster, tmp
     report = play_hls(f"{base}/LiveApp/streams/cam1_ll.m3u8", min_advance_s=4.0, timeout_s=60, low_latency=True)
     assert report.fatal_error is None, "\n".join(report.log[-40:])
     assert report.advanced_s >= 4.0 and report.latency_s is not None and report.latency_s > 0, report
+    # the node's own player page offers the LL playlist (hls.js in low-latency mode)
+    played = page_eval(f"{base}/LiveApp/play.html?id=cam1&ll=1",
+                       "const v = document.getElementById('video'); return [v.currentTime, v.videoWidth]",
+                       lambda v: v[0] >= 2.0, timeout_s=40)
+    assert played[0] >= 2.0 and played[1] == 640
     # and classic HLS of the same stream through the same balancer is unchanged
     classic = play_hls(f"{base}/LiveApp/streams/cam1.m3u8", min_advance_s=2.0, timeout_s=60)
     assert classic.fatal_error is None, "\n".join(classic.log[-40:])
