@@ -348,3 +348,14 @@ def test_hlsjs_low_latency_plays_through_nginx_over_two_edges(ll: LlCluster, tmp
     # and classic HLS of the same stream through the same balancer is unchanged
     classic = play_hls(f"{base}/LiveApp/streams/cam1.m3u8", min_advance_s=2.0, timeout_s=60)
     assert classic.fatal_error is None, "\n".join(classic.log[-40:])
+
+
+def test_every_listed_uri_carries_the_play_token_query() -> None:
+    w = LlWindow("cam1")
+    feed_all(w, stamped_entries(5))
+    text = render_ll_playlist("cam1", w.shown(), target_s=2.0, part_target_s=0.2, ended=False,
+                              preload=w.next_part(), query="?token=abc")
+    uris = re.findall(r'URI="([^"]+)"', text) + [line for line in text.splitlines() if line.endswith(".m4s?token=abc")]
+    assert len(uris) > 10
+    assert all(u.endswith("?token=abc") for u in uris), uris
+    assert not [line for line in text.splitlines() if line and not line.startswith("#") and "?token=" not in line]
