@@ -22,6 +22,7 @@ BENCHMARKS = {
     "ladder": ("mesh_bench.ladder", "transcoding ladder CPU per second of 720p30 input vs the ffmpeg CLI"),
     "faults": ("mesh_bench.faults", "faults on namespaced hosts (root): a viewer's stalls, losses, recovery"),
     "fuzz": ("mesh_bench.fuzz", "every parser a stranger reaches, fed generated inputs; fails on a crash"),
+    "ll-capacity": ("mesh_bench.ll_capacity", "LL-HLS blocking reloads: part-delivery delay with N waiting players"),
     "edge-load": ("mesh_bench.edgeload", "playlist latency on an edge cutting many streams: loop vs workers"),
 }
 

@@ -63,6 +63,8 @@ class NodeConfig:
     segment_target_s: float = 2.0
     playlist_window: int = 5
     retired_segments_kept: int = 10  # segments kept fetchable after leaving the window
+    ll_part_target_s: float = 0.2  # LL-HLS part target: the origin cuts parts this long (at most)
+    ll_block_s: float = 0.0  # longest wait of a blocking LL-HLS playlist request (0: 3 target durations)
     # bus
     bus_hwm: int = 20_000  # messages per subscriber queued at the PUB before it drops
     snapshot_segments: int = 6  # complete segments kept for late joiners (>= playlist_window)
@@ -159,6 +161,10 @@ class NodeConfig:
                       "forgotten only after it is dead)")
         if not 0.5 <= self.segment_target_s <= 30:
             raise bad("segment_target_s", "use 0.5 to 30 seconds")
+        if not 0.05 <= self.ll_part_target_s <= self.segment_target_s:
+            raise bad("ll_part_target_s", "use 0.05 seconds up to segment_target_s")
+        if not 0 <= self.ll_block_s <= 30:
+            raise bad("ll_block_s", "use 0 (three target durations) to 30 seconds (balancers wait 45 s)")
         if not 2 <= self.playlist_window <= 100:
             raise bad("playlist_window", "use 2 to 100 segments")
         if self.snapshot_segments < self.playlist_window:

@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+LL_PROXY_TIMEOUT_S = 45  # longer than the longest blocking LL-HLS request (ll_block_s <= 30 s)
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,31 @@ server {{
     proxy_set_header Connection "";
     proxy_set_header X-Forwarded-For $remote_addr;
     proxy_next_upstream error timeout http_502 http_503;
+    proxy_connect_timeout 2s;  # an unreachable edge is skipped quickly, not after 60 s
 
+    # LL-HLS: a blocking playlist reload (?_HLS_msn=..) waits at the edge until its part exists
+    # (at most ll_block_s, 30 s): passed through unbuffered and never cached (the query differs per
+    # request and the answer per moment), with timeouts longer than the longest block; a 503
+    # (the block ran out) goes back to the player, not to another edge.
+    location ~ _ll\\.m3u8$ {{
+        proxy_pass http://mesh_edges;
+        proxy_buffering off;
+        proxy_read_timeout {LL_PROXY_TIMEOUT_S}s;
+        proxy_send_timeout {LL_PROXY_TIMEOUT_S}s;
+        proxy_next_upstream error http_502;
+    }}
+    # LL-HLS parts, segments and init segments are immutable once they exist; a request for the
+    # part being cut waits at the edge, and the cache lock lets one such request through per part.
+    location ~ _ll[^/]*\\.(m4s|mp4)$ {{
+        proxy_pass http://mesh_edges;
+        proxy_cache mesh_hls;
+        proxy_cache_valid 200 10m;
+        proxy_cache_lock on;
+        proxy_cache_lock_timeout {LL_PROXY_TIMEOUT_S}s;
+        proxy_cache_lock_age {LL_PROXY_TIMEOUT_S}s;
+        proxy_read_timeout {LL_PROXY_TIMEOUT_S}s;
+        proxy_next_upstream error http_502;
+    }}
     location ~ \\.ts$ {{
         proxy_pass http://mesh_edges;
         proxy_cache mesh_hls;
@@ -204,11 +229,22 @@ frontend http_in
     http-request set-header X-Forwarded-For %[src]
     acl create path_reg ^/[^/]+/rest/v2/broadcasts/create$
     use_backend mesh_origins if create
+    # LL-HLS blocking playlist reloads wait at the edge (at most ll_block_s, 30 s); HAProxy streams
+    # answers unbuffered and caches nothing.
+    acl ll_playlist path_end _ll.m3u8
+    use_backend mesh_edges_ll if ll_playlist
     default_backend mesh_edges
 
 backend mesh_edges
     mode http
     balance roundrobin
+    option httpchk GET /healthz
+{servers(b.http_edges)}
+
+backend mesh_edges_ll
+    mode http
+    balance roundrobin
+    timeout server {LL_PROXY_TIMEOUT_S}s
     option httpchk GET /healthz
 {servers(b.http_edges)}
 

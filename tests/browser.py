@@ -76,6 +76,7 @@ class PlayerReport:
     start_time: float | None = None  # currentTime at the first "playing" event
     elapsed_s: float = 0.0  # wall time of the whole call, browser start and teardown included
     heights_seen: list[int] = dataclasses.field(default_factory=list)  # play_levels: picture heights, in order
+    latency_s: float | None = None  # hls.js's hls.latency (seconds behind the live edge) at the last poll
 
     @property
     def advanced_s(self) -> float:
@@ -194,11 +195,13 @@ class StaticServer:
 
 
 def play_hls(url: str, *, min_advance_s: float = 2.0, timeout_s: float = 40.0,
-             mode: str = "hlsjs") -> PlayerReport:
+             mode: str = "hlsjs", low_latency: bool = False) -> PlayerReport:
     """Play `url` in headless Chromium until it has advanced `min_advance_s`, fails fatally, or times out.
 
     mode="hlsjs" plays through hls.js (MediaSource); mode="native" sets <video src> to the playlist.
     Timing out is not an exception: the report then has fatal_error set to say so, with the log.
+    ``low_latency``: hls.js with ``lowLatencyMode: true`` (LL-HLS parts, blocking reloads); the
+    report's ``latency_s`` is then hls.js's own ``hls.latency``.
     """
     if mode not in ("hlsjs", "native"):
         raise ValueError(f"mode must be 'hlsjs' or 'native', not {mode!r}")
@@ -215,7 +218,8 @@ def play_hls(url: str, *, min_advance_s: float = 2.0, timeout_s: float = 40.0,
         driver = None
         try:
             driver = _start_driver(service, profile)
-            driver.get(f"{page.url}/player.html?{urllib.parse.urlencode({'src': url, 'mode': mode})}")
+            query = {'src': url, 'mode': mode, **({'lowLatency': '1'} if low_latency else {})}
+            driver.get(f"{page.url}/player.html?{urllib.parse.urlencode(query)}")
             report = _poll(driver, min_advance_s, started + timeout_s)
             report.log += [f"console: {e.get('level')} {e.get('message')}" for e in _console(driver)]
         finally:
@@ -341,6 +345,7 @@ def _poll(driver, min_advance_s: float, deadline: float) -> PlayerReport:
         buffered_s=float(state.get("bufferedAhead", 0.0)),
         log=list(state.get("log", [])),
         start_time=start,
+        latency_s=float(state["latency"]) if isinstance(state.get("latency"), (int, float)) else None,
     )
 
 

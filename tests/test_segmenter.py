@@ -4,7 +4,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh.broker.wire import FLAG_KEY, FLAG_SEG_START
+from mesh.broker.wire import FLAG_KEY, FLAG_PART_START, FLAG_SEG_START
 from mesh.ingest.segmenter import Segmenter
 from mesh_codecs.media import AUDIO, VIDEO, AccessUnit
 
@@ -34,7 +34,7 @@ def test_nothing_before_the_first_keyframe() -> None:
     assert seg.push(AccessUnit(AUDIO, 0, 0, True, b"a")) is None
     assert seg.push(video(1, key=False)) is None
     first = seg.push(video(2, key=True))
-    assert first is not None and first.flags == FLAG_KEY | FLAG_SEG_START and first.seg == 0
+    assert first is not None and first.flags == FLAG_KEY | FLAG_SEG_START | FLAG_PART_START and first.seg == 0
     assert seg.push(AccessUnit(AUDIO, 7000, 7000, True, b"a")).seg == 0
     assert seg.dropped_before_start == 2
 

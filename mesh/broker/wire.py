@@ -16,7 +16,8 @@ Several entries of one topic travel in one message when the publisher has them a
 pyzmq. A single entry is simply a batch of one. All entries of a message share the epoch.
 
 Timestamps are 90 kHz integers (``codecs/media.py``). ``seg`` is the origin-decided segment number;
-``FLAG_SEG_START`` marks the first packet of a segment (always a video keyframe when there is video).
+``FLAG_SEG_START`` marks the first packet of a segment (always a video keyframe when there is video);
+``FLAG_PART_START`` the first packet of an LL-HLS part (a segment start is also a part start).
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ KIND_NAMES = {MEDIA: "media", CONFIG: "config", EOS: "eos", HEARTBEAT: "hb"}
 
 FLAG_KEY = 1
 FLAG_SEG_START = 2
-_KNOWN_FLAGS = FLAG_KEY | FLAG_SEG_START
+FLAG_PART_START = 4  # first packet of an LL-HLS part (every segment start is one too)
+_KNOWN_FLAGS = FLAG_KEY | FLAG_SEG_START | FLAG_PART_START
 
 MAX_TOPIC_BYTES = 300
 MAX_HEADER_BYTES = 1 << 20

@@ -5,6 +5,17 @@
 - ``GET /{app}/streams/{id}_adaptive.m3u8``   the master playlist: every live rendition
 - ``GET /{app}/streams/{base}{seq:09d}.ts``   a segment of the playlist ``{base}.m3u8``
 
+LL-HLS (CMAF parts, :mod:`mesh.hls.cmaf`, :mod:`mesh.hls.ll_playlist`) beside them:
+
+- ``GET /{app}/streams/{base}_ll.m3u8``            the LL media playlist (``cam1_ll``, ``cam1_360p600kbps_ll``);
+  with ``?_HLS_msn=M[&_HLS_part=P]`` it blocks until that part (or segment) is listed: 400 when
+  it is too far ahead, 503 when it does not come within the bounded wait
+- ``GET /{app}/streams/{id}_ll_adaptive.m3u8``     the master playlist of the LL renditions
+- ``GET /{app}/streams/{base}_ll{seq:09d}.{part}.m4s``  a part; ``{base}_ll{seq:09d}.m4s`` a segment;
+  ``{base}_ll_init{crc:08x}.mp4`` the init segment. A part or segment about to be cut (a preload
+  hint, or a request that reached this edge a moment before the part did, behind a round-robin
+  balancer) is answered when it exists, not with 404.
+
 A playlist base ending in ``_{h}p{kbps}kbps`` names a rung of the stream before it (so stream ids
 ending like a rung name are not servable as such).
 
@@ -23,6 +34,7 @@ serves a protected object to a request without the token.
 """
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections import OrderedDict
@@ -36,6 +48,8 @@ from ..errors import MeshError, NotFound
 from ..http.app import HttpError, HttpServer, Reply
 from ..names import NAME_PATTERN
 from ..tokens import TokenError
+from .cmaf import LlWindow
+from .ll_playlist import BadBlockingRequest, Report, block_target, reached, render_ll_playlist, too_far
 from .playlist import Variant, render_master_playlist
 from ..ladder import RENDITION_RE
 from .stream import SRC, EdgeStream, Rendition
@@ -45,6 +59,13 @@ SEGMENT_RE = re.compile(rf"({NAME_PATTERN}?)(\d{{9}})\.ts")
 RUNG_BASE_RE = re.compile(rf"(.+)_({RENDITION_RE.pattern})")
 PLAYLIST_RE = re.compile(rf"({NAME_PATTERN})\.m3u8")
 ADAPTIVE = "_adaptive"
+LL_PLAYLIST_RE = re.compile(rf"({NAME_PATTERN}?)_ll\.m3u8")
+LL_ADAPTIVE_RE = re.compile(rf"({NAME_PATTERN}?)_ll_adaptive\.m3u8")
+LL_MEDIA_RE = re.compile(rf"({NAME_PATTERN}?)_ll(\d{{9}})(?:\.(\d{{1,4}}))?\.m4s")
+LL_INIT_RE = re.compile(rf"({NAME_PATTERN}?)_ll_init[0-9a-f]{{8}}\.mp4")
+LL_SEGMENT_TYPE = "video/mp4"
+LL_PLAYLIST_CACHE_CONTROL = "no-cache"
+LL_REPLIES_MAX = 512  # part/segment replies kept built (bodies are the window's own bytes)
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 PLAYLIST_CONTENT_TYPE = PLAYLIST_TYPE + "; charset=utf-8"
 SEGMENT_TYPE = "video/mp2t"
@@ -119,6 +140,9 @@ class HlsRoutes:
         self.files = SegmentFiles()
         self._playlists: dict[str, tuple[int, Reply]] = {}
         self._viewers: dict[tuple[str, str], float] = {}
+        self._ll_playlists: dict[str, tuple[tuple[Any, ...], Reply]] = {}
+        self._ll_replies: OrderedDict[str, Reply] = OrderedDict()
+        self.ll_waiting = 0  # blocking requests waiting now
         self.egress_bytes = 0
         self._egress_mark = (time.monotonic(), 0)
         self._egress_by_stream: dict[str, int] = {}  # since the last load(); per-stream metrics
@@ -185,6 +209,9 @@ class HlsRoutes:
     def _forget(self, base: str) -> None:
         self.files.forget(base)
         self._playlists.pop(base, None)
+        self._ll_playlists.pop(base, None)
+        for name in [n for n in self._ll_replies if n.startswith(base + "_ll")]:
+            del self._ll_replies[name]
 
     def _sent(self, reply: Reply, stream_id: str) -> Reply:
         self._count(stream_id, len(reply.body))
@@ -197,6 +224,8 @@ class HlsRoutes:
         :meth:`handle` has more to do (open a stream, answer 404, a master playlist, a token)."""
         if self.play_check is not None:
             return None  # protected: every request carries ?token=, checked by handle()
+        if name.endswith((".m4s", ".mp4", "_ll.m3u8")):
+            return self._ll_fast(name, remote)
         if name.endswith(".ts"):
             m = SEGMENT_RE.fullmatch(name)
             if m is None or (r := self.streams.get(*(parts := split_base(m.group(1))))) is None:
@@ -220,15 +249,189 @@ class HlsRoutes:
         self._playlist_ok.inc()
         return self._sent(self._playlist(r), stream_id)
 
+    def _ll_fast(self, name: str, remote: str) -> Reply | None:
+        if name.endswith("_ll.m3u8"):
+            m = LL_PLAYLIST_RE.fullmatch(name)
+            if m is None or (r := self.streams.get(*split_base(m.group(1)))) is None or r.ll is None:
+                return None
+            stream = self.streams.streams.get(split_base(m.group(1))[0])
+            if stream is None:
+                return None
+            r.last_request = time.monotonic()
+            self._viewers[(remote, stream.stream_id)] = time.monotonic()
+            self._playlist_ok.inc()
+            return self._sent(self._ll_reply(stream, r))
+        found = self._ll_object(name)
+        if found is None:
+            return None
+        r, data = found
+        if data is None:
+            return None
+        r.last_request = time.monotonic()
+        self._segment_ok.inc()
+        return self._sent(self._ll_file(name, data))
+
+    def _ll_object(self, name: str) -> tuple[Rendition, bytes | None] | None:
+        """The rendition a part/segment/init name belongs to (if open here) and its bytes, if held."""
+        if m := LL_MEDIA_RE.fullmatch(name):
+            r = self.streams.get(*split_base(m.group(1)))
+            if r is None or r.ll is None:
+                return None
+            seq = int(m.group(2))
+            return r, (r.ll.segment(seq) if m.group(3) is None else r.ll.part(seq, int(m.group(3))))
+        if m := LL_INIT_RE.fullmatch(name):
+            r = self.streams.get(*split_base(m.group(1)))
+            if r is None or r.ll is None:
+                return None
+            return r, r.ll.init(name)
+        return None
+
+    def _ll_file(self, name: str, data: bytes) -> Reply:
+        reply = self._ll_replies.get(name)
+        if reply is None or reply.body is not data:
+            reply = self._ll_replies[name] = Reply(data, LL_SEGMENT_TYPE, SEGMENT_CACHE_CONTROL)
+            while len(self._ll_replies) > LL_REPLIES_MAX:
+                self._ll_replies.popitem(last=False)
+        else:
+            self._ll_replies.move_to_end(name)
+        return reply
+
+    def _ll_key(self, stream: EdgeStream, r: Rendition) -> tuple[Any, ...]:
+        return tuple((name, x.ll.version if x.ll is not None else 0) for name, x in stream.renditions.items()) + (
+            r.name,)
+
+    def _ll_text(self, stream: EdgeStream, r: Rendition, query: str) -> str:
+        ll = r.ll
+        assert ll is not None
+        reports = []
+        for name, other in stream.renditions.items():
+            if other is r or other.ll is None or (last := other.ll.last_part()) is None:
+                continue
+            reports.append(Report(f"{playlist_base(stream.stream_id, name)}_ll.m3u8", *last))
+        return render_ll_playlist(ll.base, ll.shown(), target_s=ll.target_s, part_target_s=ll.part_ticks / 90_000,
+                                  ended=ll.ended, preload=ll.next_part(), reports=reports, query=query)
+
+    def _ll_reply(self, stream: EdgeStream, r: Rendition) -> Reply:
+        """The LL playlist without a query, rendered again only when a window changed."""
+        key = self._ll_key(stream, r)
+        base = r.ll.base if r.ll is not None else r.window.base
+        cached = self._ll_playlists.get(base)
+        if cached is None or cached[0] != key:
+            text = self._ll_text(stream, r, "")
+            cached = self._ll_playlists[base] = (
+                key, Reply(text.encode(), PLAYLIST_CONTENT_TYPE, LL_PLAYLIST_CACHE_CONTROL))
+        return cached[1]
+
+    def _block_s(self, ll: LlWindow) -> float:
+        return self.streams.settings.ll_block_s or 3 * ll.target_s
+
+    async def _wait_ll(self, r: Rendition, ready: Callable[[], bool], timeout_s: float) -> bool:
+        """Wait (no thread, no polling: one shared future per rendition) until ``ready()`` or
+        ``timeout_s``; whether it became ready."""
+        if ready():
+            return True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        self.ll_waiting += 1
+        try:
+            while not ready():
+                if r.ll is None or r.ll.ended:
+                    return ready()
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return False
+                try:
+                    async with asyncio.timeout(remaining):
+                        await asyncio.shield(r.ll_changed())
+                except TimeoutError:
+                    return ready()
+            return True
+        finally:
+            self.ll_waiting -= 1
+
+    async def _ll_playlist(self, request: web.Request, base: str) -> web.StreamResponse:
+        stream_id, rendition = split_base(base)
+        query = self._token_query(request, stream_id)
+        try:
+            target = block_target(request.query)
+        except BadBlockingRequest as exc:
+            metrics.VIEWER_REQUESTS.labels("playlist", "400").inc()
+            raise HttpError(400, str(exc), "hls_directive") from None
+        stream, r = await self.streams.open(stream_id, rendition)
+        ll = r.ll
+        if ll is None:
+            raise NotFound(f"no LL-HLS playlist for {base} on this edge", "rendition")
+        self._viewers[(request.remote or "?", stream_id)] = time.monotonic()
+        if target is not None:
+            if too_far(target, ll.last_part()):
+                metrics.VIEWER_REQUESTS.labels("playlist", "400").inc()
+                raise HttpError(400, f"_HLS_msn/_HLS_part {target} is too far beyond the live edge "
+                                f"{ll.last_part()}", "hls_directive")
+            if not await self._wait_ll(r, lambda: reached(target, ll.last_part(), ll.last_seq), self._block_s(ll)):
+                metrics.VIEWER_REQUESTS.labels("playlist", "503").inc()
+                raise HttpError(503, f"{base}: part {target} did not come within {self._block_s(ll):.1f} s",
+                                "hls_block_timeout", headers={"Retry-After": "1"})
+        r.last_request = time.monotonic()
+        self._playlist_ok.inc()
+        if query:
+            text = self._ll_text(stream, r, query).encode()
+            self.egress_bytes += len(text)
+            return web.Response(body=text, headers={"Cache-Control": LL_PLAYLIST_CACHE_CONTROL,
+                                                    "Content-Type": PLAYLIST_CONTENT_TYPE})
+        return self._sent(self._ll_reply(stream, r)).response()
+
+    async def _ll_media(self, request: web.Request, name: str, base: str) -> web.StreamResponse:
+        stream_id, rendition = split_base(base)
+        self._token_query(request, stream_id)
+        _, r = await self.streams.open(stream_id, rendition)
+        ll = r.ll
+        if ll is None:
+            raise NotFound(f"no LL-HLS media for {base} on this edge", "rendition")
+        found = self._ll_object(name)
+        data = found[1] if found is not None else None
+        m = LL_MEDIA_RE.fullmatch(name)
+        if data is None and m is not None:
+            seq = int(m.group(2))
+            part = int(m.group(3)) if m.group(3) is not None else None
+            # About to exist (a preload hint, or a balancer sent us the request a moment before the
+            # part reached this edge): wait for it as a blocking playlist request would.
+            upcoming = ll.next_part()
+            target = (seq, part)
+            if upcoming is not None and not too_far(target, ll.last_part()) and (
+                    (seq, part if part is not None else 0) >= upcoming):
+                def ready() -> bool:
+                    if part is None:
+                        return ll.segment(seq) is not None or (ll.last_seq or -1) >= seq
+                    return ll.part(seq, part) is not None or (ll.last_part() or (-1, -1)) > (seq, part)
+                await self._wait_ll(r, ready, self._block_s(ll))
+                data = ll.segment(seq) if part is None else ll.part(seq, part)
+        if data is None:
+            raise NotFound(f"{name[:100]} is not (or no longer) here", "segment")
+        r.last_request = time.monotonic()
+        self._segment_ok.inc()
+        self.egress_bytes += len(data)
+        return web.Response(body=data, headers={"Cache-Control": SEGMENT_CACHE_CONTROL,
+                                                "Content-Type": LL_SEGMENT_TYPE})
+
+    async def _ll_master(self, stream_id: str, query: str) -> web.Response:
+        stream, src = await self.streams.open(stream_id)
+        doc = await self.streams.fresh_doc(stream)
+        found = [Variant(v.uri[: -len(".m3u8")] + "_ll.m3u8", v.bandwidth, v.average_bandwidth, v.width, v.height,
+                         v.codecs, v.frame_rate) for v in variants(stream, doc, src)]
+        text = render_master_playlist(found, query)
+        self.egress_bytes += len(text)
+        return web.Response(text=text, content_type=PLAYLIST_TYPE,
+                            headers={"Cache-Control": PLAYLIST_CACHE_CONTROL})
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         try:
             return await self._handle(request, request.match_info["name"])
         except TokenError as exc:
-            kind = "segment" if request.match_info["name"].endswith(".ts") else "playlist"
+            kind = "playlist" if request.match_info["name"].endswith(".m3u8") else "segment"
             metrics.VIEWER_REQUESTS.labels(kind, "403").inc()
             raise HttpError(403, f"{exc}", f"token_{exc.reason}") from None
         except MeshError as exc:
-            kind = "segment" if request.match_info["name"].endswith(".ts") else "playlist"
+            kind = "playlist" if request.match_info["name"].endswith(".m3u8") else "segment"
             metrics.VIEWER_REQUESTS.labels(kind, "404").inc()
             raise as_http(exc) from None
 
@@ -242,6 +445,12 @@ class HlsRoutes:
         return "?token=" + quote(token, safe="")
 
     async def _handle(self, request: web.Request, name: str) -> web.StreamResponse:
+        if m := LL_ADAPTIVE_RE.fullmatch(name):
+            return await self._ll_master(m.group(1), self._token_query(request, m.group(1)))
+        if m := LL_PLAYLIST_RE.fullmatch(name):
+            return await self._ll_playlist(request, m.group(1))
+        if (m := LL_MEDIA_RE.fullmatch(name)) or (m := LL_INIT_RE.fullmatch(name)):
+            return await self._ll_media(request, name, m.group(1))
         if m := PLAYLIST_RE.fullmatch(name):
             base = m.group(1)
             if base.endswith(ADAPTIVE):

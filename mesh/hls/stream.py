@@ -18,6 +18,7 @@ from ..broker.subscriber import BusSecurityError
 from ..broker.tracker import Delivery
 from ..errors import NotFound, Unavailable
 from ..registry import BROADCASTING, CREATED, FINISHED
+from .cmaf import LlWindow
 from .window import RenditionWindow
 
 log = logging.getLogger("mesh.edge")
@@ -58,22 +59,46 @@ def rendition_names(doc: dict[str, Any]) -> list[str]:
 
 
 class Rendition:
-    def __init__(self, name: str, window: RenditionWindow):
+    def __init__(self, name: str, window: RenditionWindow, ll: LlWindow | None = None):
         self.name = name
         self.window = window
+        self.ll = ll  # the LL-HLS (CMAF) window, fed the same deliveries
         self.sub: Any = None
         self.last_request = time.monotonic()
         self.listed = asyncio.Event()  # a segment is listed or the stream ended
         window.on_change(self.listed.set)
+        self._ll_changed: asyncio.Future[None] | None = None
+        if ll is not None:
+            ll.on_change(self._wake_ll)
+
+    def feed(self, deliveries: list[Delivery]) -> None:
+        """The subscription's sink: both windows see every delivery, TS first."""
+        self.window.feed(deliveries)
+        if self.ll is not None:
+            self.ll.feed(deliveries)
+
+    def ll_changed(self) -> "asyncio.Future[None]":
+        """A future resolved at the LL window's next change, shared by every waiting request
+        (await it through ``asyncio.shield``: one waiter's timeout must not cancel it)."""
+        f = self._ll_changed
+        if f is None or f.done():
+            f = self._ll_changed = asyncio.get_running_loop().create_future()
+        return f
+
+    def _wake_ll(self) -> None:
+        f, self._ll_changed = self._ll_changed, None
+        if f is not None and not f.done():
+            f.set_result(None)
 
 
 class EdgeStream:
     def __init__(self, stream_id: str, bus: Bus, directory: Directory, make_window: Callable[[str], RenditionWindow],
-                 *, origin_silence_s: float):
+                 *, origin_silence_s: float, make_ll: Callable[[str], LlWindow] | None = None):
         self.stream_id = stream_id
         self._bus = bus
         self._directory = directory
         self._make_window = make_window
+        self._make_ll = make_ll
         self._silence_s = origin_silence_s
         self.renditions: dict[str, Rendition] = {}
         self._joining: dict[str, asyncio.Task[Rendition]] = {}
@@ -125,7 +150,7 @@ class EdgeStream:
         return await asyncio.shield(task)
 
     async def _join(self, name: str, snapshot_wait_s: float, first_segment_wait_s: float) -> Rendition:
-        r = Rendition(name, self._make_window(name))
+        r = Rendition(name, self._make_window(name), self._make_ll(name) if self._make_ll else None)
         self._subscribe(r)
         try:
             await asyncio.wait_for(r.sub.snapshot_ready.wait(), snapshot_wait_s)
@@ -144,7 +169,7 @@ class EdgeStream:
     def _subscribe(self, r: Rendition) -> None:
         try:
             r.sub = self._bus.subscribe(self.bus_endpoint, self.snapshot_endpoint, self.stream_id, r.name,
-                                        r.window.feed, self.server_key)
+                                        r.feed, self.server_key)
         except BusSecurityError as exc:  # an origin without a bus key, to a CURVE edge
             raise Unavailable(f"stream {self.stream_id} cannot be read from its origin: {exc}",
                               "bus_security") from None
@@ -210,5 +235,7 @@ class EdgeStream:
             for r in self.renditions.values():
                 if not r.window.ended:
                     r.window.end()  # its end of stream never reached us: end the playlist
+                if r.ll is not None and not r.ll.ended:
+                    r.ll.end()
         else:
             self.set_doc(doc)

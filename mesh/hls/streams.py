@@ -20,6 +20,7 @@ from ..errors import MeshError, NotFound
 from ..names import is_name
 from .packetiser import TsPacketisers, WorkerPool
 from .stream import SRC, Bus, Directory, EdgeStream, Rendition, check_servable
+from .cmaf import LlWindow
 from .window import RenditionWindow
 
 log = logging.getLogger("mesh.edge")
@@ -40,6 +41,8 @@ class HlsSettings:
     origin_silence_s: float = 5.0
     snapshot_wait_s: float = 6.0
     packetise_workers: int = 2
+    ll_part_target_s: float = 0.2  # until the origin's config says
+    ll_block_s: float = 0.0  # longest blocking playlist wait (0: three target durations)
 
 
 def playlist_base(stream_id: str, rendition: str) -> str:
@@ -137,8 +140,13 @@ class EdgeStreams:
                                    retired=s.retired_segments_kept, target_s=s.segment_target_s,
                                    offload=self._workers.offload())
 
+        def make_ll(name: str) -> LlWindow:
+            return LlWindow(playlist_base(stream_id, name), window=s.playlist_window,
+                            retired=s.retired_segments_kept, target_s=s.segment_target_s,
+                            part_target_s=s.ll_part_target_s)
+
         stream = EdgeStream(stream_id, self._bus, self._directory, make_window,
-                            origin_silence_s=s.origin_silence_s)
+                            origin_silence_s=s.origin_silence_s, make_ll=make_ll)
         stream.follow(doc)
         r = await stream.open(rendition, snapshot_wait_s=s.snapshot_wait_s,
                               first_segment_wait_s=s.segment_target_s * 2 + 1)

@@ -34,7 +34,8 @@ class LiveStream:
     def __init__(self, *, stream_id: str, app: str, node_id: str, claim: Claim, bus: "BusPublisher",
                  registry: "Registry", book: "SequenceBook", segment_target_s: float, source: str,
                  on_fenced: Callable[["LiveStream"], None] | None = None,
-                 ladder: Sequence[Rung] = (), abr_preset: str = "veryfast", abr_threads: int = 1):
+                 ladder: Sequence[Rung] = (), abr_preset: str = "veryfast", abr_threads: int = 1,
+                 part_target_s: float = 0.2):
         self.stream_id, self.app, self.node_id = stream_id, app, node_id
         self.claim = claim
         self.epoch = claim.epoch
@@ -43,7 +44,7 @@ class LiveStream:
         self.source = source  # "rtmp" or the pulled URL
         self.bus = bus
         self.channel = bus.open_channel(stream_id, "src", claim.epoch)
-        self.segmenter = Segmenter(segment_target_s, claim.media_sequence)
+        self.segmenter = Segmenter(segment_target_s, claim.media_sequence, part_target_s)
         self.video: VideoConfig | None = None
         self.audio: AudioConfig | None = None
         self.on_fenced = on_fenced
@@ -80,6 +81,7 @@ class LiveStream:
             "audio": audio_to_dict(self.audio) if self.audio else None,
             "disc": self.claim.discontinuity_sequence,
             "epoch": self.epoch,
+            "part_ticks": self.segmenter.part_target_ticks,  # LL-HLS part target (90 kHz)
         })
         if self.abr is not None:
             self.abr.set_source(self.video, self.audio)

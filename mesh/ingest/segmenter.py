@@ -5,6 +5,13 @@ cuts identical segments (DESIGN §3). A segment starts at the first video keyfra
 least the target duration after the current segment's start. Audio-only streams cut on audio
 frames instead. Nothing is emitted before the first keyframe: a segment must start decodable.
 
+It also cuts LL-HLS parts (issue 14), marked with ``FLAG_PART_START``: a segment start is a part
+start, and within a segment a new part starts on the first frame of the cutting track (video, or
+audio for audio-only streams) at which the open part has reached the part target, or would pass it
+(by more than a millisecond of timestamp jitter) with one more frame of the last frame's length.
+So parts end on frame boundaries and stay within the target whenever frames come at a steady rate
+(30 fps and 200 ms: six frames), and every edge cuts the same parts.
+
 Timestamps are also made safe here, once, for everyone downstream: DTS never goes backwards on a
 track and PTS is never below DTS (encoders and RTMP relays do produce such packets).
 
@@ -17,9 +24,10 @@ from dataclasses import dataclass
 
 from mesh_codecs.media import AUDIO, CLOCK_HZ, VIDEO, AccessUnit
 
-from ..broker.wire import FLAG_KEY, FLAG_SEG_START
+from ..broker.wire import FLAG_KEY, FLAG_PART_START, FLAG_SEG_START
 
 AUDIO_ONLY_AFTER_TICKS = CLOCK_HZ  # this much audio without any video config: treat as audio-only
+PART_JITTER_TICKS = 90  # 1 ms: RTMP timestamps are whole milliseconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +46,12 @@ class Stamp:
 
 
 class Segmenter:
-    def __init__(self, target_s: float = 2.0, first_seq: int = 0):
+    def __init__(self, target_s: float = 2.0, first_seq: int = 0, part_target_s: float = 0.2):
         self.target_ticks = int(target_s * CLOCK_HZ)
+        self.part_target_ticks = max(1, int(round(part_target_s * CLOCK_HZ)))
+        self.part = 0  # the open part's number within its segment (0, 1, 2 ...)
+        self._part_start_dts = 0
+        self._last_cut_dts: int | None = None  # previous frame of the cutting track
         self.next_seq = first_seq  # number the next segment will take
         self.has_video = False
         self.current: int | None = None  # open segment's number
@@ -92,11 +104,21 @@ class Segmenter:
             if current is None:
                 self.dropped_before_start += 1
                 return pts, dts, None, 0, None
-            return pts, dts, current, FLAG_KEY if key else 0, None
+            flags = FLAG_KEY if key else 0
+            if track == (VIDEO if self.has_video else AUDIO):
+                last_cut, self._last_cut_dts = self._last_cut_dts, dts
+                elapsed = dts - self._part_start_dts
+                step = dts - last_cut if last_cut is not None else 0
+                if elapsed >= self.part_target_ticks or elapsed + step > self.part_target_ticks + PART_JITTER_TICKS:
+                    self.part += 1
+                    self._part_start_dts = dts
+                    flags |= FLAG_PART_START
+            return pts, dts, current, flags, None
         closed = None
         if current is not None:
             closed = ClosedSegment(current, dts - self._start_dts)
         self.current = self.next_seq
         self.next_seq += 1
-        self._start_dts = dts
-        return pts, dts, self.current, FLAG_KEY | FLAG_SEG_START, closed
+        self._start_dts = self._part_start_dts = self._last_cut_dts = dts
+        self.part = 0
+        return pts, dts, self.current, FLAG_KEY | FLAG_SEG_START | FLAG_PART_START, closed

@@ -29,7 +29,7 @@ from typing import Any, Callable
 from mesh_codecs.h264 import H264Error, annexb_to_avcc, video_config_from_annexb
 from mesh_codecs.media import AUDIO, VIDEO, VideoConfig
 
-from ..broker.wire import FLAG_KEY, FLAG_SEG_START
+from ..broker.wire import FLAG_KEY, FLAG_PART_START, FLAG_SEG_START
 from ..ladder import Rung
 
 log = logging.getLogger("mesh.ladder")
@@ -270,6 +270,6 @@ class Transcoder:
                 except H264Error:
                     continue
                 enc.frames += 1
-                rung_flags = (flags & FLAG_SEG_START) | (FLAG_KEY if packet.is_keyframe else 0)
+                rung_flags = (flags & (FLAG_SEG_START | FLAG_PART_START)) | (FLAG_KEY if packet.is_keyframe else 0)
                 lanes[enc.rung.name].add_video(Out(VIDEO, pts, pts, rung_flags, seg, payload, extra),
                                                out[enc.rung.name])

@@ -29,7 +29,8 @@ def hls_settings(cfg: NodeConfig) -> HlsSettings:
                        segment_target_s=cfg.segment_target_s,
                        idle_unsubscribe_s=cfg.edge_idle_unsubscribe_s,
                        origin_silence_s=cfg.origin_silence_s,
-                       packetise_workers=cfg.edge_packetise_workers)
+                       packetise_workers=cfg.edge_packetise_workers,
+                       ll_part_target_s=cfg.ll_part_target_s, ll_block_s=cfg.ll_block_s)
 
 
 def play_check(cfg: NodeConfig) -> PlayCheck | None:

@@ -135,7 +135,8 @@ class OriginPart:
         live = LiveStream(stream_id=stream_id, app=app, node_id=node_id, claim=claim, bus=self.bus,
                           registry=self.registry, book=self.book, segment_target_s=cfg.segment_target_s,
                           source=source, on_fenced=self._fenced, ladder=self.ladder,
-                          abr_preset=cfg.abr_preset, abr_threads=cfg.abr_encoder_threads)
+                          abr_preset=cfg.abr_preset, abr_threads=cfg.abr_encoder_threads,
+                          part_target_s=cfg.ll_part_target_s)
         self.live[stream_id] = live
         self._gauge.set(len(self.live))
         await self._maybe_record(live, claim.epoch)
