@@ -87,6 +87,7 @@ async def _player(host: str, port: int, path: str, until: float, samples: list[t
         errors.append(f"connect: {exc}")
         return
     query = ""
+    want = (0, 0)  # the part the pending blocking request asks for (set with query)
     try:
         while time.time() < until:
             sent = time.time()

@@ -11,7 +11,6 @@ import concurrent.futures
 import json
 import re
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
