@@ -79,8 +79,8 @@ def run_mesh(cfg: Any, rows: list[tuple[int, int, bool, bytes]], ladder: str, pr
         if kind == MEDIA:
             out["n"] += len(payload)
 
-    t = Transcoder("bench", cfg, parse_ladder(ladder.split(",")), emit, preset=preset, threads=threads,
-                   drop_after_s=1e9)
+    t = Transcoder("bench", cfg, parse_ladder(ladder.split(",")), emit, fps=30.0, preset=preset,
+                   threads=threads, drop_after_s=1e9)
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     t.start()
     seg = -1

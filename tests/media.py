@@ -10,14 +10,20 @@ FFPROBE = "ffprobe"
 
 
 def ffmpeg_publish(url: str, seconds: float, *, size: str = "640x360", fps: int = 30, gop: int = 30,
-                   tone: int = 440, realtime: bool = True) -> subprocess.Popen[str]:
-    """An RTMP publisher: ffmpeg's own lavfi test pattern + tone, H.264/AAC in FLV."""
+                   tone: int = 440, realtime: bool = True, noise: int = 0,
+                   video_kbps: int = 0) -> subprocess.Popen[str]:
+    """An RTMP publisher: ffmpeg's own lavfi test pattern + tone, H.264/AAC in FLV. ``noise``
+    (0-100) adds temporal noise so encoders downstream have real work (and can spend a bitrate);
+    ``video_kbps`` caps the publisher's own bitrate."""
     args = [FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin"]
     if realtime:
         args.append("-re")
-    args += ["-f", "lavfi", "-i", f"testsrc2=size={size}:rate={fps}",
+    pattern = f"testsrc2=size={size}:rate={fps}" + (f",noise=alls={noise}:allf=t" if noise else "")
+    args += ["-f", "lavfi", "-i", pattern,
              "-f", "lavfi", "-i", f"sine=frequency={tone}:sample_rate=48000",
              "-t", str(seconds), "-c:v", "libx264", "-preset", "veryfast", "-g", str(gop),
+             *(["-b:v", f"{video_kbps}k", "-maxrate", f"{video_kbps}k", "-bufsize", f"{video_kbps * 2}k"]
+               if video_kbps else []),
              "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "96k", "-f", "flv", url]
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 

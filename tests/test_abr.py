@@ -68,8 +68,9 @@ class Ladder:
     def __init__(self, tmp: Path, mongo: str):
         self.origin = start_node("origin", tmp, mongo=mongo, db_name="abr", env=ABR_ENV)
         self.edges = [start_node("edge", tmp, mongo=mongo, db_name="abr") for _ in range(2)]
+        # noise: a test pattern alone is too easy for x264 to spend a rung's bitrate on
         self.publisher = ffmpeg_publish(self.origin.rtmp.replace("{stream_id}", "hd"), 150,
-                                        size="1280x720", gop=60)
+                                        size="1280x720", gop=60, noise=12, video_kbps=3000)
 
     def url(self, edge: NodeProcess, name: str) -> str:
         return f"{edge.http}/LiveApp/streams/{name}"

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("mesh.ladder")
 
 METER_SEGMENTS = 8  # segments each rendition's bitrate figures cover
+FPS_SAMPLE = 10  # source frame intervals measured before the ladder starts (x264 needs the rate)
+PENDING_MAX = 400  # entries held meanwhile at most (a source without steady video starts anyway)
 
 
 def ts_bytes_bound(payload_bytes: int, units: int, keyframes: int, psets_bytes: int) -> int:
@@ -89,6 +91,7 @@ class Renditions:
         self._rungs: list[Rung] = []
         self._src_deltas: deque[int] = deque(maxlen=60)
         self._last_video_dts: int | None = None
+        self._pending: list[tuple] | None = None  # a list while the ladder waits to start
         self._loop = asyncio.get_running_loop()
 
     # -- from the live stream (on the loop) ---------------------------------------------------
@@ -105,23 +108,41 @@ class Renditions:
         skipped = [r.name for r in self.wanted if r not in self._rungs]
         if skipped:
             log.info("%s: %dp source, so no %s", self.stream_id, video.height, ", ".join(skipped))
+        self._pending = []  # entries held until the source's frame rate is known
+        self._src_deltas.clear()
+        self._last_video_dts = None
+
+    def _start(self) -> None:
+        """Start the worker once the source's frame rate is measured (x264 needs it), feeding it
+        what arrived meanwhile."""
         rungs = [r for r in self._rungs if r.name not in self.dropped]
-        if not rungs:
+        pending, self._pending = self._pending, None
+        if not rungs or self.source is None:
             return
-        self.transcoder = Transcoder(self.stream_id, video, rungs, self._from_worker, preset=self.preset,
-                                     threads=self.threads, drop_after_s=self.segment_target_s)
+        fps = self.frame_rate() or 30.0
+        self.transcoder = Transcoder(self.stream_id, self.source, rungs, self._from_worker, fps=fps,
+                                     preset=self.preset, threads=self.threads, drop_after_s=self.segment_target_s)
         self.transcoder.start()
-        log.info("%s: transcoding to %s", self.stream_id, ", ".join(r.name for r in rungs))
+        log.info("%s: transcoding to %s (%.3g fps source)", self.stream_id, ", ".join(r.name for r in rungs), fps)
+        for entry in pending or []:
+            self.push(*entry)
 
     def push(self, track: int, pts: int, dts: int, flags: int, seg: int, data: bytes | memoryview,
              extra: dict[str, Any] | None) -> None:
+        if track == VIDEO:  # the source's frame rate (replayed entries are not counted twice)
+            if self._last_video_dts is not None and dts > self._last_video_dts:
+                self._src_deltas.append(dts - self._last_video_dts)
+                self._last_video_dts = dts
+            elif self._last_video_dts is None:
+                self._last_video_dts = dts
+        if self._pending is not None:
+            self._pending.append((track, pts, dts, flags, seg, bytes(data), extra))
+            if len(self._src_deltas) >= FPS_SAMPLE or len(self._pending) > PENDING_MAX:
+                self._start()
+            return
         t = self.transcoder
         if t is None:
             return
-        if track == VIDEO:
-            if self._last_video_dts is not None and dts > self._last_video_dts:
-                self._src_deltas.append(dts - self._last_video_dts)
-            self._last_video_dts = dts
         if not t.submit(track, pts, dts, flags, seg, data, extra):
             log.warning("%s: the ladder is hopelessly behind (queue full); dropping every rung",
                         self.stream_id)
@@ -130,6 +151,7 @@ class Renditions:
             self.stop()
 
     def stop(self, eos_reason: str | None = None) -> None:
+        self._pending = None
         t, self.transcoder = self.transcoder, None
         if t is not None:
             t.stop(wait=False)

@@ -99,7 +99,7 @@ class Interleaver:
 
 
 class _RungEncoder:
-    def __init__(self, rung: Rung, src: VideoConfig, preset: str, threads: int):
+    def __init__(self, rung: Rung, src: VideoConfig, preset: str, threads: int, fps: float):
         import av
 
         self.rung = rung
@@ -108,6 +108,9 @@ class _RungEncoder:
         ctx = av.CodecContext.create("libx264", "w")
         ctx.width, ctx.height, ctx.pix_fmt = self.width, self.height, "yuv420p"
         ctx.time_base = CLOCK
+        # x264's rate control budgets bits per frame from the frame rate: without it, it would
+        # take the 90 kHz time base for 90,000 frames a second and starve every picture
+        ctx.framerate = Fraction(min(rung.fps, fps) if rung.fps else fps).limit_denominator(1001)
         ctx.bit_rate = rung.video_kbps * 1000
         ctx.thread_count = threads
         ctx.flags |= av.codec.context.Flags.global_header
@@ -141,13 +144,14 @@ class _RungEncoder:
 
 class Transcoder:
     def __init__(self, stream_id: str, source: VideoConfig, rungs: list[Rung], emit: Emit, *,
-                 preset: str = "veryfast", threads: int = 1, drop_after_s: float = 2.0,
+                 fps: float = 30.0, preset: str = "veryfast", threads: int = 1, drop_after_s: float = 2.0,
                  clock: Callable[[], float] = time.monotonic):
         self.stream_id = stream_id
         self.source = source
         self.rungs = list(rungs)  # highest first: the first to go when falling behind
         self.emit = emit
         self.preset, self.threads = preset, threads
+        self.fps = fps  # the source's frame rate (x264's rate control needs it)
         self.drop_after_s = drop_after_s
         self.clock = clock
         self._queue: queue.Queue[tuple | None] = queue.Queue(QUEUE_MAX)
@@ -197,7 +201,7 @@ class Transcoder:
         decoder = av.CodecContext.create("h264", "r")
         decoder.extradata = self.source.avcc
         decoder.thread_count = 1
-        encoders = [_RungEncoder(r, self.source, self.preset, self.threads) for r in self.rungs]
+        encoders = [_RungEncoder(r, self.source, self.preset, self.threads, self.fps) for r in self.rungs]
         lanes = {e.rung.name: Interleaver() for e in encoders}
         for enc in encoders:
             self.emit(CONFIG, enc.rung.name, enc.config)
@@ -259,8 +263,8 @@ class Transcoder:
         for enc in encoders:
             if not enc.wants(pts, key):
                 continue
-            picture = enc.scaler.reformat(frame, enc.width, enc.height, format="yuv420p",
-                                          interpolation="BILINEAR")
+            picture = frame.reformat(enc.width, enc.height, format="yuv420p",
+                                     interpolation="BILINEAR")
             picture.pts = pts
             picture.time_base = CLOCK
             picture.pict_type = PictureType.I if key else PictureType.NONE
