@@ -21,8 +21,9 @@ from aiohttp import web
 
 from .. import metrics
 from ..errors import MeshError, NotFound
-from ..http.app import HttpError, HttpServer, Reply
+from ..http.app import HttpError, HttpServer, Reply, json_response
 from ..names import NAME_PATTERN
+from ..registry import RETRY_AFTER_S, RegistryUnavailable
 from .playlist import Variant, render_master_playlist
 from .stream import EdgeStream
 from .streams import EdgeStreams
@@ -165,6 +166,9 @@ class HlsRoutes:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         try:
             return await self._handle(request, request.match_info["name"])
+        except RegistryUnavailable as exc:  # the database is away: a quick 503, try again soon
+            return json_response({"error": exc.message}, status=503,
+                                 headers={"Retry-After": str(RETRY_AFTER_S)})
         except MeshError as exc:
             kind = "segment" if request.match_info["name"].endswith(".ts") else "playlist"
             metrics.VIEWER_REQUESTS.labels(kind, "404").inc()

@@ -2,8 +2,9 @@
 
 An :class:`EdgeStream` is the only writer of its state. It joins its origin (subscribe, then the
 snapshot: a cold edge has a full window at once), follows the stream to a new origin when the
-registry says it moved, ends its window when the registry says it finished, and leaves the bus
-when nobody asked for it in a while. It depends on two small protocols, a :class:`Directory` of
+registry says it moved (to a higher epoch only: a deposed origin still sending is never followed
+back, see :mod:`mesh.hls.window`), ends its window when the registry says it finished, and leaves
+the bus when nobody asked for it in a while. It depends on two small protocols, a :class:`Directory` of
 streams (the registry) and a :class:`Bus` to subscribe on, never on the node.
 """
 from __future__ import annotations
@@ -115,6 +116,11 @@ class EdgeStream:
         return (sub is not None and sub.silent_s > self._silence_s
                 and now - self._checked > self._silence_s)
 
+    def due(self, now: float, every_s: float) -> bool:
+        """Time to ask the registry again: the origin is silent, or ``every_s`` has passed (a
+        zombie origin keeps sending, so silence alone would never reveal its successor)."""
+        return self.origin_silent(now) or now - self._checked >= every_s
+
     async def recheck(self) -> None:
         """The origin went quiet: ask the registry whether the stream moved or ended."""
         self._checked = time.monotonic()
@@ -123,12 +129,17 @@ class EdgeStream:
         except Exception as exc:
             log.warning("cannot look %s up in the registry: %s", self.stream_id, exc)
             return
+        self.apply(doc)
+
+    def apply(self, doc: dict[str, Any] | None) -> None:
+        """What the registry says now: follow a higher epoch, end a finished stream."""
+        self._checked = time.monotonic()
         if doc is None:
-            return
-        if doc.get("status") == BROADCASTING and (doc.get("bus_endpoint") != self.bus_endpoint
-                                                  or int(doc.get("epoch", 0)) > self.epoch):
+            return  # gone from the registry (restored empty?): keep what we follow
+        epoch = int(doc.get("epoch", 0))
+        if doc.get("status") == BROADCASTING and epoch > self.epoch:
             log.info("stream %s moved to %s (epoch %s); following it", self.stream_id,
-                     doc.get("origin_node"), doc.get("epoch"))
+                     doc.get("origin_node"), epoch)
             self.follow(doc)
-        elif doc.get("status") == FINISHED and not self.window.ended:
+        elif doc.get("status") == FINISHED and epoch >= self.epoch and not self.window.ended:
             self.window.end()  # its end of stream never reached us: end the playlist

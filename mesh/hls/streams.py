@@ -4,7 +4,13 @@
 request for a stream looks it up in the directory, subscribes and takes the snapshot; concurrent
 first requests share that one join (single flight), and a stream the directory does not have is
 remembered for a second so a burst of bad requests costs the database one query. A janitor
-closes streams nobody asked for in a while and rechecks streams whose origin fell silent.
+closes streams nobody asked for in a while and rechecks, in one query, streams whose origin fell
+silent or that were not checked for ``recheck_s`` (so a stream that moved to a higher epoch is
+followed even while its deposed origin keeps sending).
+
+The database may be away. Stream documents seen are remembered (bounded), so a new viewer of a
+stream known to be live is still served; otherwise the registry's quick
+:class:`~mesh.registry.RegistryUnavailable` reaches the viewer as a 503 with ``Retry-After``.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from typing import Callable
 
 from .. import metrics
 from ..errors import MeshError, NotFound
+from ..registry import BROADCASTING, RegistryUnavailable
 from ..names import is_name
 from .packetiser import TsPacketisers, WorkerPool
 from .stream import Bus, Directory, EdgeStream, check_servable
@@ -26,6 +33,7 @@ log = logging.getLogger("mesh.edge")
 NEGATIVE_CACHE_S = 1.0  # how long "no such stream" is remembered before asking again
 NEGATIVE_CACHE_MAX = 10_000
 TIDY_INTERVAL_S = 1.0
+KNOWN_DOCS_MAX = 10_000
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,7 @@ class HlsSettings:
     origin_silence_s: float = 5.0
     snapshot_wait_s: float = 6.0
     packetise_workers: int = 2
+    recheck_s: float = 2.0  # ask the registry about every served stream at least this often
 
 
 class EdgeStreams:
@@ -53,6 +62,7 @@ class EdgeStreams:
         self._janitor: asyncio.Task[None] | None = None
         self._gauge = metrics.STREAMS.labels("edge")
         self._on_close: list[Callable[[str], None]] = []
+        self._known: dict[str, dict] = {}  # last stream documents seen, for a database outage
 
     async def start(self) -> None:
         self._janitor = asyncio.create_task(self._tidy(), name="edge-janitor")
@@ -108,7 +118,15 @@ class EdgeStreams:
 
     async def _join(self, stream_id: str) -> EdgeStream:
         s = self.settings
-        doc = check_servable(stream_id, s.app, await self._directory.get_stream(stream_id))
+        try:
+            doc = await self._directory.get_stream(stream_id)
+            self._remember(stream_id, doc)
+        except RegistryUnavailable:
+            doc = self._known.get(stream_id)
+            if doc is None or doc.get("status") != BROADCASTING:
+                raise
+            log.info("registry unavailable; joining %s from what this edge knew of it", stream_id)
+        doc = check_servable(stream_id, s.app, doc)
         window = RenditionWindow(stream_id, self._packetise, window=s.playlist_window,
                                  retired=s.retired_segments_kept, target_s=s.segment_target_s,
                                  offload=self._workers.offload())
@@ -124,11 +142,21 @@ class EdgeStreams:
                  len(window.listed))
         return stream
 
+    def _remember(self, stream_id: str, doc: dict | None) -> None:
+        if doc is None:
+            self._known.pop(stream_id, None)
+            return
+        if len(self._known) >= KNOWN_DOCS_MAX and stream_id not in self._known:
+            self._known.pop(next(iter(self._known)))
+        self._known[stream_id] = doc
+
     async def _tidy(self) -> None:
         limit = self.settings.idle_unsubscribe_s
+        failing = False
         while True:
             await asyncio.sleep(TIDY_INTERVAL_S)
             now = time.monotonic()
+            due: list[EdgeStream] = []
             for stream_id, stream in list(self.streams.items()):
                 if stream.idle_s(now) > limit:
                     log.info("no viewer asked for %s in %.0f s; unsubscribing", stream_id, limit)
@@ -137,5 +165,33 @@ class EdgeStreams:
                     for callback in self._on_close:
                         callback(stream_id)
                     await stream.leave()
-                elif stream.origin_silent(now):
-                    await stream.recheck()
+                elif stream.due(now, self.settings.recheck_s):
+                    due.append(stream)
+            if not due:
+                continue
+            try:
+                docs = await self._lookup([s.stream_id for s in due])
+            except Exception as exc:  # the registry is away: keep serving what we follow
+                if not failing:
+                    log.warning("cannot recheck %d streams in the registry (%s); serving on", len(due), exc)
+                failing = True
+                for stream in due:
+                    stream.apply(None)
+                continue
+            failing = False
+            for stream in due:
+                doc = docs.get(stream.stream_id)
+                if doc is not None:
+                    self._remember(stream.stream_id, doc)
+                stream.apply(doc)
+
+    async def _lookup(self, stream_ids: list[str]) -> dict[str, dict]:
+        many = getattr(self._directory, "get_streams", None)
+        if many is not None:
+            return await many(stream_ids)
+        found = {}
+        for stream_id in stream_ids:
+            doc = await self._directory.get_stream(stream_id)
+            if doc is not None:
+                found[stream_id] = doc
+        return found

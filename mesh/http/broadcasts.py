@@ -4,6 +4,8 @@
 - ``GET  /{app}/rest/v2/broadcasts/list/{offset}/{size}``  streams of the app
 - ``POST /{app}/rest/v2/broadcasts/create``                ``{"streamId", "streamUrl"}``: pull a
   source (origins only; other nodes answer 409 naming an origin to ask)
+
+With the database away they answer 503 with ``Retry-After`` (see :func:`.cluster.registry_503`).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from ..errors import Conflict, Invalid, MeshError
 from ..names import NAME_RULE, is_name
 from ..registry import Registry
 from .app import HttpError, json_response
-from .cluster import page_args
+from .cluster import page_args, registry_503
 
 CreateHandler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]  # -> stream document
 
@@ -65,6 +67,7 @@ def add_broadcast_routes(app: web.Application, registry: Registry, app_name: str
                          create: CreateHandler | None, no_create_hint: Callable[[], Awaitable[str]]) -> None:
     base = f"/{app_name}/rest/v2/broadcasts"
 
+    @registry_503
     async def get_one(request: web.Request) -> web.Response:
         stream_id = stream_id_arg(request)
         doc = await registry.get_stream(stream_id)
@@ -72,11 +75,13 @@ def add_broadcast_routes(app: web.Application, registry: Registry, app_name: str
             raise HttpError(404, f"no stream {stream_id} in {app_name}", "notfound")
         return json_response(broadcast_json(doc))
 
+    @registry_503
     async def list_page(request: web.Request) -> web.Response:
         offset, size = page_args(request)
         docs = await registry.list_streams(offset, size, app=app_name)
         return json_response([broadcast_json(d) for d in docs])
 
+    @registry_503
     async def create_one(request: web.Request) -> web.Response:
         if create is None:
             raise HttpError(409, f"this node does not ingest; {await no_create_hint()}", "role")

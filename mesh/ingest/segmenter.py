@@ -8,6 +8,10 @@ frames instead. Nothing is emitted before the first keyframe: a segment must sta
 Timestamps are also made safe here, once, for everyone downstream: DTS never goes backwards on a
 track and PTS is never below DTS (encoders and RTMP relays do produce such packets).
 
+Numbers are reserved in the registry before they are used (see :mod:`mesh.registry`): ``limit``
+is the first number this segmenter may not start. At a boundary beyond it the segment is not cut
+and ``starved`` is set; the live stream then stops rather than list a number a successor may use.
+
 ``push(au)`` stamps an :class:`AccessUnit`; ``stamp(track, pts, dts, key)`` is the same decision on
 plain values, for the ingest's per-packet path.
 """
@@ -38,9 +42,11 @@ class Stamp:
 
 
 class Segmenter:
-    def __init__(self, target_s: float = 2.0, first_seq: int = 0):
+    def __init__(self, target_s: float = 2.0, first_seq: int = 0, limit: int | None = None):
         self.target_ticks = int(target_s * CLOCK_HZ)
         self.next_seq = first_seq  # number the next segment will take
+        self.limit = limit  # first number not reserved (None: no limit)
+        self.starved = False  # a boundary came and the next number was not reserved
         self.has_video = False
         self.current: int | None = None  # open segment's number
         self._start_dts = 0
@@ -89,6 +95,13 @@ class Segmenter:
         else:
             boundary = False
         if not boundary:
+            if current is None:
+                self.dropped_before_start += 1
+                return pts, dts, None, 0, None
+            return pts, dts, current, FLAG_KEY if key else 0, None
+        limit = self.limit
+        if limit is not None and self.next_seq >= limit:
+            self.starved = True  # never cut a number a successor may be given
             if current is None:
                 self.dropped_before_start += 1
                 return pts, dts, None, 0, None
