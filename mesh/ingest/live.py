@@ -44,7 +44,10 @@ class LiveStream:
         self.source = source  # "rtmp" or the pulled URL
         self.bus = bus
         self.channel = bus.open_channel(stream_id, "src", claim.epoch)
-        self.segmenter = Segmenter(segment_target_s, claim.media_sequence, claim.reserved or None)
+        # After a takeover viewers are waiting: the first segment closes at the first keyframe
+        # after one second (still the origin's decision, so every edge cuts it alike).
+        self.segmenter = Segmenter(segment_target_s, claim.media_sequence, claim.reserved or None,
+                                   first_target_s=min(1.0, segment_target_s) if claim.takeover else None)
         self.video: VideoConfig | None = None
         self.audio: AudioConfig | None = None
         self.on_fenced = on_fenced

@@ -42,8 +42,11 @@ class Stamp:
 
 
 class Segmenter:
-    def __init__(self, target_s: float = 2.0, first_seq: int = 0, limit: int | None = None):
+    def __init__(self, target_s: float = 2.0, first_seq: int = 0, limit: int | None = None,
+                 first_target_s: float | None = None):
         self.target_ticks = int(target_s * CLOCK_HZ)
+        # The first segment may be cut sooner (after a takeover: viewers wait for it to close)
+        self._cut_ticks = int(first_target_s * CLOCK_HZ) if first_target_s else self.target_ticks
         self.next_seq = first_seq  # number the next segment will take
         self.limit = limit  # first number not reserved (None: no limit)
         self.starved = False  # a boundary came and the next number was not reserved
@@ -84,14 +87,14 @@ class Segmenter:
         last_dts[track] = dts
         current = self.current
         if self.has_video:
-            boundary = track == VIDEO and key and (current is None or dts - self._start_dts >= self.target_ticks)
+            boundary = track == VIDEO and key and (current is None or dts - self._start_dts >= self._cut_ticks)
         elif track == AUDIO:
             if self._first_audio_dts is None:
                 self._first_audio_dts = dts
             if current is None:
                 boundary = dts - self._first_audio_dts >= AUDIO_ONLY_AFTER_TICKS
             else:
-                boundary = dts - self._start_dts >= self.target_ticks
+                boundary = dts - self._start_dts >= self._cut_ticks
         else:
             boundary = False
         if not boundary:
@@ -109,6 +112,7 @@ class Segmenter:
         closed = None
         if current is not None:
             closed = ClosedSegment(current, dts - self._start_dts)
+            self._cut_ticks = self.target_ticks
         self.current = self.next_seq
         self.next_seq += 1
         self._start_dts = dts
