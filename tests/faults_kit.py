@@ -118,7 +118,7 @@ class Viewer:
 
     def poll(self) -> None:
         try:
-            status, body, _ = fetch(f"{self.base_url}{self.stream}.m3u8", timeout_s=5)
+            status, body, _ = fetch(f"{self.base_url}{self.stream}.m3u8", timeout_s=10)
         except OSError as exc:
             self.errors.append(f"playlist: {exc}")
             return

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.integration
 def test_an_origin_cut_off_from_the_database_is_fenced_and_stops(mongo: str, node_factory) -> None:
     proxy = TcpProxy(int(mongo.rstrip("/").rsplit(":", 1)[1]))
     edge = node_factory("edge")
+    cold = node_factory("edge")  # asked nothing until the new owner is live
     other = node_factory("origin")
     # directConnection: the driver must not find the database behind the proxy by itself
     zombie = node_factory("origin", mongo=f"mongodb://127.0.0.1:{proxy.port}/?directConnection=true")
@@ -37,9 +38,9 @@ def test_an_origin_cut_off_from_the_database_is_fenced_and_stops(mongo: str, nod
             return any(r["id"] == zombie.node_id and r["status"] == "dead" for r in rows)
         wait_until(zombie_dead, timeout_s=30, interval_s=0.3, message="the registry judging the zombie dead")
         assert first.poll() is None, "the zombie still serves its publisher until someone else owns the stream"
-        before = viewer.last()
         second = ffmpeg_publish(other.rtmp_url("zed"), 300, tone=880)
-        other.wait_for_line(r"stream LiveApp/zed live on \S+ \(epoch 2,")
+        begun = other.wait_for_line(r"stream LiveApp/zed live on \S+ \(epoch 2, from segment (\d+)")
+        before = int(begun.group(1)) - 1  # the new owner starts above the zombie's reservation
         # the zombie learns it from its peers and drops its publisher, saying why
         zombie.wait_for_line(r"taken over by \S+ \(epoch 2\) while this origin was cut off", timeout_s=30)
         assert first.wait(30) != 0
@@ -50,6 +51,16 @@ def test_an_origin_cut_off_from_the_database_is_fenced_and_stops(mongo: str, nod
         edge.wait_for_line(r"moved to \S+ \(epoch 2\)", timeout_s=30)
         new = viewer.wait_for_new(before, timeout_s=30)
         viewer.wait_for_new(new)
+        # what the edge lists now is the new owner's: a cold edge (from its snapshot) agrees byte for byte
+        status, body, _ = fetch(f"{cold.http}/LiveApp/streams/zed.m3u8")
+        assert status == 200, body
+        names = re.findall(r"zed\d{9}\.ts", body.decode())
+        viewer.poll()
+        shared = [n for n in names if n in viewer.hashes]
+        assert shared, (names, viewer.numbers())
+        for name in shared:
+            data = fetch(f"{cold.http}/LiveApp/streams/{name}")[1]
+            assert hashlib.sha256(data).hexdigest() == viewer.hashes[name], name
     finally:
         first.kill()
         if second is not None:
@@ -58,12 +69,4 @@ def test_an_origin_cut_off_from_the_database_is_fenced_and_stops(mongo: str, nod
         proxy.close()
     assert monotonic(viewer.media_sequences)
     assert viewer.disc_sequences[-1] - viewer.disc_sequences[0] == 1
-    # what the edge lists now is the new owner's: a cold edge (from its snapshot) agrees byte for byte
-    cold = node_factory("edge")
-    status, body, _ = fetch(f"{cold.http}/LiveApp/streams/zed.m3u8")
-    assert status == 200
-    names = re.findall(r"zed\d{9}\.ts", body.decode())
-    shared = [n for n in names if n in viewer.hashes]
-    assert shared, (names, viewer.numbers())
-    for name in shared:
-        assert hashlib.sha256(fetch(f"{cold.http}/LiveApp/streams/{name}")[1]).hexdigest() == viewer.hashes[name]
+    assert all(n < before + 1 or n >= int(begun.group(1)) for n in viewer.numbers())
