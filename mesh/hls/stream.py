@@ -21,6 +21,9 @@ from .window import RenditionWindow
 
 log = logging.getLogger("mesh.edge")
 
+QUICK_SILENCE_S = 1.5  # no bus traffic (not even a heartbeat) for this long: the origin may be gone
+QUICK_RECHECK_S = 0.5
+
 
 class Directory(Protocol):
     """Where streams are looked up: the registry's ``get_stream``."""
@@ -117,9 +120,15 @@ class EdgeStream:
                 and now - self._checked > self._silence_s)
 
     def due(self, now: float, every_s: float) -> bool:
-        """Time to ask the registry again: the origin is silent, or ``every_s`` has passed (a
-        zombie origin keeps sending, so silence alone would never reveal its successor)."""
-        return self.origin_silent(now) or now - self._checked >= every_s
+        """Time to ask the registry again: ``every_s`` has passed (a zombie origin keeps sending,
+        so silence alone would never reveal its successor), or the origin missed its bus
+        heartbeats (about one a second): then ask every half second, so a takeover is followed
+        as soon as it is claimed."""
+        since = now - self._checked
+        if since >= every_s or self.origin_silent(now):
+            return True
+        sub = self._sub
+        return sub is not None and sub.silent_s > QUICK_SILENCE_S and since >= QUICK_RECHECK_S
 
     async def recheck(self) -> None:
         """The origin went quiet: ask the registry whether the stream moved or ended."""

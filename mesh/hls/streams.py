@@ -32,7 +32,7 @@ log = logging.getLogger("mesh.edge")
 
 NEGATIVE_CACHE_S = 1.0  # how long "no such stream" is remembered before asking again
 NEGATIVE_CACHE_MAX = 10_000
-TIDY_INTERVAL_S = 1.0
+TIDY_INTERVAL_S = 0.5
 KNOWN_DOCS_MAX = 10_000
 
 
