@@ -1,5 +1,5 @@
-"""Database outages with real processes: the embedded database paused (SIGSTOP) for 15 s, then
-restarted on an EMPTY data directory. Live streams keep playing, requests that need the database
+"""Database outages with real processes: the embedded database paused (SIGSTOP) for 15 s, down
+for 15 s and restarted on its data directory, then restarted on an EMPTY data directory. Live streams keep playing, requests that need the database
 get a quick 503 with Retry-After, nothing is marked finished or dead wrongly, and the nodes
 repopulate an empty database by themselves (the origin keeps its epoch and numbering)."""
 from __future__ import annotations
@@ -77,6 +77,16 @@ def test_paused_then_empty_database_keeps_streams_playing(tmp_path: Path, nodes)
                 time.sleep(0.5)
             doc = raw_stream(uri, "dbx")
             assert doc["epoch"] == 1 and doc["media_sequence"] >= during
+            # the database restarts (same data directory) after being down for the outage's length
+            db.stop()
+            stopped_at, last = time.monotonic(), viewer.last()
+            viewer.wait_for_new(last, timeout_s=10)  # playing on while it is down
+            time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - stopped_at)))
+            db.start()
+            wait_until(lambda: alive_nodes(origin) == everyone, timeout_s=30, interval_s=0.3,
+                       message="all nodes alive after the restart")
+            doc = raw_stream(uri, "dbx")
+            assert doc["epoch"] == 1 and doc["status"] == "broadcasting"
             # the database comes back EMPTY on the same address
             db.stop()
             port = db.port

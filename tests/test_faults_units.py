@@ -182,3 +182,65 @@ def test_a_paused_database_fails_fast_with_registry_unavailable(tmp_path: Path) 
         assert took < 10, "fails within the operation timeout, not after a long hang"
     finally:
         db.stop()
+
+
+class BookedStream:
+    """The parts of a live stream the sequence book uses, over a real segmenter."""
+
+    def __init__(self, reg: Registry, claim, me: NodeInfo):
+        self.stream_id, self.epoch, self.reg, self.me = claim.stream_id, claim.epoch, reg, me
+        self.fenced = self.finished = False
+        self.segmenter = Segmenter(2.0, claim.media_sequence, claim.reserved)
+        self.segmenter.video_present()
+        self.dts = 0
+
+    def cut(self) -> int | None:
+        """One 2 s segment's keyframe; the number it started, or None if not reserved."""
+        seg = self.segmenter.stamp(VIDEO, self.dts, self.dts, True)[2]
+        self.dts += 2 * CLOCK_HZ
+        return None if self.segmenter.starved else seg
+
+    def renditions(self) -> list:
+        return []
+
+    def fence(self, reason: str = "") -> None:
+        self.fenced = True
+
+    def reserve(self, until: int) -> None:
+        self.segmenter.limit = max(self.segmenter.limit, until)
+
+    async def restore(self) -> None:
+        self.reserve(await self.reg.restore_stream(self.stream_id, "LiveApp", self.me, self.epoch,
+                                                   self.segmenter.next_seq, 0, []))
+
+
+def test_the_book_extends_reservations_so_long_streams_go_on(mongo: str, db_name: str) -> None:
+    from mesh.ingest.bookkeeping import SequenceBook
+
+    async def go() -> None:
+        reg = await open_registry(mongo, db_name, reserve_segments=4)
+        me = node("o1")
+        await reg.register_node(me)
+        live = BookedStream(reg, await reg.claim_stream("bk", "LiveApp", me), me)
+        book = SequenceBook(reg, "o1", interval_s=0)
+        cut = []
+        for _ in range(40):  # 80 s of segments, ten reservations' worth
+            cut.append(live.cut())
+            book.note(live)
+            await book.flush()
+        assert cut == list(range(40)) and not live.fenced
+        assert (await reg.get_stream("bk"))["sequence_reserved"] == 39 + 4
+        # without the registry's answer the stream runs out of numbers instead of overrunning them
+        starved = BookedStream(reg, await reg.claim_stream("bk2", "LiveApp", me), me)
+        assert [starved.cut() for _ in range(6)] == [0, 1, 2, 3, None, None]
+        # a document lost with the database is re-created by the book, as it was
+        await reg.streams.delete_one({"_id": "bk"})
+        live.cut()
+        book.note(live)
+        await book.flush()
+        doc = await reg.get_stream("bk")
+        assert (doc["epoch"], doc["media_sequence"], doc["status"]) == (1, 41, BROADCASTING)
+        assert not live.fenced and live.segmenter.limit == 45
+        await reg.close()
+
+    run(go())

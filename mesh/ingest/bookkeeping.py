@@ -109,7 +109,9 @@ class SequenceBook:
         if self._failing:
             log.info("recording media_sequence again")
         self._failing = False
-        self.failing_since: float | None = None  # monotonic time of the first failed write
-        for s in live:
+        self.failing_since = None
+        for (_, _, seq, _), s in zip(updates, live):
             if s.stream_id in fenced:
                 s.fence()
+            elif s.stream_id not in missing:
+                s.reserve(seq + reserve)
