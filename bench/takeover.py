@@ -48,11 +48,25 @@ def _wait_new(playlist_url: str, after: int, timeout_s: float = 60) -> float:
         if _last_listed(playlist_url) > after:
             return time.monotonic()
         time.sleep(0.02)
-    raise click.ClickException(f"no new segment on {playlist_url} within {timeout_s} s")
+    raise click.ClickException(f"no segment above {after} on {playlist_url} within {timeout_s} s")
 
 
-def _node(role: str, work: Path, mongo: str) -> NodeProcess:
-    return start_node(role, work, node_id=f"{role}-{uuid.uuid4().hex[:6]}", mongo=mongo, db_name="bench")
+def _wait_ended(playlist_url: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(playlist_url, timeout=5) as resp:
+                if b"#EXT-X-ENDLIST" in resp.read():
+                    return
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise click.ClickException(f"{playlist_url} never ended")
+
+
+def _node(role: str, work: Path, mongo: str, wait: bool = True) -> NodeProcess:
+    return start_node(role, work, node_id=f"{role}-{uuid.uuid4().hex[:6]}", mongo=mongo,
+                      db_name="bench", wait=wait)
 
 
 @click.command("takeover")
@@ -66,7 +80,7 @@ def command(kills: int, delay_s: float) -> None:
     mongo = db.start()
     nodes: list[NodeProcess] = []
     pub = None
-    takeover, clean = [], []
+    takeover, clean, claims = [], [], []
     try:
         origins = [_node("origin", work, mongo), _node("origin", work, mongo)]
         edge = _node("edge", work, mongo)
@@ -81,9 +95,12 @@ def command(kills: int, delay_s: float) -> None:
             pub.terminate()
             pub.wait()
             stopped = time.monotonic()
-            time.sleep(delay_s)
+            _wait_ended(playlist)  # the end of stream lists the last segment
+            last = _last_listed(playlist)
+            time.sleep(max(0.0, delay_s - (time.monotonic() - stopped)))
             pub = _publish(origins[0].rtmp_url("tk"))
             clean.append(_wait_new(playlist, last) - stopped)
+            click.echo(f"  clean republish: {clean[-1]:.2f} s", err=True)
             # a takeover: SIGKILL the origin, the publisher goes to the other one
             _wait_new(playlist, _last_listed(playlist))
             last = _last_listed(playlist)
@@ -93,9 +110,13 @@ def command(kills: int, delay_s: float) -> None:
             pub.wait()
             time.sleep(delay_s)
             pub = _publish(origins[1].rtmp_url("tk"))
-            replacement = _node("origin", work, mongo)
+            replacement = _node("origin", work, mongo, wait=False)  # the next kill's spare
             nodes.append(replacement)
+            origins[1].wait_for_line(r"stream LiveApp/tk live on .*taking over", timeout_s=60)
+            claims.append(time.monotonic() - killed)
             takeover.append(_wait_new(playlist, last) - killed)
+            replacement.wait_ready()
+            click.echo(f"  takeover: {takeover[-1]:.2f} s", err=True)
             origins = [origins[1], replacement]
     finally:
         if pub is not None:
@@ -109,6 +130,8 @@ def command(kills: int, delay_s: float) -> None:
                f"{[round(x, 2) for x in takeover]}")
     click.echo(f"baseline (clean stop -> republished segment listed):  median {c:.2f} s  "
                f"{[round(x, 2) for x in clean]}")
+    click.echo(f"of which SIGKILL -> stream claimed on the new origin: median {statistics.median(claims):.2f} s  "
+               f"{[round(x, 2) for x in claims]}")
     click.echo(f"ratio takeover/baseline: {t / c:.2f}")
 
 

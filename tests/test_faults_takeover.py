@@ -92,3 +92,29 @@ def test_kills_around_boundaries_never_reuse_a_name_and_takeover_is_immediate(no
     assert len(set(viewer.disc_sequences)) == len(KILL_OFFSETS_S) + 1
     assert not viewer.errors
     wait_until(lambda: True)
+
+
+def test_a_republish_on_the_same_origin_continues_on_a_watching_edge(node_factory) -> None:
+    """The edge rechecks the registry every few seconds; a new epoch on the origin it already
+    follows arrives on the same subscription and must keep being listed (numbers continue: a
+    clean finish hands the unused reservation back)."""
+    origin = node_factory("origin")
+    edge = node_factory("edge")
+    viewer = Viewer(f"{edge.http}/LiveApp/streams/", "again")
+    pub = ffmpeg_publish(origin.rtmp_url("again"), 5)
+    try:
+        assert pub.wait(30) == 0
+        wait_until(lambda: (s := fetch(f"{edge.http}/LiveApp/streams/again.m3u8"))[0] == 200
+                   and s[1].endswith(b"#EXT-X-ENDLIST\n"), timeout_s=20, interval_s=0.2)
+        last = viewer.last()
+        pub = ffmpeg_publish(origin.rtmp_url("again"), 60)
+        published(origin, "again", 2, pub)
+        first = viewer.wait_for_new(last, timeout_s=30)
+        assert first == last + 1, "numbering continues after a clean finish"
+        # several registry rechecks later the edge still lists the new epoch's segments
+        edge_checks = viewer.wait_for_new(viewer.wait_for_new(viewer.wait_for_new(first)))
+        assert edge_checks >= first + 3
+    finally:
+        pub.kill()
+        viewer.stop()
+    assert monotonic(viewer.media_sequences)

@@ -147,6 +147,11 @@ class EdgeStream:
             return  # gone from the registry (restored empty?): keep what we follow
         epoch = int(doc.get("epoch", 0))
         if doc.get("status") == BROADCASTING and epoch > self.epoch:
+            if doc.get("bus_endpoint") == self.bus_endpoint:
+                # Republished on the origin we follow: its new epoch comes on this subscription
+                # (re-subscribing the same topic on the same link would drop it).
+                self.epoch, self.origin = epoch, str(doc.get("origin_node", ""))
+                return
             log.info("stream %s moved to %s (epoch %s); following it", self.stream_id,
                      doc.get("origin_node"), epoch)
             self.follow(doc)
