@@ -92,8 +92,9 @@ def test_paused_then_empty_database_keeps_streams_playing(tmp_path: Path, nodes)
             port = db.port
             db = EmbeddedDb(tmp_path / "empty", port=port)
             db.start()
-            assert raw_stream(uri, "dbx") is None
             restored_at = viewer.last()
+            origin.wait_for_line(r"stream dbx was missing from the registry; re-created it \(epoch 1,",
+                                 timeout_s=30)
             wait_until(lambda: alive_nodes(origin) == everyone, timeout_s=30, interval_s=0.3,
                        message="nodes re-registered in the empty database")
             doc = wait_until(lambda: raw_stream(uri, "dbx"), timeout_s=30, interval_s=0.3,
