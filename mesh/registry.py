@@ -170,10 +170,11 @@ class Registry:
         self._timeout_ms = int(timeout_s * 1000)  # how long connect() keeps trying at start
         # Every later call fails within about op_timeout_s: a viewer or a REST client waiting on
         # a paused database gets a quick 503, never a hang.
+        # timeoutMS bounds a whole operation, its retry included.
         op_ms = int(op_timeout_s * 1000)
         self._client: AsyncMongoClient = AsyncMongoClient(
             uri, serverSelectionTimeoutMS=op_ms, connectTimeoutMS=op_ms, socketTimeoutMS=op_ms * 2,
-            tz_aware=True, appname="mesh")
+            timeoutMS=op_ms * 2, tz_aware=True, appname="mesh")
         self._db = self._client[db_name]
         self.nodes = self._db["nodes"]
         self.streams = self._db["streams"]
@@ -347,9 +348,11 @@ class Registry:
                 {"_id": stream_id, "$or": free}, update, upsert=True,
                 return_document=ReturnDocument.AFTER)
         except pymongo.errors.DuplicateKeyError:
+            doc = None
+        if doc is None:  # the condition failed: another origin owns it (a lost upsert race too)
             current = await self.streams.find_one({"_id": stream_id}) or {}
             raise StreamBusy(stream_id, str(current.get("origin_node", "?")),
-                             int(current.get("epoch") or 0)) from None
+                             int(current.get("epoch") or 0))
         return Claim(stream_id, int(doc["epoch"]), int(doc["media_sequence"]),
                      int(doc["discontinuity_sequence"]), doc.get("previous_origin") is not None,
                      int(doc["sequence_reserved"]))
