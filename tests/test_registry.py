@@ -32,8 +32,10 @@ def node(node_id: str) -> NodeInfo:
 
 def test_claim_race_exactly_one_wins(mongo: str, db_name: str) -> None:
     async def go() -> None:
-        # Two independent clients (two connection pools), as two origins would be.
-        a, b = await open_registry(mongo, db_name), await open_registry(mongo, db_name)
+        # Two independent clients (two connection pools), as two origins would be. Neither
+        # heartbeats here: a long dead-node bound keeps both alive on a slow machine.
+        a, b = (await open_registry(mongo, db_name, dead_after=120.0),
+                await open_registry(mongo, db_name, dead_after=120.0))
         await a.register_node(node("origin-a"))
         await b.register_node(node("origin-b"))
         for i in range(25):
