@@ -25,7 +25,7 @@ EXAMPLE = Backends(
 def examples() -> dict[Path, str]:
     return {
         HERE / "nginx" / "mesh.conf": render_nginx(EXAMPLE, listen="0.0.0.0"),
-        HERE / "haproxy" / "haproxy.cfg": render_haproxy(EXAMPLE, listen="0.0.0.0"),
+        HERE / "haproxy" / "haproxy.cfg": render_haproxy(EXAMPLE, listen="0.0.0.0", fd_limit=65536),
         HERE / "systemd" / NODE_UNIT: render_unit("origin"),
         HERE / "systemd" / DB_UNIT: render_unit("db"),
     }

@@ -2,16 +2,36 @@
 for HLS) and HAProxy. Publishers go to origins (least connections); viewers go round-robin to edges,
 which is safe because every edge serves the same playlists and bytes; stream creation goes to
 origins. The templates live in ``deploy/nginx`` and ``deploy/haproxy`` for operators to read.
+
+HAProxy needs about two file descriptors per connection (client and server side) and refuses to
+start when its ``maxconn`` needs more than the host allows ("Cannot raise FD limit"), so the
+rendered ``maxconn`` derives from the file-descriptor limit of the host that renders it
+(:func:`haproxy_maxconn`); render on the balancer's host, or pass ``fd_limit``.
 """
 from __future__ import annotations
 
 import os
+import resource
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 LL_PROXY_TIMEOUT_S = 45  # longer than the longest blocking LL-HLS request (ll_block_s <= 30 s)
+HAPROXY_MAXCONN_CAP = 20_000
+HAPROXY_FD_RESERVE = 200  # listeners, checks, logs, pollers
+
+
+def host_fd_limit() -> int:
+    """This host's hard file-descriptor limit (what HAProxy may raise its soft limit to)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+
+
+def haproxy_maxconn(fd_limit: int) -> int:
+    """Connections HAProxy can hold within ``fd_limit`` descriptors: two per proxied connection
+    plus a reserve, capped at 20,000."""
+    return max(64, min(HAPROXY_MAXCONN_CAP, (fd_limit - HAPROXY_FD_RESERVE) // 2))
 
 
 @dataclass(frozen=True)
@@ -194,8 +214,10 @@ http {{
 
 
 def render_haproxy(b: Backends, *, listen: str = "127.0.0.1", http_port: int = 5080,
-                   rtmp_port: int = 1935) -> str:
+                   rtmp_port: int = 1935, fd_limit: int | None = None) -> str:
     b.check()
+    fd_limit = fd_limit or host_fd_limit()
+    maxconn = haproxy_maxconn(fd_limit)
     origins = b.http_origins or b.http_edges
 
     def servers(group: list[Backend], opts: str = "check") -> str:
@@ -203,7 +225,8 @@ def render_haproxy(b: Backends, *, listen: str = "127.0.0.1", http_port: int = 5
 
     return f"""# Rendered by `mesh lb haproxy` from the mesh registry. Publishers -> origins, viewers -> edges.
 global
-    maxconn 20000
+    # about two descriptors per connection: maxconn fits a file-descriptor limit of {fd_limit}
+    maxconn {maxconn}
 
 defaults
     timeout connect 5s

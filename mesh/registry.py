@@ -12,10 +12,25 @@ Two collections (DESIGN §4):
   by an origin are conditioned on its epoch, so a deposed origin learns it lost the stream
   (:class:`Fenced`) instead of overwriting its successor.
 
+Segment numbers are **reserved** before they are used, so a takeover can never reuse one (DESIGN
+§3, "same name, same bytes"): ``sequence_reserved`` is the first number the owner may *not* use.
+A claim starts its epoch at ``max(media_sequence, sequence_reserved)`` (above anything the old
+owner could have listed, whenever it died) and reserves ``reserve_segments`` more; the owner
+extends its reservation with every fenced ``media_sequence`` write and never cuts a segment
+beyond it (:mod:`mesh.ingest.segmenter`). A takeover therefore skips at most a reservation's
+worth of numbers, and edges show it as one discontinuity (:mod:`mesh.hls.window`).
+
+The database may be away: every call fails fast (``op_timeout_s``) with
+:class:`RegistryUnavailable`, a domain :class:`~mesh.errors.Unavailable` the HTTP rooms turn into a
+503 with ``Retry-After``. Heartbeats upsert the whole node document, and an origin re-creates a
+stream document that vanished (a database restored empty) with its own epoch and numbering
+(:meth:`Registry.restore_stream`), so a cluster repopulates an empty database by itself.
+
 Change streams are not used: a plain ``mongod`` has no replica set.
 """
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 import logging
@@ -29,6 +44,7 @@ import pymongo.errors
 from pymongo import AsyncMongoClient, ReturnDocument, UpdateOne
 
 from . import metrics
+from .errors import Unavailable
 
 log = logging.getLogger("mesh.registry")
 
@@ -37,6 +53,8 @@ CREATED = "created"
 FINISHED = "finished"
 TERMINATED = "terminated_unexpectedly"
 STREAM_STATUSES = (CREATED, BROADCASTING, FINISHED, TERMINATED)
+RESERVE_SEGMENTS = 16  # numbers an owner reserves ahead: with 2 s segments, 32 s without the DB
+RETRY_AFTER_S = 2  # what a 503 for an unavailable registry tells clients
 
 
 class RegistryError(RuntimeError):
@@ -72,6 +90,32 @@ def _timed_write(fn: _W) -> _W:
         finally:
             observe(time.perf_counter() - start)
     return timed  # type: ignore[return-value]
+class RegistryUnavailable(Unavailable):
+    """The database did not answer in time (paused, restarting, cut off)."""
+
+    reason = "registry"
+
+    def __init__(self, message: str = "the cluster registry (database) is unavailable; "
+                                      f"try again in {RETRY_AFTER_S} s"):
+        super().__init__(message)
+
+
+_OUTAGE = (pymongo.errors.ConnectionFailure, pymongo.errors.ExecutionTimeout,
+           pymongo.errors.WTimeoutError)
+_T = TypeVar("_T")
+
+
+def _fails_fast(method: Callable[..., Awaitable[_T]]) -> Callable[..., Awaitable[_T]]:
+    """Turn the database being away into :class:`RegistryUnavailable` (no pymongo traceback)."""
+    @functools.wraps(method)
+    async def call(self: "Registry", *args: Any, **kwargs: Any) -> _T:
+        try:
+            return await method(self, *args, **kwargs)
+        except _OUTAGE as exc:
+            log.debug("registry call %s failed: %s", method.__name__, exc)
+            raise RegistryUnavailable() from None
+    return call
+
 
 @dataclass(frozen=True)
 class Claim:
@@ -80,6 +124,7 @@ class Claim:
     media_sequence: int  # number of the first segment this origin will cut
     discontinuity_sequence: int
     takeover: bool  # the previous owner was another (dead) node mid-broadcast
+    reserved: int = 0  # first segment number this epoch may not use until it extends its reservation
 
 
 @dataclass
@@ -139,6 +184,13 @@ def _scrub(text: str, uri: str) -> str:
     return text
 
 
+def _node_fields(info: NodeInfo) -> dict[str, Any]:
+    return {"role": info.role, "host": info.host, "http_url": info.http_url,
+            "bus_endpoint": info.bus_endpoint, "snapshot_endpoint": info.snapshot_endpoint,
+            "rtmp_url": info.rtmp_url, "version": info.version, "bus_public_key": info.bus_public_key,
+            **info.extra}
+
+
 def _aware(value: Any) -> dt.datetime | None:
     if not isinstance(value, dt.datetime):
         return None
@@ -149,14 +201,20 @@ class Registry:
     """Async access to the ``nodes`` and ``streams`` collections."""
 
     def __init__(self, uri: str, db_name: str = "mesh", *, node_dead_after_s: float = 4.0,
-                 timeout_s: float = 5.0):
+                 timeout_s: float = 5.0, op_timeout_s: float = 1.5,
+                 reserve_segments: int = RESERVE_SEGMENTS):
         self.uri = uri
         self.node_dead_after_s = node_dead_after_s
-        self._timeout_ms = int(timeout_s * 1000)
+        self.reserve_segments = reserve_segments
+        self._timeout_ms = int(timeout_s * 1000)  # how long connect() keeps trying at start
+        # Every later call fails within about op_timeout_s: a viewer or a REST client waiting on
+        # a paused database gets a quick 503, never a hang.
+        # timeoutMS bounds a whole operation, its retry included.
+        op_ms = int(op_timeout_s * 1000)
         try:
             self._client: AsyncMongoClient = AsyncMongoClient(
-                uri, serverSelectionTimeoutMS=self._timeout_ms, connectTimeoutMS=self._timeout_ms,
-                tz_aware=True, appname="mesh")
+                uri, serverSelectionTimeoutMS=op_ms, connectTimeoutMS=op_ms, socketTimeoutMS=op_ms * 2,
+                timeoutMS=op_ms * 2, tz_aware=True, appname="mesh")
         except (pymongo.errors.PyMongoError, ValueError) as exc:
             raise RegistryError(f"MongoDB URI is not usable: {_scrub(str(exc), uri)}; fix --mongo / "
                                 f"MESH_MONGO (user and password percent-encoded)") from None
@@ -167,8 +225,17 @@ class Registry:
     # -- lifecycle -------------------------------------------------------------------------
     async def connect(self) -> None:
         """Check the server answers and the credentials work; create indexes. One clear line on failure."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_ms / 1000
         try:
-            await self._db.command("ping")
+            while True:  # the server may still be starting: keep asking until the start timeout
+                try:
+                    await self._db.command("ping")
+                    break
+                except (pymongo.errors.ServerSelectionTimeoutError, pymongo.errors.AutoReconnect):
+                    if loop.time() >= deadline:
+                        raise
+                    await asyncio.sleep(0.2)
             await self.nodes.create_index([("role", 1), ("last_seen", -1)])
             await self.streams.create_index([("status", 1), ("origin_node", 1)])
             await self.streams.create_index([("app", 1), ("updated_at", -1)])
@@ -191,6 +258,7 @@ class Registry:
     async def close(self) -> None:
         await self._client.close()
 
+    @_fails_fast
     async def server_time(self) -> dt.datetime:
         """The database server's clock (``hello``'s ``localTime``), timezone-aware UTC."""
         reply = await self._db.command("hello")
@@ -202,24 +270,27 @@ class Registry:
 
     # -- nodes -----------------------------------------------------------------------------
     @_timed_write
+    @_fails_fast
     async def register_node(self, info: NodeInfo) -> None:
-        doc = {
-            "role": info.role, "host": info.host, "http_url": info.http_url,
-            "bus_endpoint": info.bus_endpoint, "snapshot_endpoint": info.snapshot_endpoint,
-            "rtmp_url": info.rtmp_url, "version": info.version, "bus_public_key": info.bus_public_key,
-            "stopped": False, **info.extra,
-        }
+        doc = {**_node_fields(info), "stopped": False}
         await self.nodes.update_one(
             {"_id": info.node_id},
             {"$set": doc, "$currentDate": {"last_seen": True, "started_at": True}},
             upsert=True)
 
     @_timed_write
-    async def heartbeat(self, node_id: str, load: dict[str, Any]) -> None:
-        await self.nodes.update_one(
-            {"_id": node_id},
-            {"$set": {"load": load, "stopped": False}, "$currentDate": {"last_seen": True}})
+    @_fails_fast
+    async def heartbeat(self, node_id: str, load: dict[str, Any], info: NodeInfo | None = None) -> None:
+        """Mark the node alive now. With ``info`` the whole node document is written (upserted), so
+        a node re-registers by itself when the database comes back without it (restored empty)."""
+        fields: dict[str, Any] = {"load": load, "stopped": False}
+        if info is not None:
+            fields.update(_node_fields(info))
+        await self.nodes.update_one({"_id": node_id},
+                                    {"$set": fields, "$currentDate": {"last_seen": True}},
+                                    upsert=info is not None)
 
+    @_fails_fast
     @_timed_write
     async def deregister(self, node_id: str) -> None:
         """Mark the node gone now (readers see it dead at once) and hand its streams back."""
@@ -236,15 +307,18 @@ class Registry:
         alive = bool(seen) and not doc.get("stopped") and age is not None and age <= self.node_dead_after_s
         return NodeView(node_id, role, host, alive, seen, age, doc)
 
+    @_fails_fast
     async def list_nodes(self, offset: int = 0, size: int = 1000) -> list[NodeView]:
         now = await self.server_time()
         cursor = self.nodes.find({}).sort("_id", 1).skip(max(0, offset)).limit(max(0, size))
         views = [self._judge(doc, now) for doc in await cursor.to_list(None)]
         return [v for v in views if v is not None]
 
+    @_fails_fast
     async def count_nodes(self) -> int:
         return await self.nodes.count_documents({})
 
+    @_fails_fast
     async def alive_node_ids(self) -> set[str]:
         now = await self.server_time()
         cutoff = now - dt.timedelta(seconds=self.node_dead_after_s)
@@ -260,12 +334,14 @@ class Registry:
         return {doc["bus_public_key"] for doc in await cursor.to_list(None)
                 if isinstance(doc.get("bus_public_key"), str) and doc["bus_public_key"]}
 
+    @_fails_fast
     async def get_node(self, node_id: str) -> NodeView | None:
         doc = await self.nodes.find_one({"_id": node_id})
         return self._judge(doc, await self.server_time()) if doc else None
 
     # -- streams ---------------------------------------------------------------------------
     @_timed_write
+    @_fails_fast
     async def create_stream(self, stream_id: str, app: str, settings: dict[str, Any]) -> dict[str, Any]:
         """Record a stream before it goes live (REST create). Existing streams keep their state."""
         return await self.streams.find_one_and_update(
@@ -282,18 +358,27 @@ class Registry:
             upsert=True, return_document=ReturnDocument.AFTER)
 
     @_timed_write
+    @_fails_fast
     async def claim_stream(self, stream_id: str, app: str, node: NodeInfo,
-                           renditions: Iterable[dict[str, Any]] = ()) -> Claim:
-        """Atomically become the origin of ``stream_id`` or raise :class:`StreamBusy`."""
+                           renditions: Iterable[dict[str, Any]] = (), *,
+                           dead_owner: tuple[str, int] | None = None) -> Claim:
+        """Atomically become the origin of ``stream_id`` or raise :class:`StreamBusy`.
+
+        ``dead_owner=(node_id, epoch)``: the caller has confirmed that node dead (its endpoints
+        refuse connections) before the registry ages it out; the claim then also succeeds while
+        the stream is still exactly that node's at that epoch, so a live owner that moved on (or
+        any other owner) is never robbed."""
         alive_others = sorted((await self.alive_node_ids()) - {node.node_id})
-        owner_free = {"$or": [
-            {"status": {"$ne": BROADCASTING}},
-            {"origin_node": node.node_id},
-            {"origin_node": {"$nin": alive_others}},
-        ]}
+        free = [{"status": {"$ne": BROADCASTING}},
+                {"origin_node": node.node_id},
+                {"origin_node": {"$nin": alive_others}}]
+        if dead_owner is not None:
+            free.append({"origin_node": dead_owner[0], "epoch": dead_owner[1]})
         prior_epoch = {"$ifNull": ["$epoch", 0]}
         takeover = {"$and": [{"$eq": ["$status", BROADCASTING]},
                              {"$ne": ["$origin_node", node.node_id]}]}
+        # Above anything an earlier epoch may have listed, whenever its owner died.
+        first = {"$max": [{"$ifNull": ["$media_sequence", 0]}, {"$ifNull": ["$sequence_reserved", 0]}]}
         update = [{"$set": {
             "app": app,
             "previous_origin": {"$cond": [takeover, "$origin_node", None]},
@@ -304,10 +389,11 @@ class Registry:
             "bus_public_key": node.bus_public_key,  # what edges authenticate this origin with
             "renditions": list(renditions),
             "epoch": {"$add": [prior_epoch, 1]},
-            "media_sequence": {"$ifNull": ["$media_sequence", 0]},
+            "media_sequence": first,
+            "sequence_reserved": {"$add": [first, self.reserve_segments]},
             # Every epoch after the first starts with a discontinuity: players see one, never a reset.
             "discontinuity_sequence": {"$cond": [
-                {"$gt": [{"$ifNull": ["$media_sequence", 0]}, 0]},
+                {"$gt": [first, 0]},
                 {"$add": [{"$ifNull": ["$discontinuity_sequence", 0]}, 1]},
                 {"$ifNull": ["$discontinuity_sequence", 0]}]},
             "settings": {"$ifNull": ["$settings", {}]},
@@ -318,14 +404,17 @@ class Registry:
         }}]
         try:
             doc = await self.streams.find_one_and_update(
-                {"_id": stream_id, **owner_free}, update, upsert=True,
+                {"_id": stream_id, "$or": free}, update, upsert=True,
                 return_document=ReturnDocument.AFTER)
         except pymongo.errors.DuplicateKeyError:
+            doc = None
+        if doc is None:  # the condition failed: another origin owns it (a lost upsert race too)
             current = await self.streams.find_one({"_id": stream_id}) or {}
             raise StreamBusy(stream_id, str(current.get("origin_node", "?")),
-                             int(current.get("epoch") or 0)) from None
+                             int(current.get("epoch") or 0))
         return Claim(stream_id, int(doc["epoch"]), int(doc["media_sequence"]),
-                     int(doc["discontinuity_sequence"]), doc.get("previous_origin") is not None)
+                     int(doc["discontinuity_sequence"]), doc.get("previous_origin") is not None,
+                     int(doc["sequence_reserved"]))
 
     async def _fenced_update(self, stream_id: str, node_id: str, epoch: int,
                              update: dict[str, Any]) -> None:
@@ -335,34 +424,75 @@ class Registry:
             raise Fenced(f"stream {stream_id}: epoch {epoch} of {node_id} was superseded")
 
     @_timed_write
+    @_fails_fast
     async def advance_media_sequence(self, stream_id: str, node_id: str, epoch: int,
-                                     next_sequence: int, extra: dict[str, Any] | None = None) -> None:
-        """Record the number of the next segment (called as each segment closes)."""
+                                     next_sequence: int, extra: dict[str, Any] | None = None) -> int:
+        """Record the number of the next segment (called as segments close) and extend the
+        reservation; returns the new reservation (first number not to use)."""
+        reserved = next_sequence + self.reserve_segments
         await self._fenced_update(stream_id, node_id, epoch, {
-            "$max": {"media_sequence": next_sequence},
-            "$set": dict(extra or {}),
+            "$max": {"media_sequence": next_sequence, "sequence_reserved": reserved},
+            "$set": {"status": BROADCASTING, **(extra or {})},
             "$currentDate": {"updated_at": True}})
+        return reserved
 
     @_timed_write
     async def advance_media_sequences(self, node_id: str,
                                       updates: list[tuple[str, int, int, dict[str, Any]]]) -> set[str]:
         """Many streams' :meth:`advance_media_sequence` in one round trip: ``(stream_id, epoch,
-        next_sequence, extra)`` each. Returns the ids whose epoch was superseded (fenced)."""
+        next_sequence, extra)`` each. Returns the ids that were fenced or whose document is gone."""
+        fenced, missing = await self.record_sequences(node_id, updates)
+        return fenced | missing
+
+    @_fails_fast
+    async def record_sequences(self, node_id: str, updates: list[tuple[str, int, int, dict[str, Any]]]
+                               ) -> tuple[set[str], set[str]]:
+        """:meth:`advance_media_sequences`, telling apart ``(fenced, missing)``: fenced streams
+        belong to a newer epoch; missing ones have no document (the database lost it: see
+        :meth:`restore_stream`). Every other stream's reservation is now ``next_sequence +
+        reserve_segments``."""
         if not updates:
-            return set()
+            return set(), set()
         ops = [UpdateOne({"_id": sid, "origin_node": node_id, "epoch": epoch},
-                         {"$max": {"media_sequence": seq}, "$set": dict(extra),
+                         {"$max": {"media_sequence": seq, "sequence_reserved": seq + self.reserve_segments},
+                          "$set": {"status": BROADCASTING, **extra},
                           "$currentDate": {"updated_at": True}})
                for sid, epoch, seq, extra in updates]
         result = await self.streams.bulk_write(ops, ordered=False)
         if result.matched_count == len(ops):
-            return set()
+            return set(), set()
         wanted = {(sid, epoch) for sid, epoch, _, _ in updates}
-        cursor = self.streams.find({"_id": {"$in": [sid for sid, _ in wanted]}, "origin_node": node_id},
-                                   {"epoch": 1})
-        still = {(d["_id"], d.get("epoch")) for d in await cursor.to_list(None)}
-        return {sid for sid, epoch in wanted if (sid, epoch) not in still}
+        cursor = self.streams.find({"_id": {"$in": [sid for sid, _ in wanted]}},
+                                   {"epoch": 1, "origin_node": 1})
+        found = {d["_id"]: (d.get("origin_node"), d.get("epoch")) for d in await cursor.to_list(None)}
+        fenced = {sid for sid, epoch in wanted if sid in found and found[sid] != (node_id, epoch)}
+        missing = {sid for sid, _ in wanted if sid not in found}
+        return fenced, missing
 
+    @_fails_fast
+    async def restore_stream(self, stream_id: str, app: str, node: NodeInfo, epoch: int,
+                             next_sequence: int, discontinuity_sequence: int,
+                             renditions: list[dict[str, Any]]) -> int:
+        """Re-create the document of a stream this origin is live with, after the database lost
+        it (restored empty), with the origin's own epoch and numbering: the stream continues as
+        it was, no fencing, no renumbering. Raises :class:`Fenced` if another origin created it
+        meanwhile. Returns the reservation."""
+        reserved = next_sequence + self.reserve_segments
+        try:
+            await self.streams.update_one(
+                {"_id": stream_id, "origin_node": node.node_id, "epoch": epoch},
+                {"$set": {"app": app, "status": BROADCASTING, "bus_endpoint": node.bus_endpoint,
+                          "snapshot_endpoint": node.snapshot_endpoint, "renditions": renditions,
+                          "discontinuity_sequence": discontinuity_sequence, "settings": {},
+                          "previous_origin": None, "finished_at": None},
+                 "$max": {"media_sequence": next_sequence, "sequence_reserved": reserved},
+                 "$currentDate": {"updated_at": True, "started_at": True, "created_at": True}},
+                upsert=True)
+        except pymongo.errors.DuplicateKeyError:
+            raise Fenced(f"stream {stream_id}: another origin recreated it first") from None
+        return reserved
+
+    @_fails_fast
     @_timed_write
     async def set_stream_status(self, stream_id: str, node_id: str, epoch: int, status: str,
                                 next_sequence: int | None = None) -> None:
@@ -373,20 +503,36 @@ class Registry:
             update["$currentDate"]["finished_at"] = True
         if next_sequence is not None:
             update["$max"] = {"media_sequence": next_sequence}
+            if status in (FINISHED, TERMINATED):
+                # Nothing at or above next_sequence was cut: hand the unused reservation back,
+                # so the next publish continues from here instead of skipping numbers.
+                update["$set"]["sequence_reserved"] = next_sequence
         await self._fenced_update(stream_id, node_id, epoch, update)
 
+    @_fails_fast
     async def get_stream(self, stream_id: str) -> dict[str, Any] | None:
         doc = await self.streams.find_one({"_id": stream_id})
         if doc is None:
             return None
         return (await self._present([doc]))[0]
 
+    @_fails_fast
+    async def get_streams(self, stream_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Several streams in one query (an edge rechecking what it serves), by id."""
+        ids = list(stream_ids)
+        if not ids:
+            return {}
+        docs = await self.streams.find({"_id": {"$in": ids}}).to_list(None)
+        return {d["_id"]: d for d in await self._present(docs)}
+
+    @_fails_fast
     async def list_streams(self, offset: int = 0, size: int = 1000, app: str | None = None,
                            ) -> list[dict[str, Any]]:
         query = {"app": app} if app else {}
         cursor = self.streams.find(query).sort("_id", 1).skip(max(0, offset)).limit(max(0, size))
         return await self._present(await cursor.to_list(None))
 
+    @_fails_fast
     async def count_streams(self, app: str | None = None) -> int:
         return await self.streams.count_documents({"app": app} if app else {})
 
@@ -417,6 +563,7 @@ class Registry:
         return [d for d in await cursor.to_list(None) if isinstance(d.get("_id"), str)]
 
     @_timed_write
+    @_fails_fast
     async def mark_orphans(self) -> int:
         """Persist terminated_unexpectedly for broadcasting streams whose origin is dead."""
         alive = sorted(await self.alive_node_ids())

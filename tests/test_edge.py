@@ -248,8 +248,9 @@ def test_edge_follows_a_stream_to_its_new_origin_with_a_discontinuity(node_facto
                 pub = p
                 return True
         wait_until(republished, timeout_s=20, interval_s=0.5, message="publish on the second origin")
-        after = wait_until(lambda: "#EXT-X-DISCONTINUITY\n" in (t := fetch(url)[1].decode()) and t,
-                           timeout_s=30, interval_s=0.3)
+        # the new epoch starts above the old owner's reserved numbers: a new window, one discontinuity
+        after = wait_until(lambda: "#EXT-X-DISCONTINUITY-SEQUENCE:1\n" in (t := fetch(url)[1].decode())
+                           and "moving" in t and t, timeout_s=30, interval_s=0.3)
     finally:
         pub.kill()
         pub.wait()

@@ -45,11 +45,12 @@ from aiohttp import web
 
 from .. import metrics
 from ..errors import MeshError, NotFound
-from ..http.app import HttpError, HttpServer, Reply
+from ..http.app import HttpError, HttpServer, Reply, json_response
 from ..names import NAME_PATTERN
 from ..tokens import TokenError
 from .cmaf import LlWindow
 from .ll_playlist import BadBlockingRequest, Report, block_target, reached, render_ll_playlist, too_far
+from ..registry import RETRY_AFTER_S, RegistryUnavailable
 from .playlist import Variant, render_master_playlist
 from ..ladder import RENDITION_RE
 from .stream import SRC, EdgeStream, Rendition
@@ -430,6 +431,9 @@ class HlsRoutes:
             kind = "playlist" if request.match_info["name"].endswith(".m3u8") else "segment"
             metrics.VIEWER_REQUESTS.labels(kind, "403").inc()
             raise HttpError(403, f"{exc}", f"token_{exc.reason}") from None
+        except RegistryUnavailable as exc:  # the database is away: a quick 503, try again soon
+            return json_response({"error": exc.message}, status=503,
+                                 headers={"Retry-After": str(RETRY_AFTER_S)})
         except MeshError as exc:
             kind = "playlist" if request.match_info["name"].endswith(".m3u8") else "segment"
             metrics.VIEWER_REQUESTS.labels(kind, "404").inc()

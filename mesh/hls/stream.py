@@ -24,6 +24,8 @@ from .window import RenditionWindow
 log = logging.getLogger("mesh.edge")
 
 SRC = "src"
+QUICK_SILENCE_S = 1.5  # no bus traffic (not even a heartbeat) for this long: the origin may be gone
+QUICK_RECHECK_S = 0.5
 
 
 class Directory(Protocol):
@@ -215,6 +217,17 @@ class EdgeStream:
         return (bool(subs) and min(s.silent_s for s in subs) > self._silence_s
                 and now - self._checked > self._silence_s)
 
+    def due(self, now: float, every_s: float) -> bool:
+        """Time to ask the registry again: ``every_s`` has passed (a zombie origin keeps sending,
+        so silence alone would never reveal its successor), or the origin missed its bus
+        heartbeats (about one a second): then ask every half second, so a takeover is followed
+        as soon as it is claimed."""
+        since = now - self._checked
+        if since >= every_s or self.origin_silent(now):
+            return True
+        subs = [r.sub for r in self.renditions.values() if r.sub is not None]
+        return bool(subs) and min(s.silent_s for s in subs) > QUICK_SILENCE_S and since >= QUICK_RECHECK_S
+
     async def recheck(self) -> None:
         """The origin went quiet: ask the registry whether the stream moved or ended."""
         self._checked = time.monotonic()
@@ -223,19 +236,30 @@ class EdgeStream:
         except Exception as exc:
             log.warning("cannot look %s up in the registry: %s", self.stream_id, exc)
             return
+        self.apply(doc)
+
+    def apply(self, doc: dict[str, Any] | None) -> None:
+        """What the registry says now: follow a higher epoch, end a finished stream."""
+        self._checked = time.monotonic()
         if doc is None:
-            return
-        if doc.get("status") == BROADCASTING and (doc.get("bus_endpoint") != self.bus_endpoint
-                                                  or int(doc.get("epoch", 0)) > self.epoch):
+            return  # gone from the registry (restored empty?): keep what we follow
+        epoch = int(doc.get("epoch", 0))
+        if doc.get("status") == BROADCASTING and epoch > self.epoch:
+            if doc.get("bus_endpoint") == self.bus_endpoint:
+                # Republished on the origin we follow: its new epoch comes on this subscription
+                # (re-subscribing the same topic on the same link would drop it).
+                self.set_doc(doc)
+                self.epoch, self.origin = epoch, str(doc.get("origin_node", ""))
+                return
             log.info("stream %s moved to %s (epoch %s); following it", self.stream_id,
-                     doc.get("origin_node"), doc.get("epoch"))
+                     doc.get("origin_node"), epoch)
             self.follow(doc)
-        elif doc.get("status") == FINISHED:
+        elif doc.get("status") == FINISHED and epoch >= self.epoch:
             self.set_doc(doc)
             for r in self.renditions.values():
                 if not r.window.ended:
                     r.window.end()  # its end of stream never reached us: end the playlist
                 if r.ll is not None and not r.ll.ended:
                     r.ll.end()
-        else:
-            self.set_doc(doc)
+        elif epoch >= self.epoch:
+            self.set_doc(doc)  # fresher figures (renditions) of the stream we follow

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from .. import metrics
 from ..errors import MeshError, NotFound
+from ..registry import BROADCASTING, RegistryUnavailable
 from ..names import is_name
 from .packetiser import TsPacketisers, WorkerPool
 from .stream import SRC, Bus, Directory, EdgeStream, Rendition, check_servable
@@ -27,7 +28,8 @@ log = logging.getLogger("mesh.edge")
 
 NEGATIVE_CACHE_S = 1.0  # how long "no such stream" is remembered before asking again
 NEGATIVE_CACHE_MAX = 10_000
-TIDY_INTERVAL_S = 1.0
+TIDY_INTERVAL_S = 0.5
+KNOWN_DOCS_MAX = 10_000  # stream documents remembered for a database outage
 DOC_FRESH_S = 2.0  # a stream document this young is good enough for a master playlist
 
 
@@ -43,6 +45,7 @@ class HlsSettings:
     packetise_workers: int = 2
     ll_part_target_s: float = 0.2  # until the origin's config says
     ll_block_s: float = 0.0  # longest blocking playlist wait (0: three target durations)
+    recheck_s: float = 2.0  # ask the registry about every served stream at least this often
 
 
 def playlist_base(stream_id: str, rendition: str) -> str:
@@ -63,6 +66,7 @@ class EdgeStreams:
         self._janitor: asyncio.Task[None] | None = None
         self._gauge = metrics.STREAMS.labels("edge")
         self._on_close: list[Callable[[str], None]] = []
+        self._known: dict[str, dict] = {}  # last stream documents seen, for a database outage
 
     async def start(self) -> None:
         self._janitor = asyncio.create_task(self._tidy(), name="edge-janitor")
@@ -128,7 +132,17 @@ class EdgeStreams:
     async def _join(self, stream_id: str, rendition: str) -> EdgeStream:
         s = self.settings
         try:
-            doc = check_servable(stream_id, s.app, await self._directory.get_stream(stream_id))
+            try:
+                doc = await self._directory.get_stream(stream_id)
+                self._remember(stream_id, doc)
+            except RegistryUnavailable:
+                doc = self._known.get(stream_id)
+                if doc is None or doc.get("status") != BROADCASTING:
+                    raise
+                log.info("registry unavailable; joining %s from what this edge knew of it", stream_id)
+            doc = check_servable(stream_id, s.app, doc)
+        except RegistryUnavailable:
+            raise  # not remembered: the next viewer asks again
         except MeshError as exc:
             if len(self._missing) >= NEGATIVE_CACHE_MAX:
                 self._missing.clear()
@@ -156,11 +170,21 @@ class EdgeStreams:
                  stream.origin, len(r.window.listed))
         return stream
 
+    def _remember(self, stream_id: str, doc: dict | None) -> None:
+        if doc is None:
+            self._known.pop(stream_id, None)
+            return
+        if len(self._known) >= KNOWN_DOCS_MAX and stream_id not in self._known:
+            self._known.pop(next(iter(self._known)))
+        self._known[stream_id] = doc
+
     async def _tidy(self) -> None:
         limit = self.settings.idle_unsubscribe_s
+        failing = False
         while True:
             await asyncio.sleep(TIDY_INTERVAL_S)
             now = time.monotonic()
+            due: list[EdgeStream] = []
             for stream_id, stream in list(self.streams.items()):
                 for name in await stream.tidy(now, limit):
                     log.info("no viewer asked for %s in %.0f s; unsubscribing",
@@ -170,5 +194,33 @@ class EdgeStreams:
                 if not stream.renditions:
                     del self.streams[stream_id]
                     self._gauge.set(len(self.streams))
-                elif stream.origin_silent(now):
-                    await stream.recheck()
+                elif stream.due(now, self.settings.recheck_s):
+                    due.append(stream)
+            if not due:
+                continue
+            try:
+                docs = await self._lookup([s.stream_id for s in due])
+            except Exception as exc:  # the registry is away: keep serving what we follow
+                if not failing:
+                    log.warning("cannot recheck %d streams in the registry (%s); serving on", len(due), exc)
+                failing = True
+                for stream in due:
+                    stream.apply(None)
+                continue
+            failing = False
+            for stream in due:
+                doc = docs.get(stream.stream_id)
+                if doc is not None:
+                    self._remember(stream.stream_id, doc)
+                stream.apply(doc)
+
+    async def _lookup(self, stream_ids: list[str]) -> dict[str, dict]:
+        many = getattr(self._directory, "get_streams", None)
+        if many is not None:
+            return await many(stream_ids)
+        found = {}
+        for stream_id in stream_ids:
+            doc = await self._directory.get_stream(stream_id)
+            if doc is not None:
+                found[stream_id] = doc
+        return found

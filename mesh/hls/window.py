@@ -14,6 +14,13 @@ packetising inline (which is what happens without an ``offload``, as in the test
 Discontinuities come from the origin too: each epoch carries the discontinuity number the registry
 gave it. A hole the bus could not repair (a :class:`Gap`) or a jump in numbering restarts the
 window after the hole, so names and media sequence numbers always agree with every other edge.
+
+Epochs only go up: entries of an epoch below the highest seen (a deposed "zombie" origin still
+sending) are dropped. A takeover's new epoch starts above the numbers its predecessor reserved
+(see :mod:`mesh.registry`), so it shows as a jump: the window restarts at the new epoch's first
+segment with the discontinuity sequence one higher. ``EXT-X-MEDIA-SEQUENCE`` stays equal to the
+first listed name's number, so a cold edge that only ever saw the new epoch renders the same
+playlist as a warm one, and players see the media sequence move forward and one discontinuity.
 """
 from __future__ import annotations
 
@@ -91,6 +98,7 @@ class RenditionWindow:
         self.segments_cut = 0
         self.resets = 0
         self.dropped = 0
+        self.stale = 0  # entries of a lower epoch than the highest seen
 
     # -- observers -------------------------------------------------------------------------
     def on_change(self, callback: Callable[[], None]) -> None:
@@ -108,6 +116,11 @@ class RenditionWindow:
             if isinstance(d, Gap):
                 self._hole(f"bus gap of {d.lost}")
                 continue
+            if d.epoch != self.epoch:
+                if d.epoch < self.epoch:
+                    self.stale += 1  # a deposed origin's packet: never follow it back
+                    continue
+                self._new_epoch(d.epoch)
             kind = d.kind
             if kind == MEDIA:
                 if d.flags & 2:  # segment start
@@ -144,13 +157,21 @@ class RenditionWindow:
         self.video, self.audio, self.disc = video, audio, disc
         self._outcomes.append(False)
 
+    def _new_epoch(self, epoch: int) -> None:
+        """A higher epoch (a new origin, or a republish) begins: the old epoch's open segment was
+        never closed by its origin, so it is never listed (edges would disagree on its tail)."""
+        o, self._open = self._open, None
+        if o is not None:
+            self.dropped += len(o.aus)
+        if self.epoch:
+            log.info("%s: epoch %d follows %d", self.base, epoch, self.epoch)
+        self.epoch = epoch
+        self._outcomes.append(False)
+
     def _start(self, entry: Entry) -> None:
         if self.video is None and self.audio is None:
             self.dropped += 1
             return  # no codec config yet: nothing we could packetise
-        if entry.epoch != self.epoch:
-            self.epoch = entry.epoch
-            self._outcomes.append(False)
         last = self.last_seq
         if last is not None and entry.seg <= last:
             # A new origin reused numbers an old one listed (it died before recording them):

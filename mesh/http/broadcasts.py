@@ -31,7 +31,7 @@ from aiohttp import web
 from .. import __version__, metrics
 from ..errors import Conflict, Invalid, MeshError, NotFound, Unavailable
 from ..names import NAME_RULE, is_name
-from ..registry import BROADCASTING, Registry
+from ..registry import BROADCASTING, RETRY_AFTER_S, Registry, RegistryUnavailable
 from .app import MAX_BODY_BYTES, HttpError, json_response
 from .auth import RestAuth
 from .cluster import page_args
@@ -217,6 +217,8 @@ def add_broadcast_routes(app: web.Application, registry: Registry, app_name: str
             return await handler(request)
         except HttpError as exc:
             return result_error(exc.status, exc.message, exc.reason, data_id, exc.headers)
+        except RegistryUnavailable as exc:  # the database is away: a quick 503, try again soon
+            return result_error(503, exc.message, exc.reason, data_id, {"Retry-After": str(RETRY_AFTER_S)})
         except MeshError as exc:
             err = _domain(exc)
             return result_error(err.status, err.message, err.reason, data_id)

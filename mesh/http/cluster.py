@@ -8,19 +8,36 @@ default): a node that died long ago is history, not cluster. Its document stays 
 and ``mesh cluster nodes --all`` still lists it.
 - ``GET /healthz`` → this node's own health
 - ``GET /metrics`` → Prometheus text
+
+While the database is away, the registry calls fail fast and these answer ``503`` JSON with
+``Retry-After`` (:func:`registry_503`), never a 500 or a hang.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import functools
+from typing import Any, Awaitable, Callable
 
 import prometheus_client
 from aiohttp import web
 
-from ..registry import NodeView, Registry
+from ..registry import RETRY_AFTER_S, NodeView, Registry, RegistryUnavailable
 from .app import HttpError, json_response
 from .auth import RestAuth
 
 MAX_PAGE = 1000
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def registry_503(handler: Handler) -> Handler:
+    """A handler that reads the registry answers 503 with Retry-After when the database is away."""
+    @functools.wraps(handler)
+    async def call(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except RegistryUnavailable as exc:
+            return json_response({"error": exc.message}, status=503,
+                                 headers={"Retry-After": str(RETRY_AFTER_S)})
+    return call
 
 
 def page_args(request: web.Request) -> tuple[int, int]:
@@ -62,9 +79,11 @@ def node_json(view: NodeView, internal: bool = False) -> dict[str, Any]:
 def add_cluster_routes(app: web.Application, registry: Registry,
                        health: Callable[[], dict[str, Any]], auth: RestAuth,
                        forget_after_s: float | None = None) -> None:
+    @registry_503
     async def node_count(request: web.Request) -> web.Response:
         return json_response({"number": await registry.count_nodes_seen(forget_after_s)})
 
+    @registry_503
     async def nodes(request: web.Request) -> web.Response:
         offset, size = page_args(request)
         internal = auth.authenticated(request)

@@ -5,14 +5,19 @@ registry, so that an origin taking a stream over continues the numbering. One wr
 stream costs about a millisecond of the node's CPU and several of the database's; at a hundred
 streams that rivals the media work itself. So streams only *note* that they changed, and this book
 writes every noted stream in one ``bulk_write`` at most every ``interval_s``. A fenced stream (its
-epoch superseded by another origin's claim) is told at once and stops.
+epoch superseded by another origin's claim) is told at once and stops. Each write extends the
+stream's reservation of segment numbers; a stream whose document vanished (a database restored
+empty) re-creates it with its own epoch and numbering. ``failing_since`` tells the origin how long
+the registry has been unreachable (see :class:`mesh.nodes.origin.OriginPart`'s watchdog).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..registry import Fenced
 from .segmenter import Segmenter
 
 if TYPE_CHECKING:
@@ -30,7 +35,11 @@ class LiveStream(Protocol):
 
     def doc_fields(self) -> dict[str, Any]: ...
 
-    def fence(self) -> None: ...
+    def fence(self, reason: str = "") -> None: ...
+
+    def reserve(self, until: int) -> None: ...
+
+    async def restore(self) -> None: ...
 
 log = logging.getLogger("mesh.ingest")
 
@@ -44,6 +53,7 @@ class SequenceBook:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        self.failing_since: float | None = None  # monotonic time of the first failed write
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="sequence-book")
@@ -77,11 +87,19 @@ class SequenceBook:
         if not live:
             return
         updates = [(s.stream_id, s.epoch, s.segmenter.next_seq - 1, s.doc_fields()) for s in live]
+        reserve = self.registry.reserve_segments
         try:
-            fenced = await self.registry.advance_media_sequences(self.node_id, updates)
+            fenced, missing = await self.registry.record_sequences(self.node_id, updates)
+            for s in live:
+                if s.stream_id in missing:
+                    try:
+                        await s.restore()
+                    except Fenced:
+                        fenced.add(s.stream_id)
         except Exception as exc:  # the DB being away must not stop media; keep them for next time
             if not self._failing:
                 log.warning("could not record media_sequence of %d streams: %s; retrying", len(live), exc)
+                self.failing_since = time.monotonic()
             self._failing = True
             for s in live:
                 self._dirty.setdefault(s.stream_id, s)
@@ -90,6 +108,9 @@ class SequenceBook:
         if self._failing:
             log.info("recording media_sequence again")
         self._failing = False
-        for s in live:
+        self.failing_since = None
+        for (_, _, seq, _), s in zip(updates, live):
             if s.stream_id in fenced:
                 s.fence()
+            elif s.stream_id not in missing:
+                s.reserve(seq + reserve)

@@ -47,8 +47,9 @@ class FlvPublish:
 
     def _check_owner(self) -> None:
         if self.live.fenced:
-            raise PublishAborted("fenced", f"stream {self.live.stream_id} was taken over by another "
-                                           f"origin; this publisher is no longer the source")
+            raise PublishAborted("fenced", self.live.fence_reason or (
+                f"stream {self.live.stream_id} was taken over by another origin; "
+                f"this publisher is no longer the source"))
 
     def on_media(self, batch: list[tuple[int, int, bytes]]) -> None:
         """A read's worth of media, ``(type_id, timestamp_ms, payload)`` each (9 video, 8 audio):

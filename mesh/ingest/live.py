@@ -5,6 +5,11 @@ units in the bus's media model; it stamps them with the origin's segment decisio
 them, and notes closed segments in the origin's :class:`~.bookkeeping.SequenceBook`, which
 records ``media_sequence`` for all streams in one bulk write (never on the packet path). A fenced
 write means another origin took the stream over: this one stops publishing it at once.
+
+Each write also extends the stream's reservation of segment numbers (see :mod:`mesh.registry`);
+the segmenter never starts a number beyond it. A stream whose reservation runs out (the registry
+unreachable for longer than the reservation lasts) stops instead of risking a number a successor
+may be given, and tells its publisher why.
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from mesh_codecs.media import (VIDEO, AccessUnit, AudioConfig, VideoConfig, audi
 from .. import metrics
 from ..broker.wire import FLAG_SEG_START
 from ..ladder import Rung
-from ..registry import FINISHED, Claim, Fenced
+from ..registry import FINISHED, Claim, Fenced, NodeInfo
 from .abr import Renditions
 from .segmenter import Segmenter
 
@@ -44,12 +49,17 @@ class LiveStream:
         self.source = source  # "rtmp" or the pulled URL
         self.bus = bus
         self.channel = bus.open_channel(stream_id, "src", claim.epoch)
-        self.segmenter = Segmenter(segment_target_s, claim.media_sequence, part_target_s)
+        # After a takeover viewers are waiting: the first segment closes at the first keyframe
+        # after one second (still the origin's decision, so every edge cuts it alike).
+        self.segmenter = Segmenter(segment_target_s, claim.media_sequence, part_target_s,
+                                   limit=claim.reserved or None,
+                                   first_target_s=min(1.0, segment_target_s) if claim.takeover else None)
         self.video: VideoConfig | None = None
         self.audio: AudioConfig | None = None
         self.on_fenced = on_fenced
         self.fenced = False
         self.recorder: Any = None  # an Mp4Recorder (mesh/ingest/record.py) when the origin records
+        self.fence_reason = ""  # what the publisher is told when the stream stops here
         self.finished = False
         self.bytes_in = 0
         self._bytes_counted = 0  # of bytes_in, already in metrics.INGEST_BYTES
@@ -96,7 +106,12 @@ class LiveStream:
             return
         if (self.video if track == VIDEO else self.audio) is None:
             return  # media before its codec config cannot be decoded by anyone
-        pts, dts, seg, flags, closed = self.segmenter.stamp(track, pts, dts, key)
+        segmenter = self.segmenter
+        pts, dts, seg, flags, closed = segmenter.stamp(track, pts, dts, key)
+        if segmenter.starved:
+            self.fence(f"stream {self.stream_id} stopped on this origin: it could not reserve segment "
+                       f"numbers in the cluster registry (unreachable); publish again when it is back")
+            return
         if seg is None:
             return
         self.bytes_in += len(data)
@@ -144,14 +159,37 @@ class LiveStream:
             fields["dropped_renditions"] = [{"name": n, "why": why} for n, why in self.abr.dropped.items()]
         return fields
 
-    def fence(self) -> None:
-        """Another origin claimed this stream (a newer epoch): stop publishing it here."""
+    def reserve(self, until: int) -> None:
+        """The registry recorded our reservation: numbers below ``until`` are ours to use."""
+        limit = self.segmenter.limit
+        if limit is not None and until > limit:
+            self.segmenter.limit = until
+
+    async def restore(self) -> None:
+        """Our document vanished (a database restored empty): re-create it as we are."""
+        me = NodeInfo(self.node_id, "origin", "", bus_endpoint=self.bus.endpoint,
+                      snapshot_endpoint=self.bus.snapshot_endpoint)
+        next_seq = self.segmenter.next_seq
+        self.reserve(await self.registry.restore_stream(
+            self.stream_id, self.app, me, self.epoch, next_seq, self.claim.discontinuity_sequence,
+            self.renditions()))
+        log.warning("stream %s was missing from the registry; re-created it (epoch %d, next segment %d)",
+                    self.stream_id, self.epoch, next_seq)
+
+    def fence(self, reason: str = "") -> None:
+        """Stop publishing this stream here: another origin claimed it (a newer epoch), or this
+        origin cannot keep its claim (``reason`` says why, for the log and the publisher)."""
         if self.fenced:
             return
         self.fenced = True
         self._drop_metrics()
-        log.warning("stream %s was taken over by another origin (epoch %d superseded); "
-                    "stopping it here", self.stream_id, self.epoch)
+        self.fence_reason = reason or (f"stream {self.stream_id} was taken over by another origin; "
+                                       f"this publisher is no longer the source")
+        if reason:
+            log.warning("%s", reason)
+        else:
+            log.warning("stream %s was taken over by another origin (epoch %d superseded); "
+                        "stopping it here", self.stream_id, self.epoch)
         self.bus.close_channel(self.channel)
         if self.abr is not None:
             self.abr.stop()

@@ -15,6 +15,10 @@ So parts end on frame boundaries and stay within the target whenever frames come
 Timestamps are also made safe here, once, for everyone downstream: DTS never goes backwards on a
 track and PTS is never below DTS (encoders and RTMP relays do produce such packets).
 
+Numbers are reserved in the registry before they are used (see :mod:`mesh.registry`): ``limit``
+is the first number this segmenter may not start. At a boundary beyond it the segment is not cut
+and ``starved`` is set; the live stream then stops rather than list a number a successor may use.
+
 ``push(au)`` stamps an :class:`AccessUnit`; ``stamp(track, pts, dts, key)`` is the same decision on
 plain values, for the ingest's per-packet path.
 """
@@ -46,13 +50,18 @@ class Stamp:
 
 
 class Segmenter:
-    def __init__(self, target_s: float = 2.0, first_seq: int = 0, part_target_s: float = 0.2):
+    def __init__(self, target_s: float = 2.0, first_seq: int = 0, part_target_s: float = 0.2,
+                 limit: int | None = None, first_target_s: float | None = None):
         self.target_ticks = int(target_s * CLOCK_HZ)
+        # The first segment may be cut sooner (after a takeover: viewers wait for it to close)
+        self._cut_ticks = int(first_target_s * CLOCK_HZ) if first_target_s else self.target_ticks
         self.part_target_ticks = max(1, int(round(part_target_s * CLOCK_HZ)))
         self.part = 0  # the open part's number within its segment (0, 1, 2 ...)
         self._part_start_dts = 0
         self._last_cut_dts: int | None = None  # previous frame of the cutting track
         self.next_seq = first_seq  # number the next segment will take
+        self.limit = limit  # first number not reserved (None: no limit)
+        self.starved = False  # a boundary came and the next number was not reserved
         self.has_video = False
         self.current: int | None = None  # open segment's number
         self._start_dts = 0
@@ -90,35 +99,49 @@ class Segmenter:
         last_dts[track] = dts
         current = self.current
         if self.has_video:
-            boundary = track == VIDEO and key and (current is None or dts - self._start_dts >= self.target_ticks)
+            boundary = track == VIDEO and key and (current is None or dts - self._start_dts >= self._cut_ticks)
         elif track == AUDIO:
             if self._first_audio_dts is None:
                 self._first_audio_dts = dts
             if current is None:
                 boundary = dts - self._first_audio_dts >= AUDIO_ONLY_AFTER_TICKS
             else:
-                boundary = dts - self._start_dts >= self.target_ticks
+                boundary = dts - self._start_dts >= self._cut_ticks
         else:
             boundary = False
         if not boundary:
             if current is None:
                 self.dropped_before_start += 1
                 return pts, dts, None, 0, None
-            flags = FLAG_KEY if key else 0
-            if track == (VIDEO if self.has_video else AUDIO):
-                last_cut, self._last_cut_dts = self._last_cut_dts, dts
-                elapsed = dts - self._part_start_dts
-                step = dts - last_cut if last_cut is not None else 0
-                if elapsed >= self.part_target_ticks or elapsed + step > self.part_target_ticks + PART_JITTER_TICKS:
-                    self.part += 1
-                    self._part_start_dts = dts
-                    flags |= FLAG_PART_START
-            return pts, dts, current, flags, None
+            return self._inside(track, pts, dts, key, current)
+        limit = self.limit
+        if limit is not None and self.next_seq >= limit:
+            self.starved = True  # never cut a number a successor may be given
+            if current is None:
+                self.dropped_before_start += 1
+                return pts, dts, None, 0, None
+            return self._inside(track, pts, dts, key, current)
         closed = None
         if current is not None:
             closed = ClosedSegment(current, dts - self._start_dts)
+            self._cut_ticks = self.target_ticks
         self.current = self.next_seq
         self.next_seq += 1
         self._start_dts = self._part_start_dts = self._last_cut_dts = dts
         self.part = 0
         return pts, dts, self.current, FLAG_KEY | FLAG_SEG_START | FLAG_PART_START, closed
+
+    def _inside(self, track: int, pts: int, dts: int, key: bool, current: int
+                ) -> tuple[int, int, int | None, int, ClosedSegment | None]:
+        """The stamp of a unit inside the open segment: a part starts on a frame of the cutting
+        track once the part target has passed (or the next frame would pass it too far)."""
+        flags = FLAG_KEY if key else 0
+        if track == (VIDEO if self.has_video else AUDIO):
+            last_cut, self._last_cut_dts = self._last_cut_dts, dts
+            elapsed = dts - self._part_start_dts
+            step = dts - last_cut if last_cut is not None else 0
+            if elapsed >= self.part_target_ticks or elapsed + step > self.part_target_ticks + PART_JITTER_TICKS:
+                self.part += 1
+                self._part_start_dts = dts
+                flags |= FLAG_PART_START
+        return pts, dts, current, flags, None

@@ -142,24 +142,33 @@ class Node:
         return figures
 
     async def _heartbeat(self) -> None:
+        """Beat about every second. Each beat writes the whole node document (upserted), so the
+        node re-registers by itself after the database comes back without it. Orphaned streams
+        are only judged once our beats have succeeded for a full dead-node bound: after an
+        outage every live node must have had the chance to beat again before anyone is called
+        dead."""
         assert self.registry is not None
+        cfg = self.cfg
         beats = 0
         failing = False
+        ok_since = time.monotonic()
         while True:
             try:
-                await self.registry.heartbeat(self.node_id, self.load())
-                if self.role != "edge" and beats % 5 == 0:
-                    await self.registry.mark_orphans()
+                await self.registry.heartbeat(self.node_id, self.load(), self.info)
                 if failing:
-                    log.info("registry reachable again")
+                    log.info("registry reachable again; node %s re-registered", self.node_id)
+                    ok_since = time.monotonic()
                 failing = False
+                settled = time.monotonic() - ok_since > cfg.node_dead_after_s + cfg.heartbeat_interval_s
+                if self.role != "edge" and beats % 5 == 0 and settled:
+                    await self.registry.mark_orphans()
             except Exception as exc:  # the DB being away must not stop media
                 if not failing:
                     log.warning("heartbeat to the registry failed (%s); media keeps flowing, "
-                                "retrying every %.0f s", exc, self.cfg.heartbeat_interval_s)
+                                "retrying every %.0f s", exc, cfg.heartbeat_interval_s)
                 failing = True
             beats += 1
-            await asyncio.sleep(self.cfg.heartbeat_interval_s)
+            await asyncio.sleep(cfg.heartbeat_interval_s)
 
     async def _origin_hint(self) -> str:
         assert self.registry is not None

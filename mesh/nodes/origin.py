@@ -4,6 +4,18 @@ published on the bus (media + snapshots) with origin-decided segment boundaries.
 Wiring and the claim: the bus publisher, the RTMP server (this part is its handler), the
 pull-source manager (handed :meth:`OriginPart.begin_stream`/:meth:`OriginPart.end_stream`), and
 the sequence book that records segment numbers in the registry.
+
+Two fault rules live here (README "Failures"):
+
+- **Fast takeover.** A publish of a stream the registry still gives to another origin is not
+  refused at once: that owner is probed directly (TCP connects to its HTTP and bus ports, about
+  half a second each). If both are refused or time out it is dead, and the stream is claimed with
+  the fencing epoch under the condition that it is still exactly that owner's at that epoch
+  (:meth:`Registry.claim_stream` ``dead_owner``). A live owner accepts connections, so its stream
+  is never taken; a second publisher of a live stream is still refused.
+- **Zombie watch.** While this origin cannot write to the registry, it asks its peers (the nodes
+  it last saw alive, which may still reach the database) who owns each of its streams; a stream
+  another origin now owns (a higher epoch) is stopped here and its publisher told why.
 """
 from __future__ import annotations
 
@@ -12,7 +24,9 @@ import hmac
 import logging
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
+import aiohttp
 import zmq.asyncio
 
 from .. import metrics, tokens
@@ -30,7 +44,11 @@ from ..ingest.rtmp_server import (PublishAborted, PublishRejected, RtmpConnectio
                                   server_limits)
 from ..ladder import parse_ladder
 from ..names import NAME_RULE, is_name
-from ..registry import FINISHED, NodeInfo, Registry, RegistryError, StreamBusy
+from ..registry import FINISHED, Claim, NodeInfo, Registry, RegistryError, StreamBusy
+
+PROBE_TIMEOUT_S = 0.5  # per connect when probing a registered owner
+PEER_TIMEOUT_S = 1.0  # per question to a peer while the registry is unreachable
+PEERS_ASKED = 3
 
 log = logging.getLogger("mesh.origin")
 
@@ -59,6 +77,9 @@ class OriginPart:
         self._vod_beats = 0
         self._vod_task: asyncio.Task[None] | None = None
         self._claiming: set[str] = set()
+        self._peers: list[str] = []  # HTTP URLs of the other nodes last seen alive
+        self._watch: asyncio.Task[None] | None = None
+        self._http: aiohttp.ClientSession | None = None
         self._gauge = metrics.STREAMS.labels("origin")
         self._secrets = tokens.secrets_of(cfg.cluster_secret, cfg.cluster_secret_previous)
         self.ladder = parse_ladder(cfg.abr)
@@ -81,9 +102,16 @@ class OriginPart:
         await self.rtmp.start()
         self.info.rtmp_url = f"rtmp://{self.cfg.host}:{self.rtmp.port}/{self.cfg.app}"
         self.adopter.start()
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_S))
+        self._watch = asyncio.create_task(self._watch_registry(), name="origin-registry-watch")
 
     async def stop(self) -> None:
         await self.adopter.stop()
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()
         await self.pulls.stop()  # pulled streams end like unpublished ones
         await self.rtmp.stop()  # every publisher's on_unpublish has run: eos sent, status written
         for live in list(self.live.values()):
@@ -123,7 +151,10 @@ class OriginPart:
                                   f"this origin is at its limit of {cfg.max_publishers} streams")
         self._claiming.add(stream_id)
         try:
-            claim = await self.registry.claim_stream(stream_id, app, self.info)
+            try:
+                claim = await self.registry.claim_stream(stream_id, app, self.info)
+            except StreamBusy as busy:
+                claim = await self._take_over_if_dead(busy)
         except StreamBusy as busy:
             raise PublishRejected("NetStream.Publish.BadName", str(busy)) from None
         except (RegistryError, OSError, Exception) as exc:  # the DB is the authority; without it, refuse
@@ -143,6 +174,58 @@ class OriginPart:
         log.info("stream %s/%s live on %s (epoch %d, from segment %d%s)", app, stream_id, node_id,
                  claim.epoch, claim.media_sequence, ", taking over" if claim.takeover else "")
         return live
+
+    async def _take_over_if_dead(self, busy: StreamBusy) -> Claim:
+        """The registry still names another owner: claim the stream if that owner is dead."""
+        view = await self.registry.get_node(busy.origin)
+        if view is None or view.node_id == self.info.node_id or not await owner_is_dead(view.doc):
+            raise busy
+        claim = await self.registry.claim_stream(busy.stream_id, self.cfg.app, self.info,
+                                                 dead_owner=(busy.origin, busy.epoch))
+        log.warning("stream %s: its origin %s refuses connections (dead); taking over at epoch %d",
+                    busy.stream_id, busy.origin, claim.epoch)
+        return claim
+
+    async def _watch_registry(self) -> None:
+        """Keep a list of peers while the registry answers; ask them about our streams when not."""
+        refreshed = 0.0
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            since = self.book.failing_since
+            try:
+                if since is None:
+                    if now - refreshed >= 5.0:
+                        refreshed = now
+                        views = await self.registry.list_nodes()
+                        self._peers = [str(v.doc.get("http_url")) for v in views
+                                       if v.alive and v.node_id != self.info.node_id
+                                       and v.doc.get("http_url")]
+                elif now - since >= self.cfg.heartbeat_interval_s * 2:
+                    for live in list(self.live.values()):
+                        await self._ask_peers(live)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("registry watch: %s", exc)
+
+    async def _ask_peers(self, live: LiveStream) -> None:
+        assert self._http is not None
+        for peer in self._peers[:PEERS_ASKED]:
+            url = f"{peer}/{live.app}/rest/v2/broadcasts/{live.stream_id}"
+            try:
+                async with self._http.get(url) as resp:
+                    if resp.status != 200:
+                        continue  # 503: the registry is away for that peer too
+                    doc = await resp.json()
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                continue
+            epoch, owner = doc.get("epoch"), doc.get("originNode")
+            if isinstance(epoch, int) and epoch > live.epoch:
+                live.fence(f"stream {live.stream_id} was taken over by {owner} (epoch {epoch}) while "
+                           f"this origin was cut off from the cluster registry; stopping it here")
+                return
+            return  # the peer sees the registry and we still own it
 
     async def end_stream(self, live: LiveStream, reason: str) -> None:
         self._forget(live)
@@ -281,3 +364,26 @@ class _StoppablePublish(FlvPublish):
         if self.stop_reason:
             raise PublishAborted("stopped", self.stop_reason)
         super().on_video(timestamp_ms, payload)
+
+
+async def _refuses(host: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), PROBE_TIMEOUT_S)
+    except (OSError, asyncio.TimeoutError):
+        return True
+    writer.close()
+    return False
+
+
+async def owner_is_dead(doc: dict[str, Any]) -> bool:
+    """True when the node ``doc`` describes refuses (or never answers) TCP connections on both its
+    HTTP and its bus port. A process that is alive, even stalled, has its ports accepting."""
+    ends = []
+    for key in ("http_url", "bus_endpoint"):
+        parts = urlsplit(str(doc.get(key) or ""))
+        if parts.hostname and parts.port:
+            ends.append((parts.hostname, parts.port))
+    if not ends:
+        return False  # nothing to probe: wait for the registry to age it out
+    results = await asyncio.gather(*(_refuses(h, p) for h, p in ends))
+    return all(results)
