@@ -28,6 +28,7 @@ source's aspect ratio, both dimensions even.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 from collections.abc import Sequence
@@ -92,17 +93,21 @@ def _tent_weights(src: int, dst: int) -> list[dict[int, float]]:
     return taps
 
 
+def _axis_rows(src: int, dst: int, filt: str) -> list[dict[int, float]]:
+    if not (0 < src <= MAX_DIMENSION and 0 < dst <= MAX_DIMENSION):
+        raise ValueError(f"axis sizes must be 1..{MAX_DIMENSION}: source {src}, output {dst}")
+    if filt not in FILTERS:
+        raise ValueError(f"unknown filter {filt!r}; use one of {', '.join(FILTERS)}")
+    return _area_weights(src, dst) if filt == "area" else _tent_weights(src, dst)
+
+
 def axis_weights(src: int, dst: int, filt: str = "area") -> tuple[np.ndarray, np.ndarray, int]:
     """One axis of a plan: ``(starts int32[dst], weights float32[dst * taps], taps)``.
 
     Output pixel ``j`` is ``sum(weights[j*taps + t] * line[starts[j] + t])``. Weights are
     non-negative and sum to one per output pixel; ``starts[j] + taps <= src`` always.
     """
-    if not (0 < src <= MAX_DIMENSION and 0 < dst <= MAX_DIMENSION):
-        raise ValueError(f"axis sizes must be 1..{MAX_DIMENSION}: source {src}, output {dst}")
-    if filt not in FILTERS:
-        raise ValueError(f"unknown filter {filt!r}; use one of {', '.join(FILTERS)}")
-    rows = _area_weights(src, dst) if filt == "area" else _tent_weights(src, dst)
+    rows = _axis_rows(src, dst, filt)
     taps = max(max(r) - min(r) + 1 for r in rows)
     starts = np.empty(dst, np.int32)
     weights = np.zeros(dst * taps, np.float64)
@@ -115,18 +120,58 @@ def axis_weights(src: int, dst: int, filt: str = "area") -> tuple[np.ndarray, np
     return starts, weights.astype(np.float32), taps
 
 
-def _periodic(src: int, dst: int, starts: np.ndarray, weights: np.ndarray, taps: int) -> tuple[int, np.ndarray]:
-    """The horizontal kernel for an axis: a period-specialised one (``HMODE_2_1``/``HMODE_3_2``)
-    with just its repeating weights when the axis has that exact ratio and period, else the
-    general one with the full table."""
-    j = np.arange(dst)
-    table = weights.reshape(dst, taps)
-    if src == 2 * dst and taps == 2 and np.array_equal(starts, 2 * j) and (table == table[0]).all():
-        return k.HMODE_2_1, np.ascontiguousarray(table[0])
-    if 2 * src == 3 * dst and taps == 2 and np.array_equal(starts, 3 * (j // 2) + (j % 2)) \
-            and (table[0::2] == table[0]).all() and (table[1::2] == table[1]).all():
-        return k.HMODE_3_2, np.ascontiguousarray(table[:2].ravel())
-    return k.HMODE_GENERAL, weights
+_FAMILIES = ((k.FAMILY_2_1, 2, 1), (k.FAMILY_3_2, 3, 2))
+_MIN_RUN = 16  # a family form pays only if its segments are this many outputs long on average
+
+
+def _family(src: int, dst: int, rows: list[dict[int, float]]) -> tuple | None:
+    """The horizontal family form for an axis (see :mod:`mesh_codecs.scale_kernels`) or None.
+
+    Tries P:Q in 2:1 and 3:2; cuts the outputs into segments over which one shift ``s`` puts
+    every output's true support inside its T-tap window ``[P*p + off[q] + s, ... + T)``,
+    with the fewest taps T (2, 3 or 4) that keeps the segments long.
+    Returns ``(family, segs int64[3 * nseg], offs int64[Q], W float32[Q * T * n], row_len, T)``.
+    """
+    for (family, P, Q), T in itertools.product(_FAMILIES, k.FAMILY_TAPS):
+        if abs(src / dst - P / Q) > 0.1 * P / Q:
+            continue
+        offs = [(q * P) // Q for q in range(Q)]
+        n = -(-dst // Q)
+        segs: list[list[int]] = []  # [p0, p1, s_low, s_high]
+        for p in range(n):
+            low, high = -P * p, 1 << 30  # low: no window may start left of the plane
+            for q in range(Q):
+                j = p * Q + q
+                if j < dst:
+                    base = P * p + offs[q]
+                    high = min(high, min(rows[j]) - base)
+                    low = max(low, max(rows[j]) + 1 - T - base)
+            if low > high:
+                break
+            if segs and max(segs[-1][2], low) <= min(segs[-1][3], high):
+                seg = segs[-1]
+                seg[1], seg[2], seg[3] = p + 1, max(seg[2], low), min(seg[3], high)
+            else:
+                segs.append([p, p + 1, low, high])
+        else:
+            if n / len(segs) < _MIN_RUN:
+                continue
+            W = np.zeros((Q, T, n), np.float64)
+            firsts = []
+            for p0, p1, _, s in segs:
+                for p in range(p0, p1):
+                    for q in range(Q):
+                        j = p * Q + q
+                        if j < dst:
+                            first = P * p + offs[q] + s
+                            firsts.append(first)
+                            total = sum(rows[j].values())
+                            for i, w in rows[j].items():
+                                W[q, i - first, p] = w / total
+            row_len = max(max(firsts) + T, src)
+            flat = np.array([(p0, p1, s) for p0, p1, _, s in segs], np.int64).ravel()
+            return family, flat, np.array(offs, np.int64), W.astype(np.float32).ravel(), row_len, T
+    return None
 
 
 @dataclass(frozen=True)
@@ -141,7 +186,10 @@ class PlanePlan:
     ys: np.ndarray
     yw: np.ndarray
     ty: int
-    hmode: int  # which horizontal kernel (scale_kernels.HMODE_*); xw holds only its weights
+    family: int  # the horizontal form, scale_kernels.FAMILY_*; a family's weights are in xw
+    segs: np.ndarray
+    offs: np.ndarray
+    row_len: int  # the kernel's row buffer: the source width plus the zeros a window may reach
 
 
 @dataclass(frozen=True)
@@ -156,18 +204,24 @@ class ScalePlan:
     planes: tuple[PlanePlan, PlanePlan, PlanePlan]
 
 
-def _plane_plan(sw: int, sh: int, dw: int, dh: int, filt: str) -> PlanePlan:
+def _plane_plan(sw: int, sh: int, dw: int, dh: int, filt: str, families: bool) -> PlanePlan:
     xs, xw, tx = axis_weights(sw, dw, filt)
-    hmode, xw = _periodic(sw, dw, xs, xw, tx)
     ys, yw, ty = axis_weights(sh, dh, filt)
-    return PlanePlan(sw, sh, dw, dh, xs, xw, tx, ys, yw, ty, hmode)
+    fam = _family(sw, dw, _axis_rows(sw, dw, filt)) if families else None
+    if fam is None:
+        none = np.zeros(0, np.int64)
+        return PlanePlan(sw, sh, dw, dh, xs, xw, tx, ys, yw, ty, k.FAMILY_GENERAL, none, none, sw)
+    family, segs, offs, W, row_len, taps = fam
+    return PlanePlan(sw, sh, dw, dh, xs, W, taps, ys, yw, ty, family, segs, offs, row_len)
 
 
 @functools.lru_cache(maxsize=64)
-def make_plan(src_w: int, src_h: int, dst_w: int, dst_h: int, filter: str = "area") -> ScalePlan:
-    """The plan for scaling ``src_w x src_h`` I420 frames to ``dst_w x dst_h`` (cached)."""
-    luma = _plane_plan(src_w, src_h, dst_w, dst_h, filter)
-    chroma = _plane_plan(*chroma_size(src_w, src_h), *chroma_size(dst_w, dst_h), filter)
+def make_plan(src_w: int, src_h: int, dst_w: int, dst_h: int, filter: str = "area",
+              families: bool = True) -> ScalePlan:
+    """The plan for scaling ``src_w x src_h`` I420 frames to ``dst_w x dst_h`` (cached).
+    ``families=False`` keeps every plane on the general horizontal form (for tests)."""
+    luma = _plane_plan(src_w, src_h, dst_w, dst_h, filter, families)
+    chroma = _plane_plan(*chroma_size(src_w, src_h), *chroma_size(dst_w, dst_h), filter, families)
     return ScalePlan(src_w, src_h, dst_w, dst_h, filter, (luma, chroma, chroma))
 
 
@@ -216,11 +270,11 @@ def scale_planes(plan: ScalePlan, src: Sequence[np.ndarray], dst: Sequence[np.nd
         sflat, sls = _flat(s, p.src_w, p.src_h, f"source plane {name}")
         dflat, dls = _flat(d, p.dst_w, p.dst_h, f"output plane {name}", writable=True)
         if parallel:
-            k.scale_plane_parallel(sflat, sls, p.src_w, dflat, dls, p.dst_w, p.dst_h,
-                                   p.ys, p.yw, p.ty, p.xs, p.xw, p.tx, p.hmode, chunks)
+            k.scale_plane_parallel(sflat, sls, p.src_w, dflat, dls, p.dst_w, p.dst_h, p.ys, p.yw, p.ty,
+                                   p.xs, p.xw, p.tx, p.family, p.segs, p.offs, p.row_len, chunks)
         else:
-            k.scale_plane(sflat, sls, p.src_w, dflat, dls, p.dst_w, p.dst_h,
-                          p.ys, p.yw, p.ty, p.xs, p.xw, p.tx, p.hmode)
+            k.scale_plane(sflat, sls, p.src_w, dflat, dls, p.dst_w, p.dst_h, p.ys, p.yw, p.ty,
+                          p.xs, p.xw, p.tx, p.family, p.segs, p.offs, p.row_len)
     return dst
 
 

@@ -1,30 +1,35 @@
 """Numba kernels behind :mod:`mesh_codecs.scale`: one separable resampling pass per 8-bit plane.
 
 A plane is a flat ``uint8`` buffer with a row stride (``linesize``), as FFmpeg lays frames out:
-row ``y`` starts at ``y * linesize`` and only its first ``width`` bytes are pixels, so a
-PyAV plane with line padding is read in place, never copied.
+row ``y`` starts at ``y * linesize`` and only its first ``width`` bytes are pixels, so a PyAV
+plane with line padding is read in place, never copied.
 
-Each output row is made in two steps. **Vertical first**: the ``ty`` source rows the output row
-draws from are summed with their weights into one ``float32`` row of source width (contiguous
-loads and stores, which LLVM vectorises). **Then horizontal**: each output pixel sums ``tx``
-neighbouring values of that row with its own weights, rounds and stores a byte. Vertical first
-does the horizontal half, the one that gathers, on the smaller (already downscaled) number of
-rows.
+Each output row is made in two steps. **Vertical first**: the ``ty`` source rows it draws from
+are summed with their weights into a ``float32`` row of source width (contiguous loads, which
+LLVM vectorises). **Then horizontal**: each output pixel sums its taps of that row, rounds and
+stores a byte. Vertical first gives the harder, horizontal half the smaller number of rows.
 
-The horizontal step has two forms. The general one reads each output pixel's start and weights
-from the plan; LLVM does not vectorise its gathers. When the ratio is exactly 2:1 or 3:2
-(1280 -> 640, 1920 -> 1280 and their chroma planes) and the weights repeat with that period (the
-area filter's do), the plan passes just the repeating weights (``[a, b]`` or ``[a, b, c, d]``)
-and a loop written for that period, with constant-stride loads, vectorises: 5-8x faster than
-the general form, measured. ``HMODE_*`` names the forms.
+The horizontal step is where the time goes, because each output pixel reads the row at its own
+offset, and LLVM will not vectorise such gathers (nor are gathers fast on this machine). So
+there are two horizontal forms (``FAMILY_*``):
+
+* **general**: per output pixel, a start and ``tx`` weights from the plan; scalar, about 1.5 ns
+  a pixel (fixed tap counts 2-4 are unrolled, which is 3x faster than a loop over the taps).
+* **family P:Q** (2:1 or 3:2): for ratios at or near P/Q (1280 -> 640, 1920 -> 1280, also
+  1280 -> 854 = 1.4988), output pixel ``p*Q + q`` is given 4 taps starting at
+  ``P*p + off[q] + s``, where ``s`` is constant over long runs of ``p`` (the plan's
+  *segments*; it steps by one where the true ratio drifts away from P/Q) and the 4-tap window
+  always covers the pixel's true support (the other taps weigh zero). The vertical step writes
+  the row de-interleaved into P phase rows (``R[c][m] = row[P*m + c]``), so every tap of every
+  output is a contiguous load ``R[c][p + d]`` with a per-segment ``c, d``, and the weights are
+  stored per (phase, tap) as contiguous arrays: the whole step vectorises. The result is exact
+  (the same weights as the general form), not an approximation of the ratio.
 
 Weights are ``float32``, never negative, and sum to one per output pixel, so a result is a
-weighted mean of bytes: it needs rounding (``+ 0.5`` then truncation) but never clamping.
-Taps are padded to a fixed count per axis (zero weights) with their start kept inside the
-plane, so no kernel branches on edges.
+weighted mean of bytes: it is rounded (``+ 0.5`` then truncation) and never needs clamping.
 
 ``scale_plane`` is the serial kernel; ``scale_plane_parallel`` splits the output rows into
-chunks over Numba's threads (``prange``), each chunk with its own row buffer. Both are compiled
+chunks over Numba's threads (``prange``), each chunk with its own row buffers. Both are compiled
 ``nogil=True, cache=True`` (the decorators of :mod:`mesh_codecs.jit`, plus ``parallel=True``).
 """
 from __future__ import annotations
@@ -34,89 +39,134 @@ import numpy as np
 
 from .jit import inline, jit
 
-HMODE_GENERAL = 0
-HMODE_2_1 = 1  # dst = src / 2: out[j] = a*in[2j] + b*in[2j+1]
-HMODE_3_2 = 2  # dst = src * 2/3: out[2i] = a*in[3i] + b*in[3i+1]; out[2i+1] = c*in[3i+1] + d*in[3i+2]
+FAMILY_GENERAL = 0
+FAMILY_2_1 = 1
+FAMILY_3_2 = 2
+FAMILY_TAPS = (2, 3, 4)  # taps per output pixel a family form can have (support plus slack)
 
 # The parallel variant; importing .jit has already settled the cache directory.
 pjit = numba.njit(nogil=True, cache=True, parallel=True)
 
 _U = np.uint64  # unsigned indexes: no negative-index wraparound code, so loops vectorise
+_HALF = np.float32(0.5)
 
 
 @inline
 def _vertical(src, src_ls, src_w, y0, yw, wbase, ty, row):
-    """``row[x] = sum_k yw[wbase + k] * src[y0 + k][x]`` over the plane's width."""
-    w = yw[wbase]
-    base = _U(y0 * src_ls)
-    for x in range(src_w):
-        row[_U(x)] = w * np.float32(src[base + _U(x)])
-    for k in range(1, ty):
+    """``row[x] = sum_k yw[wbase + k] * src[y0 + k][x]``, for the general form."""
+    for k in range(ty):
         w = yw[wbase + k]
         base = _U((y0 + k) * src_ls)
-        for x in range(src_w):
-            row[_U(x)] += w * np.float32(src[base + _U(x)])
+        if k == 0:
+            for x in range(src_w):
+                row[_U(x)] = w * np.float32(src[base + _U(x)])
+        else:
+            for x in range(src_w):
+                row[_U(x)] += w * np.float32(src[base + _U(x)])
 
 
 @inline
-def _horizontal(row, dst, out, dst_w, xs, xw, tx, hmode):
-    half = np.float32(0.5)
-    if hmode == HMODE_2_1:
-        a, b = xw[0], xw[1]
+def _horizontal(row, dst, out, dst_w, xs, xw, tx):
+    """The general form: output ``j`` = ``sum_t xw[j*tx + t] * row[xs[j] + t]``."""
+    if tx == 1:
         for j in range(dst_w):
-            i = _U(2 * j)
-            dst[out + _U(j)] = np.uint8(half + a * row[i] + b * row[i + _U(1)])
-    elif hmode == HMODE_3_2:
-        a, b, c, d = xw[0], xw[1], xw[2], xw[3]
-        for p in range(dst_w // 2):
-            i = _U(3 * p)
-            o = out + _U(2 * p)
-            dst[o] = np.uint8(half + a * row[i] + b * row[i + _U(1)])
-            dst[o + _U(1)] = np.uint8(half + c * row[i + _U(1)] + d * row[i + _U(2)])
-    elif tx == 2:  # fixed tap counts unroll: 3x faster than the loop over k (measured)
+            dst[out + _U(j)] = np.uint8(np.int32(_HALF + xw[j] * row[_U(xs[j])]))
+    elif tx == 2:
         for j in range(dst_w):
             i, w = _U(xs[j]), _U(2 * j)
-            dst[out + _U(j)] = np.uint8(half + xw[w] * row[i] + xw[w + _U(1)] * row[i + _U(1)])
+            dst[out + _U(j)] = np.uint8(np.int32(_HALF + xw[w] * row[i] + xw[w + _U(1)] * row[i + _U(1)]))
     elif tx == 3:
         for j in range(dst_w):
             i, w = _U(xs[j]), _U(3 * j)
-            dst[out + _U(j)] = np.uint8(half + xw[w] * row[i] + xw[w + _U(1)] * row[i + _U(1)]
-                                        + xw[w + _U(2)] * row[i + _U(2)])
+            dst[out + _U(j)] = np.uint8(np.int32(_HALF + xw[w] * row[i] + xw[w + _U(1)] * row[i + _U(1)]
+                                                 + xw[w + _U(2)] * row[i + _U(2)]))
     elif tx == 4:
         for j in range(dst_w):
             i, w = _U(xs[j]), _U(4 * j)
-            dst[out + _U(j)] = np.uint8(half + xw[w] * row[i] + xw[w + _U(1)] * row[i + _U(1)]
-                                        + xw[w + _U(2)] * row[i + _U(2)] + xw[w + _U(3)] * row[i + _U(3)])
+            dst[out + _U(j)] = np.uint8(np.int32(_HALF + xw[w] * row[i] + xw[w + _U(1)] * row[i + _U(1)]
+                                                 + xw[w + _U(2)] * row[i + _U(2)]
+                                                 + xw[w + _U(3)] * row[i + _U(3)]))
     else:
         for j in range(dst_w):
             i, w = _U(xs[j]), _U(j * tx)
-            acc = half
+            acc = _HALF
             for t in range(tx):
                 acc += xw[w + _U(t)] * row[i + _U(t)]
-            dst[out + _U(j)] = np.uint8(acc)
+            dst[out + _U(j)] = np.uint8(np.int32(acc))
 
 
 @inline
-def _rows(src, src_ls, src_w, dst, dst_ls, dst_w, y_from, y_to, ys, yw, ty, xs, xw, tx, hmode, row):
+def _family_out(row, W, n, p, i, T, wb):
+    """One output pixel of a family form: ``T`` taps at ``row[i:]``, weights ``W[wb + t*n + p]``."""
+    q = _U(p)
+    acc = _HALF + W[wb + q] * row[i] + W[wb + _U(n) + q] * row[i + _U(1)]
+    if T >= 3:
+        acc += W[wb + _U(2 * n) + q] * row[i + _U(2)]
+    if T >= 4:
+        acc += W[wb + _U(3 * n) + q] * row[i + _U(3)]
+    return np.uint8(np.int32(acc))
+
+
+@inline
+def _family_segment(row, dst, out, P, Q, T, n, p0, p1, o0, o1, W):
+    if Q == 1:
+        for p in range(p0, p1):
+            dst[out + _U(p)] = _family_out(row, W, n, p, _U(P * p + o0), T, _U(0))
+    else:
+        for p in range(p0, p1):
+            d = out + _U(2 * p)
+            dst[d] = _family_out(row, W, n, p, _U(P * p + o0), T, _U(0))
+            dst[d + _U(1)] = _family_out(row, W, n, p, _U(P * p + o1), T, _U(T * n))
+
+
+@inline
+def _horizontal_family(row, dst, out, dst_w, P, Q, T, segs, offs, W):
+    """A family form (``P:Q``, ``T`` taps), segment by segment; see the module doc.
+    ``W[((q * T) + t) * n + p]`` weighs tap ``t`` of output ``p*Q + q``, ``n = ceil(dst_w / Q)``.
+    ``T`` is 2, 3 or 4; each has its own loop, so the taps unroll."""
+    n = (dst_w + Q - 1) // Q
+    full = dst_w // Q
+    for sg in range(len(segs) // 3):
+        p0, p1, s = segs[3 * sg], min(segs[3 * sg + 1], full), segs[3 * sg + 2]
+        o0, o1 = s + offs[0], s + offs[Q - 1]
+        if T == 2:
+            _family_segment(row, dst, out, P, Q, 2, n, p0, p1, o0, o1, W)
+        elif T == 3:
+            _family_segment(row, dst, out, P, Q, 3, n, p0, p1, o0, o1, W)
+        else:
+            _family_segment(row, dst, out, P, Q, 4, n, p0, p1, o0, o1, W)
+        if segs[3 * sg + 1] > full and full < n:  # Q = 2, odd width: the last pixel is phase 0 only
+            dst[out + _U(dst_w - 1)] = _family_out(row, W, n, full, _U(P * full + o0), T, _U(0))
+
+
+@inline
+def _rows(src, src_ls, src_w, dst, dst_ls, dst_w, y_from, y_to, ys, yw, ty, xs, xw, tx, family, segs, offs, row):
     for y in range(y_from, y_to):
         _vertical(src, src_ls, src_w, ys[y], yw, y * ty, ty, row)
-        _horizontal(row, dst, _U(y * dst_ls), dst_w, xs, xw, tx, hmode)
+        out = _U(y * dst_ls)
+        if family == FAMILY_2_1:
+            _horizontal_family(row, dst, out, dst_w, 2, 1, tx, segs, offs, xw)
+        elif family == FAMILY_3_2:
+            _horizontal_family(row, dst, out, dst_w, 3, 2, tx, segs, offs, xw)
+        else:
+            _horizontal(row, dst, out, dst_w, xs, xw, tx)
 
 
 @jit
-def scale_plane(src, src_ls, src_w, dst, dst_ls, dst_w, dst_h, ys, yw, ty, xs, xw, tx, hmode):
+def scale_plane(src, src_ls, src_w, dst, dst_ls, dst_w, dst_h, ys, yw, ty, xs, xw, tx,
+                family, segs, offs, row_len):
     """Scale one plane in the calling thread. ``src``/``dst`` are flat uint8 buffers with row
-    strides ``src_ls``/``dst_ls``; ``ys, yw, ty`` and ``xs, xw, tx`` are the plan's axes."""
-    row = np.empty(src_w, np.float32)
-    _rows(src, src_ls, src_w, dst, dst_ls, dst_w, 0, dst_h, ys, yw, ty, xs, xw, tx, hmode, row)
+    strides ``src_ls``/``dst_ls``; the rest is the plan's (:class:`mesh_codecs.scale.PlanePlan`)."""
+    row = np.zeros(row_len, np.float32)
+    _rows(src, src_ls, src_w, dst, dst_ls, dst_w, 0, dst_h, ys, yw, ty, xs, xw, tx, family, segs, offs, row)
 
 
 @pjit
-def scale_plane_parallel(src, src_ls, src_w, dst, dst_ls, dst_w, dst_h, ys, yw, ty, xs, xw, tx, hmode,
-                         chunks):
+def scale_plane_parallel(src, src_ls, src_w, dst, dst_ls, dst_w, dst_h, ys, yw, ty, xs, xw, tx,
+                         family, segs, offs, row_len, chunks):
     """:func:`scale_plane` with the output rows in ``chunks`` runs spread over Numba's threads."""
     per = (dst_h + chunks - 1) // chunks
     for c in numba.prange(chunks):
-        row = np.empty(src_w, np.float32)
+        row = np.zeros(row_len, np.float32)
         _rows(src, src_ls, src_w, dst, dst_ls, dst_w, c * per, min(dst_h, (c + 1) * per),
-              ys, yw, ty, xs, xw, tx, hmode, row)
+              ys, yw, ty, xs, xw, tx, family, segs, offs, row)
