@@ -89,7 +89,9 @@ class FrameScaler:
         if self.threads > 1:  # per calling thread in Numba
             numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
         s.scale_planes(self.plan, plane_views(frame), plane_views(out), parallel=self.threads > 1)
-        out.pts, out.time_base = frame.pts, frame.time_base
+        out.pts = frame.pts
+        if frame.time_base is not None:
+            out.time_base = frame.time_base
         out.colorspace, out.color_range = frame.colorspace, frame.color_range
         return out
 
