@@ -130,7 +130,8 @@ def _family(src: int, dst: int, rows: list[dict[int, float]]) -> tuple | None:
     Tries P:Q in 2:1 and 3:2; cuts the outputs into segments over which one shift ``s`` puts
     every output's true support inside its T-tap window ``[P*p + off[q] + s, ... + T)``,
     with the fewest taps T (2, 3 or 4) that keeps the segments long.
-    Returns ``(family, segs int64[3 * nseg], offs int64[Q], W float32[Q * T * n], row_len, T)``.
+    Returns ``(family, segs int64[3 * nseg], W float32[Q * T * n], row_len, T)``; with
+    ``FAMILY_EXACT`` or-ed in (exact ratio, repeating weights) W is ``float32[Q * T]``.
     """
     for (family, P, Q), T in itertools.product(_FAMILIES, k.FAMILY_TAPS):
         if abs(src / dst - P / Q) > 0.1 * P / Q:
@@ -170,7 +171,10 @@ def _family(src: int, dst: int, rows: list[dict[int, float]]) -> tuple | None:
                                 W[q, i - first, p] = w / total
             row_len = max(max(firsts) + T, src)
             flat = np.array([(p0, p1, s) for p0, p1, _, s in segs], np.int64).ravel()
-            return family, flat, np.array(offs, np.int64), W.astype(np.float32).ravel(), row_len, T
+            if len(segs) == 1 and (W == W[:, :, :1]).all():  # exact ratio: weights repeat every Q
+                family |= k.FAMILY_EXACT
+                W = W[:, :, :1]
+            return family, flat, W.astype(np.float32).ravel(), row_len, T
     return None
 
 
@@ -188,7 +192,6 @@ class PlanePlan:
     ty: int
     family: int  # the horizontal form, scale_kernels.FAMILY_*; a family's weights are in xw
     segs: np.ndarray
-    offs: np.ndarray
     row_len: int  # the kernel's row buffer: the source width plus the zeros a window may reach
 
 
@@ -210,9 +213,9 @@ def _plane_plan(sw: int, sh: int, dw: int, dh: int, filt: str, families: bool) -
     fam = _family(sw, dw, _axis_rows(sw, dw, filt)) if families else None
     if fam is None:
         none = np.zeros(0, np.int64)
-        return PlanePlan(sw, sh, dw, dh, xs, xw, tx, ys, yw, ty, k.FAMILY_GENERAL, none, none, sw)
-    family, segs, offs, W, row_len, taps = fam
-    return PlanePlan(sw, sh, dw, dh, xs, W, taps, ys, yw, ty, family, segs, offs, row_len)
+        return PlanePlan(sw, sh, dw, dh, xs, xw, tx, ys, yw, ty, k.FAMILY_GENERAL, none, sw)
+    family, segs, W, row_len, taps = fam
+    return PlanePlan(sw, sh, dw, dh, xs, W, taps, ys, yw, ty, family, segs, row_len)
 
 
 @functools.lru_cache(maxsize=64)
@@ -271,10 +274,10 @@ def scale_planes(plan: ScalePlan, src: Sequence[np.ndarray], dst: Sequence[np.nd
         dflat, dls = _flat(d, p.dst_w, p.dst_h, f"output plane {name}", writable=True)
         if parallel:
             k.scale_plane_parallel(sflat, sls, p.src_w, dflat, dls, p.dst_w, p.dst_h, p.ys, p.yw, p.ty,
-                                   p.xs, p.xw, p.tx, p.family, p.segs, p.offs, p.row_len, chunks)
+                                   p.xs, p.xw, p.tx, p.family, p.segs, p.row_len, chunks)
         else:
             k.scale_plane(sflat, sls, p.src_w, dflat, dls, p.dst_w, p.dst_h, p.ys, p.yw, p.ty,
-                          p.xs, p.xw, p.tx, p.family, p.segs, p.offs, p.row_len)
+                          p.xs, p.xw, p.tx, p.family, p.segs, p.row_len)
     return dst
 
 

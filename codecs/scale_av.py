@@ -60,7 +60,7 @@ def frame_from_planes(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> av.VideoFr
 def _auto_backend(plan: s.ScalePlan) -> str:
     """The documented per-size choice (module docstring): Numba where every plane's horizontal
     step is the 2:1 family form, swscale elsewhere."""
-    return "numba" if all(p.family == k.FAMILY_2_1 for p in plan.planes) else "swscale"
+    return "numba" if all(p.family == k.FAMILY_2_1 | k.FAMILY_EXACT for p in plan.planes) else "swscale"
 
 
 class FrameScaler:

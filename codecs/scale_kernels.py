@@ -42,6 +42,7 @@ from .jit import inline, jit
 FAMILY_GENERAL = 0
 FAMILY_2_1 = 1
 FAMILY_3_2 = 2
+FAMILY_EXACT = 4  # or-ed into a family: the ratio is exact and the weights repeat every Q outputs
 FAMILY_TAPS = (2, 3, 4)  # taps per output pixel a family form can have (support plus slack)
 
 # The parallel variant; importing .jit has already settled the cache directory.
@@ -52,17 +53,51 @@ _HALF = np.float32(0.5)
 
 
 @inline
+def _vsum(src, x, ls, w0, w1, w2, w3, T):
+    """``sum_t w_t * src[x + t*ls]`` for a fixed ``T`` (1-4 source rows)."""
+    v = w0 * np.float32(src[x])
+    if T >= 2:
+        v += w1 * np.float32(src[x + ls])
+    if T >= 3:
+        v += w2 * np.float32(src[x + _U(2) * ls])
+    if T >= 4:
+        v += w3 * np.float32(src[x + _U(3) * ls])
+    return v
+
+
+@inline
+def _vertical_t(src, src_ls, src_w, y0, yw, wb, row, T):
+    w0 = yw[wb]
+    w1 = yw[wb + 1] if T >= 2 else np.float32(0)
+    w2 = yw[wb + 2] if T >= 3 else np.float32(0)
+    w3 = yw[wb + 3] if T >= 4 else np.float32(0)
+    base = _U(y0 * src_ls)
+    ls = _U(src_ls)
+    for x in range(src_w):
+        row[_U(x)] = _vsum(src, base + _U(x), ls, w0, w1, w2, w3, T)
+
+
+@inline
 def _vertical(src, src_ls, src_w, y0, yw, wbase, ty, row):
-    """``row[x] = sum_k yw[wbase + k] * src[y0 + k][x]``, for the general form."""
-    for k in range(ty):
-        w = yw[wbase + k]
-        base = _U((y0 + k) * src_ls)
-        if k == 0:
-            for x in range(src_w):
-                row[_U(x)] = w * np.float32(src[base + _U(x)])
-        else:
-            for x in range(src_w):
-                row[_U(x)] += w * np.float32(src[base + _U(x)])
+    """``row[x] = sum_k yw[wbase + k] * src[y0 + k][x]``: one pass for 1-4 taps, else a pass per tap."""
+    if ty == 1:
+        _vertical_t(src, src_ls, src_w, y0, yw, wbase, row, 1)
+    elif ty == 2:
+        _vertical_t(src, src_ls, src_w, y0, yw, wbase, row, 2)
+    elif ty == 3:
+        _vertical_t(src, src_ls, src_w, y0, yw, wbase, row, 3)
+    elif ty == 4:
+        _vertical_t(src, src_ls, src_w, y0, yw, wbase, row, 4)
+    else:
+        for k in range(ty):
+            w = yw[wbase + k]
+            base = _U((y0 + k) * src_ls)
+            if k == 0:
+                for x in range(src_w):
+                    row[_U(x)] = w * np.float32(src[base + _U(x)])
+            else:
+                for x in range(src_w):
+                    row[_U(x)] += w * np.float32(src[base + _U(x)])
 
 
 @inline
@@ -96,9 +131,10 @@ def _horizontal(row, dst, out, dst_w, xs, xw, tx):
 
 
 @inline
-def _family_out(row, W, n, p, i, T, wb):
-    """One output pixel of a family form: ``T`` taps at ``row[i:]``, weights ``W[wb + t*n + p]``."""
-    q = _U(p)
+def _family_out(row, W, n, p, i, T, wb, C):
+    """One output pixel of a family form: ``T`` taps at ``row[i:]``, weights ``W[wb + t*n + p]``
+    (``W[wb + t*n]`` for every ``p`` when ``C``: the weights repeat, loads leave the loop)."""
+    q = _U(0) if C else _U(p)
     acc = _HALF + W[wb + q] * row[i] + W[wb + _U(n) + q] * row[i + _U(1)]
     if T >= 3:
         acc += W[wb + _U(2 * n) + q] * row[i + _U(2)]
@@ -108,65 +144,81 @@ def _family_out(row, W, n, p, i, T, wb):
 
 
 @inline
-def _family_segment(row, dst, out, P, Q, T, n, p0, p1, o0, o1, W):
+def _family_segment(row, dst, out, P, Q, T, n, p0, p1, o, W, C):
     if Q == 1:
         for p in range(p0, p1):
-            dst[out + _U(p)] = _family_out(row, W, n, p, _U(P * p + o0), T, _U(0))
+            dst[out + _U(p)] = _family_out(row, W, n, p, _U(P * p + o), T, _U(0), C)
     else:
+        # Phase 1 starts one pixel after phase 0 (3:2). Written as i + 1, not as a second offset,
+        # so that LLVM sees one stride-3 group of loads and shuffles it (else: slow gathers).
         for p in range(p0, p1):
             d = out + _U(2 * p)
-            dst[d] = _family_out(row, W, n, p, _U(P * p + o0), T, _U(0))
-            dst[d + _U(1)] = _family_out(row, W, n, p, _U(P * p + o1), T, _U(T * n))
+            i = _U(P * p + o)
+            dst[d] = _family_out(row, W, n, p, i, T, _U(0), C)
+            dst[d + _U(1)] = _family_out(row, W, n, p, i + _U(1), T, _U(T * n), C)
 
 
 @inline
-def _horizontal_family(row, dst, out, dst_w, P, Q, T, segs, offs, W):
+def _family_taps(row, dst, out, P, Q, T, n, p0, p1, o, W, C):
+    if C:
+        _family_segment(row, dst, out, P, Q, T, n, p0, p1, o, W, True)
+    else:
+        _family_segment(row, dst, out, P, Q, T, n, p0, p1, o, W, False)
+
+
+@inline
+def _horizontal_family(row, dst, out, dst_w, P, Q, T, segs, W, C):
     """A family form (``P:Q``, ``T`` taps), segment by segment; see the module doc.
-    ``W[((q * T) + t) * n + p]`` weighs tap ``t`` of output ``p*Q + q``, ``n = ceil(dst_w / Q)``.
+    Output ``p*Q + q`` has its taps at ``P*p + q + s``; ``W[((q * T) + t) * n + p]`` weighs tap ``t``
+    of output ``p*Q + q``, ``n = ceil(dst_w / Q)``;
+    with ``C`` (an exact ratio: one segment, the same weights for every ``p``) ``n`` is 1.
     ``T`` is 2, 3 or 4; each has its own loop, so the taps unroll."""
-    n = (dst_w + Q - 1) // Q
+    n = 1 if C else (dst_w + Q - 1) // Q
     full = dst_w // Q
     for sg in range(len(segs) // 3):
         p0, p1, s = segs[3 * sg], min(segs[3 * sg + 1], full), segs[3 * sg + 2]
-        o0, o1 = s + offs[0], s + offs[Q - 1]
         if T == 2:
-            _family_segment(row, dst, out, P, Q, 2, n, p0, p1, o0, o1, W)
+            _family_taps(row, dst, out, P, Q, 2, n, p0, p1, s, W, C)
         elif T == 3:
-            _family_segment(row, dst, out, P, Q, 3, n, p0, p1, o0, o1, W)
+            _family_taps(row, dst, out, P, Q, 3, n, p0, p1, s, W, C)
         else:
-            _family_segment(row, dst, out, P, Q, 4, n, p0, p1, o0, o1, W)
-        if segs[3 * sg + 1] > full and full < n:  # Q = 2, odd width: the last pixel is phase 0 only
-            dst[out + _U(dst_w - 1)] = _family_out(row, W, n, full, _U(P * full + o0), T, _U(0))
+            _family_taps(row, dst, out, P, Q, 4, n, p0, p1, s, W, C)
+        if segs[3 * sg + 1] > full and full < (dst_w + Q - 1) // Q:  # Q = 2, odd width: phase 0 only
+            dst[out + _U(dst_w - 1)] = _family_out(row, W, n, full, _U(P * full + s), T, _U(0), C)
 
 
 @inline
-def _rows(src, src_ls, src_w, dst, dst_ls, dst_w, y_from, y_to, ys, yw, ty, xs, xw, tx, family, segs, offs, row):
+def _rows(src, src_ls, src_w, dst, dst_ls, dst_w, y_from, y_to, ys, yw, ty, xs, xw, tx, family, segs, row):
     for y in range(y_from, y_to):
         _vertical(src, src_ls, src_w, ys[y], yw, y * ty, ty, row)
         out = _U(y * dst_ls)
         if family == FAMILY_2_1:
-            _horizontal_family(row, dst, out, dst_w, 2, 1, tx, segs, offs, xw)
+            _horizontal_family(row, dst, out, dst_w, 2, 1, tx, segs, xw, False)
         elif family == FAMILY_3_2:
-            _horizontal_family(row, dst, out, dst_w, 3, 2, tx, segs, offs, xw)
+            _horizontal_family(row, dst, out, dst_w, 3, 2, tx, segs, xw, False)
+        elif family == FAMILY_2_1 | FAMILY_EXACT:
+            _horizontal_family(row, dst, out, dst_w, 2, 1, tx, segs, xw, True)
+        elif family == FAMILY_3_2 | FAMILY_EXACT:
+            _horizontal_family(row, dst, out, dst_w, 3, 2, tx, segs, xw, True)
         else:
             _horizontal(row, dst, out, dst_w, xs, xw, tx)
 
 
 @jit
 def scale_plane(src, src_ls, src_w, dst, dst_ls, dst_w, dst_h, ys, yw, ty, xs, xw, tx,
-                family, segs, offs, row_len):
+                family, segs, row_len):
     """Scale one plane in the calling thread. ``src``/``dst`` are flat uint8 buffers with row
     strides ``src_ls``/``dst_ls``; the rest is the plan's (:class:`mesh_codecs.scale.PlanePlan`)."""
     row = np.zeros(row_len, np.float32)
-    _rows(src, src_ls, src_w, dst, dst_ls, dst_w, 0, dst_h, ys, yw, ty, xs, xw, tx, family, segs, offs, row)
+    _rows(src, src_ls, src_w, dst, dst_ls, dst_w, 0, dst_h, ys, yw, ty, xs, xw, tx, family, segs, row)
 
 
 @pjit
 def scale_plane_parallel(src, src_ls, src_w, dst, dst_ls, dst_w, dst_h, ys, yw, ty, xs, xw, tx,
-                         family, segs, offs, row_len, chunks):
+                         family, segs, row_len, chunks):
     """:func:`scale_plane` with the output rows in ``chunks`` runs spread over Numba's threads."""
     per = (dst_h + chunks - 1) // chunks
     for c in numba.prange(chunks):
         row = np.zeros(row_len, np.float32)
         _rows(src, src_ls, src_w, dst, dst_ls, dst_w, c * per, min(dst_h, (c + 1) * per),
-              ys, yw, ty, xs, xw, tx, family, segs, offs, row)
+              ys, yw, ty, xs, xw, tx, family, segs, row)
