@@ -9,16 +9,19 @@ Backends, chosen per size (``backend="auto"``, the default), because `mesh bench
 measured each kernel against FFmpeg's swscale (``SWS_BILINEAR`` through a kept
 ``VideoReformatter``) on the same frames:
 
-* ``"numba"``: :mod:`mesh_codecs.scale` (area filter). Chosen where it was at least as fast as
-  swscale in that benchmark: sizes whose planes all have a 2:1 horizontal ratio (720p -> 360p,
-  1080p -> 540p).
+* ``"numba"``: :mod:`mesh_codecs.scale` (area filter). Chosen where it beat swscale in that
+  benchmark: sizes where every plane is an exact 3:2 (1920x1080 -> 1280x720: 1.10x swscale's
+  frames/s single-threaded, on 2026-12-01).
 * ``"swscale"``: ``VideoReformatter.reformat(..., interpolation="BILINEAR")``. Chosen for every
-  other size, where swscale's hand-written SIMD was faster (bench/RESULTS.md has the figures);
-  also used for any frame that is not 8-bit 4:2:0 (the Numba kernels only take ``yuv420p``).
+  other size: swscale's hand-written SIMD was faster at 1280x720 -> 854x480 (Numba 0.87x) and
+  at 1280x720 -> 640x360 (0.92x); bench/RESULTS.md has the figures. Also used for any frame that
+  is not 8-bit 4:2:0 (the Numba kernels only take ``yuv420p``).
 
 ``threads`` is the thread count for either backend (Numba's ``prange`` threads or swscale's
 slices); 1 (the default) keeps all work in the calling thread, which is what a transcoder that
-runs one worker thread per rung wants on a small machine.
+runs one worker thread per rung wants on a small machine. On the loaded 2-core machine of the
+2026-12-01 run, Numba's OpenMP threads made the kernel 10x *slower* (threads spin for cores
+other processes hold); keep ``threads=1`` unless a benchmark on the target machine says otherwise.
 """
 from __future__ import annotations
 
@@ -58,9 +61,10 @@ def frame_from_planes(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> av.VideoFr
 
 
 def _auto_backend(plan: s.ScalePlan) -> str:
-    """The documented per-size choice (module docstring): Numba where every plane's horizontal
-    step is the 2:1 family form, swscale elsewhere."""
-    return "numba" if all(p.family == k.FAMILY_2_1 | k.FAMILY_EXACT for p in plan.planes) else "swscale"
+    """The documented per-size choice (module docstring): Numba where every plane is an exact
+    3:2 (1080p -> 720p), swscale elsewhere."""
+    exact_3_2 = k.FAMILY_3_2 | k.FAMILY_EXACT
+    return "numba" if all(p.family == exact_3_2 for p in plan.planes) else "swscale"
 
 
 class FrameScaler:

@@ -220,8 +220,8 @@ def test_frame_scaler_keeps_timing_and_chooses_per_size() -> None:
         out = FrameScaler(1280, 720, 640, 360, backend=backend)(frame)
         assert (out.width, out.height, out.format.name) == (640, 360, "yuv420p")
         assert (out.pts, out.time_base) == (4500, Fraction(1, 90000))
-    assert FrameScaler(1280, 720, 640, 360).backend == "numba"
-    assert FrameScaler(1920, 1080, 1280, 720).backend == "swscale"
+    assert FrameScaler(1920, 1080, 1280, 720).backend == "numba"  # the per-size choice in scale_av
+    assert FrameScaler(1280, 720, 640, 360).backend == "swscale"
     assert FrameScaler(1280, 720, 854, 480).backend == "swscale"
     # a frame the kernels cannot take goes through swscale, converted to yuv420p
     rgb = frame.reformat(format="rgb24")
