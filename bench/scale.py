@@ -137,17 +137,19 @@ def run(sizes: Sequence[str] = DEFAULT_SIZES, frames: int = 10, trials: int = 7,
 def format_table(r: dict) -> str:
     la = r["load_avg_at_start"]
     t = f"{r['threads']}t"
-    lines = [f"scaler: {r['frames']} decoded frames per size, median of {r['trials']} trials; nproc {r['nproc']}, "
-             f"load {la[0]:.2f} {la[1]:.2f} {la[2]:.2f} at start; Numba layer {r['numba_threading_layer']}",
+    lines = [f"scaler: {r['frames']} decoded frames per size, median of {r['trials']} trials; "
+             f"nproc {r['nproc']}, load {la[0]:.2f} {la[1]:.2f} {la[2]:.2f} at start; "
+             f"Numba layer {r['numba_threading_layer']}",
              f"{'size':<22}{'numba 1t':>10}{'sws 1t':>9}{'ratio':>7}{'paired':>8}"
              f"{'numba ' + t:>10}{'sws ' + t:>9}{'ratio':>7}{'paired':>8}  auto  (frames/s)"]
     for p in r["pairs"]:
-        lines.append(f"{p['src'] + '->' + p['dst']:<22}{p['numba_1t']['fps']:>10.0f}{p['swscale_1t']['fps']:>9.0f}"
-                     f"{p['ratio_1t']:>7.2f}{p['paired_ratio_1t']:>8.2f}{p['numba_' + t]['fps']:>10.0f}"
-                     f"{p['swscale_' + t]['fps']:>9.0f}{p['ratio_' + t]:>7.2f}{p['paired_ratio_' + t]:>8.2f}"
-                     f"  {p['auto']}")
+        lines.append(f"{p['src'] + '->' + p['dst']:<22}{p['numba_1t']['fps']:>10.0f}"
+                     f"{p['swscale_1t']['fps']:>9.0f}{p['ratio_1t']:>7.2f}{p['paired_ratio_1t']:>8.2f}"
+                     f"{p['numba_' + t]['fps']:>10.0f}{p['swscale_' + t]['fps']:>9.0f}"
+                     f"{p['ratio_' + t]:>7.2f}{p['paired_ratio_' + t]:>8.2f}  {p['auto']}")
     m = r["bitrate_meter"]
-    lines.append(f"BitrateMeter add + peak + average, window {m['window']}: {m['us_per_segment']:.1f} us per segment")
+    lines.append(f"BitrateMeter add + peak + average, window {m['window']}: "
+                 f"{m['us_per_segment']:.1f} us per segment")
     return "\n".join(lines)
 
 

@@ -45,7 +45,8 @@ def plane_views(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarra
     views = []
     for plane in frame.planes:
         flat = np.frombuffer(plane, np.uint8)
-        views.append(flat[: plane.height * plane.line_size].reshape(plane.height, plane.line_size)[:, : plane.width])
+        rows = flat[: plane.height * plane.line_size].reshape(plane.height, plane.line_size)
+        views.append(rows[:, : plane.width])
     return views[0], views[1], views[2]
 
 

@@ -39,7 +39,7 @@ def test_bench_scale_readme_command() -> None:
     """The README's example, exactly as written there."""
     env = node_env()
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")  # the venv's `mesh`
-    out = subprocess.run(["mesh", "bench", "scale", "--size", "1280x720:640x360", "--frames", "2", "--trials", "2"],
-                         capture_output=True, text=True, timeout=300, env=env)
+    cmd = ["mesh", "bench", "scale", "--size", "1280x720:640x360", "--frames", "2", "--trials", "2"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr
     assert "1280x720->640x360" in out.stdout and "numba" in out.stdout

@@ -101,7 +101,8 @@ def test_psnr_within_half_a_db_of_swscale_bilinear(source, src, dst) -> None:
     ours = FrameScaler(*src, *dst, backend="numba")(frame)
     theirs = swscale(frame, *dst, "BILINEAR")
     ours_db, theirs_db = frame_psnr(ours, reference), frame_psnr(theirs, reference)
-    assert ours_db >= theirs_db - 0.5, f"{source} {src}->{dst}: ours {ours_db:.2f} dB, swscale {theirs_db:.2f} dB"
+    assert ours_db >= theirs_db - 0.5, \
+        f"{source} {src}->{dst}: ours {ours_db:.2f} dB, swscale {theirs_db:.2f} dB"
     # and against an area reference that shares no code with the kernels
     for ours_plane, src_plane in zip(plane_views(ours), plane_views(frame)):
         ref = np.rint(area_reference(src_plane, ours_plane.shape[1], ours_plane.shape[0]))
