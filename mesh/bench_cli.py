@@ -15,6 +15,7 @@ BENCHMARKS = {
     "fanout": ("mesh_bench.fanout", "one stream to N edges: largest N / Gbit/s without loss vs raw pyzmq"),
     "packetise": ("mesh_bench.packetise", "Numba TS packetiser vs FFmpeg's mpegts muxer via PyAV"),
     "fmp4": ("mesh_bench.fmp4", "Numba fMP4 (LL-HLS parts) packetiser vs FFmpeg's mp4 muxer via PyAV"),
+    "scale": ("mesh_bench.scale", "Numba I420 frame scaler vs FFmpeg's swscale via PyAV, frames/s"),
     "hls": ("mesh_bench.hls", "edge HLS requests/s vs nginx serving the same bytes (wrk)"),
     "e2e": ("mesh_bench.e2e", "access unit at the origin to segment listed on an edge; player distance"),
     "ingest": ("mesh_bench.ingest", "origin CPU per ingested Mbit vs nginx-rtmp"),
