@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from mesh_codecs.h264 import H264Error, annexb_to_avcc, video_config_from_annexb
 from mesh_codecs.media import AUDIO, VIDEO, VideoConfig
+from mesh_codecs.scale_av import FrameScaler
 
 from ..broker.wire import FLAG_KEY, FLAG_PART_START, FLAG_SEG_START
 from ..ladder import Rung
@@ -124,13 +125,21 @@ class _RungEncoder:
         }
         ctx.open()
         self.ctx = ctx
-        # one scaler per rung, kept: a fresh one per picture would set swscale up every frame
-        self.scaler = av.video.reformatter.VideoReformatter()
+        # one scaler per rung and source size, kept: the Numba area scaler where it beats swscale
+        # (exact 3:2, e.g. 1080p to 720p: bench/RESULTS.md, "scale"), swscale elsewhere
+        self._scaler: FrameScaler | None = None
+
         self.config = video_config_from_annexb(bytes(ctx.extradata or b""))
         self.frames = 0
         # a lower frame rate than the source's: pictures closer than this are skipped (never a keyframe)
         self.min_step = int(90000 / rung.fps * 0.9) if rung.fps else 0
         self.next_pts = -(1 << 62)
+
+    def scale(self, frame: Any) -> Any:
+        scaler = self._scaler
+        if scaler is None or scaler.src_size != (frame.width, frame.height):
+            scaler = self._scaler = FrameScaler(frame.width, frame.height, self.width, self.height)
+        return scaler(frame)
 
     def wants(self, pts: int, key: bool) -> bool:
         if key or not self.min_step or pts >= self.next_pts:
@@ -263,8 +272,7 @@ class Transcoder:
         for enc in encoders:
             if not enc.wants(pts, key):
                 continue
-            picture = frame.reformat(enc.width, enc.height, format="yuv420p",
-                                     interpolation="BILINEAR")
+            picture = enc.scale(frame)
             picture.pts = pts
             picture.time_base = CLOCK
             picture.pict_type = PictureType.I if key else PictureType.NONE
