@@ -71,9 +71,9 @@ def test_rest_changes_need_a_token_or_an_allowed_network_and_refusals_change_not
     assert request(f"{origin.http}/LiveApp/rest/v2/broadcasts/ssrf")[0] == 404, "a refusal changes nothing"
     # a valid token (either secret during a rotation) passes authentication; the body is then judged
     for secret in (SECRET, OLD_SECRET):
-        status, reply, _ = request(create, "POST", {"streamId": "ok", "streamUrl": 5},
+        status, reply, _ = request(create, "POST", {"streamId": "not a name", "streamUrl": "rtsp://cam.invalid/s"},
                                    {"Authorization": f"Bearer {rest_token(secret)}"})
-        assert status == 400 and b"streamUrl" in reply
+        assert status == 400 and b"streamId" in reply, reply
     # the node JSON hides internal endpoints from strangers, shows them to the authenticated
     nodes_url = f"{origin.http}/rest/v2/cluster/nodes/0/10"
     row = json.loads(request(nodes_url)[1])[0]

@@ -176,7 +176,7 @@ def _text(body: dict[str, Any], key: str) -> str | None:
 
 
 async def json_body(request: web.Request, required: bool = True) -> dict[str, Any]:
-    if not request.can_read_body:
+    if not request.body_exists:
         if required:
             raise HttpError(400, "send a JSON object in the body", "body")
         return {}
