@@ -261,7 +261,7 @@ class HlsRoutes:
             r.last_request = time.monotonic()
             self._viewers[(remote, stream.stream_id)] = time.monotonic()
             self._playlist_ok.inc()
-            return self._sent(self._ll_reply(stream, r))
+            return self._sent(self._ll_reply(stream, r), stream.stream_id)
         found = self._ll_object(name)
         if found is None:
             return None
@@ -270,7 +270,7 @@ class HlsRoutes:
             return None
         r.last_request = time.monotonic()
         self._segment_ok.inc()
-        return self._sent(self._ll_file(name, data))
+        return self._sent(self._ll_file(name, data), split_base(r.window.base)[0])
 
     def _ll_object(self, name: str) -> tuple[Rendition, bytes | None] | None:
         """The rendition a part/segment/init name belongs to (if open here) and its bytes, if held."""
@@ -376,10 +376,10 @@ class HlsRoutes:
         self._playlist_ok.inc()
         if query:
             text = self._ll_text(stream, r, query).encode()
-            self.egress_bytes += len(text)
+            self._count(stream.stream_id, len(text))
             return web.Response(body=text, headers={"Cache-Control": LL_PLAYLIST_CACHE_CONTROL,
                                                     "Content-Type": PLAYLIST_CONTENT_TYPE})
-        return self._sent(self._ll_reply(stream, r)).response()
+        return self._sent(self._ll_reply(stream, r), stream.stream_id).response()
 
     async def _ll_media(self, request: web.Request, name: str, base: str) -> web.StreamResponse:
         stream_id, rendition = split_base(base)
@@ -410,7 +410,7 @@ class HlsRoutes:
             raise NotFound(f"{name[:100]} is not (or no longer) here", "segment")
         r.last_request = time.monotonic()
         self._segment_ok.inc()
-        self.egress_bytes += len(data)
+        self._count(stream_id, len(data))
         return web.Response(body=data, headers={"Cache-Control": SEGMENT_CACHE_CONTROL,
                                                 "Content-Type": LL_SEGMENT_TYPE})
 
@@ -420,7 +420,7 @@ class HlsRoutes:
         found = [Variant(v.uri[: -len(".m3u8")] + "_ll.m3u8", v.bandwidth, v.average_bandwidth, v.width, v.height,
                          v.codecs, v.frame_rate) for v in variants(stream, doc, src)]
         text = render_master_playlist(found, query)
-        self.egress_bytes += len(text)
+        self._count(stream_id, len(text))
         return web.Response(text=text, content_type=PLAYLIST_TYPE,
                             headers={"Cache-Control": PLAYLIST_CACHE_CONTROL})
 
