@@ -79,6 +79,7 @@ class Player(threading.Thread):
         self.hashes: dict[str, str] = {}
         self.last_seq: int | None = None
         self.last_msn: int | None = None
+        self.last_dseq: int | None = None
         self.lost = self.reused = self.msn_regressions = self.errors = self.discontinuities = 0
         self.buffered_until = 0.0  # media seconds fetched
         self.started_at: float | None = None
@@ -116,13 +117,18 @@ class Player(threading.Thread):
                 self.errors += 1
             return
         text = body.decode(errors="replace")
+        d = re.search(r"#EXT-X-DISCONTINUITY-SEQUENCE:(\d+)", text)
+        dseq = int(d.group(1)) if d else 0
         m = re.search(r"#EXT-X-MEDIA-SEQUENCE:(\d+)", text)
         msn = int(m.group(1)) if m else 0
         with self.lock:
             if self.last_msn is not None and msn < self.last_msn:
                 self.msn_regressions += 1
             self.last_msn = msn if self.last_msn is None else max(msn, self.last_msn)
-        discontinuity = False
+        # A window that restarted at a higher discontinuity sequence (a takeover) starts with a
+        # discontinuity too, without an inline tag
+        discontinuity = self.last_dseq is not None and dseq > self.last_dseq
+        self.last_dseq = dseq if self.last_dseq is None else max(dseq, self.last_dseq)
         for line in text.splitlines():
             if line == "#EXT-X-DISCONTINUITY":
                 discontinuity = True
