@@ -295,7 +295,10 @@ class LabCluster:
 
     def stop(self) -> None:
         for node in self.nodes.values():
-            node.stop(5)
+            try:
+                node.stop(5)
+            except Exception:  # never leave a node running in a namespace about to vanish
+                node.kill()
         for proc in (self.nginx, self.db_proc):
             if proc is not None and proc.poll() is None:
                 proc.terminate()
@@ -388,11 +391,13 @@ def watched_cluster(work: Path, **wan: float) -> Iterator[tuple[LabCluster, Play
             wait(lambda: player.started_at is not None, 90, "the player to start")
             yield cl, player
         finally:
-            if player is not None:
-                player.stop()
-            if publisher is not None:
-                publisher.stop()
-            cl.stop()
+            try:
+                if player is not None:
+                    player.stop()
+                if publisher is not None:
+                    publisher.stop()
+            finally:
+                cl.stop()  # always: node processes outlive their namespace otherwise
 
 
 def run(names: list[str], workdir: Path | None = None) -> dict[str, Any]:
