@@ -482,7 +482,8 @@ class Registry:
             await self.streams.update_one(
                 {"_id": stream_id, "origin_node": node.node_id, "epoch": epoch},
                 {"$set": {"app": app, "status": BROADCASTING, "bus_endpoint": node.bus_endpoint,
-                          "snapshot_endpoint": node.snapshot_endpoint, "renditions": renditions,
+                          "snapshot_endpoint": node.snapshot_endpoint, "bus_public_key": node.bus_public_key,
+                          "renditions": renditions,
                           "discontinuity_sequence": discontinuity_sequence, "settings": {},
                           "previous_origin": None, "finished_at": None},
                  "$max": {"media_sequence": next_sequence, "sequence_reserved": reserved},

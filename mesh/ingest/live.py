@@ -167,8 +167,10 @@ class LiveStream:
 
     async def restore(self) -> None:
         """Our document vanished (a database restored empty): re-create it as we are."""
+        curve = getattr(self.bus, "curve", None)
         me = NodeInfo(self.node_id, "origin", "", bus_endpoint=self.bus.endpoint,
-                      snapshot_endpoint=self.bus.snapshot_endpoint)
+                      snapshot_endpoint=self.bus.snapshot_endpoint,
+                      bus_public_key=curve.public.decode() if curve is not None else "")
         next_seq = self.segmenter.next_seq
         self.reserve(await self.registry.restore_stream(
             self.stream_id, self.app, me, self.epoch, next_seq, self.claim.discontinuity_sequence,
