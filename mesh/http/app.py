@@ -80,8 +80,13 @@ async def errors_and_cors(request: web.Request, handler: Handler) -> web.StreamR
     except web.HTTPMethodNotAllowed as exc:
         response = json_error(405, f"method {request.method} not allowed here; use "
                                    f"{', '.join(sorted(exc.allowed_methods))}", "method")
-    except web.HTTPRequestEntityTooLarge:
-        response = json_error(413, f"request body larger than {MAX_BODY_BYTES} bytes", "body")
+    except web.HTTPRequestEntityTooLarge:  # found while reading the body above, before any handler
+        message = f"request body larger than {MAX_BODY_BYTES} bytes"
+        if "/rest/v2/" in request.path:  # the REST API's result shape (see mesh.http.broadcasts)
+            metrics.reject("http", "body", "413 %s", message)
+            response = json_response({"success": False, "message": message, "dataId": None}, status=413)
+        else:
+            response = json_error(413, message, "body")
     except web.HTTPException:
         raise
     except Exception:

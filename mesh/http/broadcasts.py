@@ -186,6 +186,8 @@ async def json_body(request: web.Request, required: bool = True) -> dict[str, An
         body = await request.json()
     except ValueError:
         raise HttpError(400, "the body is not valid JSON", "body") from None
+    except web.HTTPRequestEntityTooLarge:
+        raise HttpError(413, f"request body larger than {MAX_BODY_BYTES} bytes", "body") from None
     if body is None and not required:
         return {}
     if not isinstance(body, dict):

@@ -72,7 +72,9 @@ class GuardedHandler(web.RequestHandler):
         if data and self.transport is not None and self._waiting_for_head():
             if self._head_timer is None:
                 self._arm()
-            self._head_bytes += len(data)
+            end = data.find(b"\r\n\r\n")
+            # what counts is the head: body bytes that came in the same read do not
+            self._head_bytes += len(data) if end < 0 else end + 4
             if self._head_bytes > self._owner.limits.max_head_bytes:
                 metrics.reject("http", "head_size")
                 self.transport.write(HEAD_TOO_LARGE)
