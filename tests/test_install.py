@@ -145,7 +145,7 @@ def test_install_mode_and_the_unit_as_its_user(base: Path, service_user: str) ->
         assert re.search(rf"^Uid:\s+{account.pw_uid}\s", status, re.M), "runs as the unit's user"
         with urllib.request.urlopen(node.http + "/healthz", timeout=10) as resp:
             assert resp.status == 200
-        assert node.stop() == 0
+        assert node.stop(90) == 0  # systemd waits TimeoutStopSec (90 s by default)
 
         out = mesh(standalone_mode)
         assert out.returncode == 0 and "apply it: systemctl restart mesh" in out.stdout, out.stderr
@@ -154,7 +154,7 @@ def test_install_mode_and_the_unit_as_its_user(base: Path, service_user: str) ->
         node = run_unit(unit, base / "standalone.log", ports)
         nodes.append(node)
         node.wait_for_line(r"^mesh node \S+ \(standalone\) ready$", timeout_s=240)
-        assert node.stop() == 0
+        assert node.stop(90) == 0  # systemd waits TimeoutStopSec (90 s by default)
         assert any((root / "var/lib/mesh/data").iterdir()), "the embedded database lives in the state dir"
     finally:
         for node in nodes:
