@@ -53,6 +53,7 @@ CREATED = "created"
 FINISHED = "finished"
 TERMINATED = "terminated_unexpectedly"
 STREAM_STATUSES = (CREATED, BROADCASTING, FINISHED, TERMINATED)
+CLOCK_REFRESH_S = 30.0  # how long the server's clock offset is trusted (see Registry.server_time)
 RESERVE_SEGMENTS = 16  # numbers an owner reserves ahead: with 2 s segments, 32 s without the DB
 RETRY_AFTER_S = 2  # what a 503 for an unavailable registry tells clients
 
@@ -221,6 +222,7 @@ class Registry:
         self._db = self._client[db_name]
         self.nodes = self._db["nodes"]
         self.streams = self._db["streams"]
+        self._clock: tuple[float, dt.timedelta] | None = None  # (monotonic when read, server - ours)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def connect(self) -> None:
@@ -260,13 +262,24 @@ class Registry:
 
     @_fails_fast
     async def server_time(self) -> dt.datetime:
-        """The database server's clock (``hello``'s ``localTime``), timezone-aware UTC."""
-        reply = await self._db.command("hello")
-        now = _aware(reply.get("localTime"))
-        if now is None:  # a server that does not report its time: fall back to ours, say so once
-            log.warning("database server did not report localTime; judging liveness on this host's clock")
-            return dt.datetime.now(dt.timezone.utc)
-        return now
+        """The database server's clock (``hello``'s ``localTime``), timezone-aware UTC.
+
+        Liveness is judged on this clock, so that hosts whose clocks disagree agree on who is
+        alive. It is read from the server at most every :data:`CLOCK_REFRESH_S` and kept as an
+        offset from this host's clock in between: asking on every judgement cost an idle node
+        two round trips a second, and clocks do not drift by a heartbeat in half a minute."""
+        mono = time.monotonic()
+        if self._clock is None or mono - self._clock[0] >= CLOCK_REFRESH_S:
+            reply = await self._db.command("hello")
+            now = _aware(reply.get("localTime"))
+            if now is None:  # a server that does not report its time: fall back to ours, say so once
+                if self._clock is None:
+                    log.warning("database server did not report localTime; judging liveness on this "
+                                "host's clock")
+                self._clock = (mono, dt.timedelta(0))
+            else:
+                self._clock = (mono, now - dt.datetime.now(dt.timezone.utc))
+        return dt.datetime.now(dt.timezone.utc) + self._clock[1]
 
     # -- nodes -----------------------------------------------------------------------------
     @_timed_write
@@ -555,22 +568,31 @@ class Registry:
 
     async def orphaned_pulls(self, app: str) -> list[dict[str, Any]]:
         """Pulled streams (``settings.streamUrl``) whose origin is dead: broadcasting on a node no
-        longer alive, or already marked terminated_unexpectedly. Oldest first."""
-        alive = sorted(await self.alive_node_ids())
+        longer alive, or already marked terminated_unexpectedly. Oldest first. The pulled streams
+        are read first: without any (the usual case) the nodes are not asked about at all."""
         cursor = self.streams.find({
             "app": app, "settings.streamUrl": {"$type": "string"},
-            "status": {"$in": [BROADCASTING, TERMINATED]}, "origin_node": {"$nin": alive},
+            "status": {"$in": [BROADCASTING, TERMINATED]},
         }).sort("updated_at", 1).limit(1000)
-        return [d for d in await cursor.to_list(None) if isinstance(d.get("_id"), str)]
+        pulled = [d for d in await cursor.to_list(None) if isinstance(d.get("_id"), str)]
+        if not pulled:
+            return []
+        alive = await self.alive_node_ids()
+        return [d for d in pulled if d.get("origin_node") not in alive]
 
     @_timed_write
     @_fails_fast
     async def mark_orphans(self) -> int:
-        """Persist terminated_unexpectedly for broadcasting streams whose origin is dead."""
-        alive = sorted(await self.alive_node_ids())
+        """Persist terminated_unexpectedly for broadcasting streams whose origin is dead. A live
+        origin refreshes ``updated_at`` with every segment, so only streams not updated for a
+        dead-node bound are candidates; without any, the nodes are not asked about."""
         cutoff = await self.server_time() - dt.timedelta(seconds=self.node_dead_after_s)
+        stale = {"status": BROADCASTING, "updated_at": {"$lt": cutoff}}
+        if await self.streams.find_one(stale, {"_id": 1}) is None:
+            return 0
+        alive = sorted(await self.alive_node_ids())
         result = await self.streams.update_many(
-            {"status": BROADCASTING, "origin_node": {"$nin": alive}, "updated_at": {"$lt": cutoff}},
+            {**stale, "origin_node": {"$nin": alive}},
             {"$set": {"status": TERMINATED}, "$currentDate": {"finished_at": True}})
         return result.modified_count
 

@@ -2,9 +2,10 @@
 
 libzmq asks the ZAP handler of the socket's context (``inproc://zeromq.zap.01``) about every
 CURVE handshake. :class:`KeyGate` is the decision as data: the set of admitted public keys, when
-to ask the registry again (every ``refresh_interval_s``, and at once, but at most every
-``miss_refresh_s``, when an unknown key knocks: a node that registered a moment ago gets in at
-its first try). :class:`ZapHandler` is the small asyncio driver: one REP socket per context,
+to ask the registry again (at a handshake when the set is older than ``refresh_interval_s``, and at
+once, but at most every ``miss_refresh_s``, when an unknown key knocks: a node that registered a
+moment ago gets in at its first try). The set is refreshed only when someone knocks: an idle
+origin asks the registry nothing (handshakes are rare; polling cost two queries a second). :class:`ZapHandler` is the small asyncio driver: one REP socket per context,
 one gate per ZAP domain (one domain per publisher), so two publishers in one process do not
 share a key set.
 
@@ -114,8 +115,6 @@ class ZapHandler:
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.bind(ZAP_ENDPOINT)
         self._task = asyncio.get_running_loop().create_task(self._serve(), name="bus-zap")
-        self._refresher = asyncio.get_running_loop().create_task(self._refresh_all(),
-                                                                 name="bus-zap-refresh")
 
     @classmethod
     def acquire(cls, ctx: zmq.asyncio.Context, domain: bytes, gate: KeyGate,
@@ -135,23 +134,14 @@ class ZapHandler:
             return
         if self._by_context.get(id(self.ctx)) is self:
             del self._by_context[id(self.ctx)]
-        for task in (self._task, self._refresher):
-            task.cancel()
-        await asyncio.gather(self._task, self._refresher, return_exceptions=True)
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
         self._sock.close(linger=0)
 
     async def refresh(self, domain: bytes) -> None:
         d = self.domains.get(domain)
         if d is not None:
             await d.refresh()
-
-    async def _refresh_all(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            for d in list(self.domains.values()):
-                if d.gate.due(loop.time()):
-                    await d.refresh()
-            await asyncio.sleep(0.25)
 
     async def _serve(self) -> None:
         while True:
@@ -173,6 +163,8 @@ class ZapHandler:
         key = b""
         if d is not None and mechanism == b"CURVE" and len(frames) >= 7 and len(frames[6]) == 32:
             key = z85.encode(frames[6])
+            if d.gate.due(loop.time()):
+                await d.refresh()  # a key set older than refresh_interval_s: nodes may have died
             ok = d.gate.allows(key)
             if not ok and d.gate.due_on_miss(loop.time()):
                 await d.refresh()  # a node that registered a moment ago
