@@ -120,7 +120,7 @@ async def _mesh_pub(cfg: dict[str, Any]) -> None:
     from mesh.broker.wire import FLAG_KEY, FLAG_SEG_START
 
     work = _Workload(cfg)
-    ctx = zmq.asyncio.Context()
+    ctx = zmq.asyncio.Context(io_threads=int(cfg.get("io_threads", 1)))  # bus_io_threads
     server, client = _curve_keys(cfg)
 
     async def admitted() -> list[bytes]:
@@ -285,7 +285,7 @@ def _raw_pub(cfg: dict[str, Any]) -> None:
     import zmq
 
     work = _Workload(cfg)
-    ctx = zmq.Context()
+    ctx = zmq.Context(io_threads=int(cfg.get("io_threads", 1)))
     sock = ctx.socket(zmq.XPUB)
     server, _ = _curve_keys(cfg)
     if server is not None:  # rawcurve: libzmq's CURVE alone (no ZAP handler: any key is let in)
@@ -498,11 +498,12 @@ def _cpu_ticks() -> tuple[int, int] | None:
 
 
 def run_trial(impl: str, subscribers: int, *, duration_s: float, hwm: int, size: int = 0,
-              aus: str = "", speed: float = 0.0, burst: int = 64, tick_ms: float = 2.0) -> dict[str, Any]:
+              aus: str = "", speed: float = 0.0, burst: int = 64, tick_ms: float = 2.0,
+              io_threads: int = 1) -> dict[str, Any]:
     """One publisher and ``subscribers`` subscribers; returns the publisher's and each
     subscriber's figures plus the derived per-subscriber and aggregate rates."""
     base = {"impl": impl, "hwm": hwm, "size": size, "aus": aus, "speed": speed, "burst": burst,
-            "tick_ms": tick_ms,
+            "tick_ms": tick_ms, "io_threads": io_threads,
             "duration_s": duration_s, "subscribers": subscribers,
             "timeout_s": duration_s * 4 + 30}
     keydir = None

@@ -110,7 +110,7 @@ def prepare_media(seconds: float, width: int, height: int, fps: int, bitrate_kbp
 # --------------------------------------------------------------------------- the sweep
 def run(edges: tuple[int, ...], seconds: float, width: int, height: int, fps: int, bitrate_kbps: int,
         speed: float, duration_s: float, repeats: int, tick_ms: float = 2.0,
-        progress: Any = None, curve: bool = False) -> dict[str, Any]:
+        progress: Any = None, curve: bool = False, io_threads: int = 1) -> dict[str, Any]:
     path, media = prepare_media(seconds, width, height, fps, bitrate_kbps, progress)
     mean_unit = media["bytes"] / media["access_units"]
     hwm = int(max(1000, HWM_BUDGET_BYTES // mean_unit))
@@ -122,7 +122,7 @@ def run(edges: tuple[int, ...], seconds: float, width: int, height: int, fps: in
         for r in range(repeats):
             for impl in (impls if r % 2 == 0 else impls[::-1]):
                 trial = _bus.run_trial(impl, n, duration_s=duration_s, hwm=hwm, aus=path, speed=speed,
-                                       burst=64, tick_ms=tick_ms)
+                                       burst=64, tick_ms=tick_ms, io_threads=io_threads)
                 runs[impl].append(trial)
                 if progress:
                     progress(f"fanout {n} edge(s) repeat {r + 1}/{repeats} {impl}: "
@@ -131,6 +131,7 @@ def run(edges: tuple[int, ...], seconds: float, width: int, height: int, fps: in
         results.append(summarise(n, runs, target))
     out = {"benchmark": "fanout", "nproc": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
            "media": media, "speed": speed, "tick_ms": tick_ms, "duration_s": duration_s,
+           "io_threads": io_threads,
            "repeats": repeats, "hwm": hwm,
            "results": results}
     for impl in impls:
@@ -191,7 +192,8 @@ def format_table(report: dict[str, Any]) -> str:
         (f"fan-out: {m['width']}x{m['height']}@{m['fps']} H.264 {m['measured_kbps'] / 1000:.2f} Mbit/s + AAC "
          f"({m['access_units']} units in {m['seconds']:.1f} s, mean video unit "
          f"{m['mean_video_unit_bytes'] / 1000:.1f} kB), {pace} on a {report['tick_ms']:g} ms tick; "
-         f"{report['duration_s']:g} s per trial, median of {report['repeats']}; nproc {report['nproc']}"),
+         f"{report['duration_s']:g} s per trial, median of {report['repeats']}; nproc {report['nproc']}; "
+         f"publisher ZeroMQ I/O threads {report.get('io_threads', 1)}"),
         (f"{'edges':>5} {'impl':<9}{'Gbit/s':>8}{'per edge Mbit/s':>17}{'units/s':>10}{'delivered':>11}"
          f"{'lost':>9}{'kept up':>9}"),
     ]
@@ -243,9 +245,12 @@ def _ints(values: tuple[str, ...], default: tuple[int, ...]) -> tuple[int, ...]:
 @click.option("--repeats", type=click.IntRange(1, 50), default=1, show_default=True)
 @click.option("--curve", is_flag=True,
               help="also run the bus with CURVE on (bus_security = \"curve\") in the same run")
+@click.option("--io-threads", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="the publisher's ZeroMQ I/O threads (a node's bus_io_threads): with CURVE each "
+                   "edge's copy is encrypted on one of them")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def command(edges: tuple[str, ...], bitrate_kbps: int, size: str, fps: int, seconds: float, speed: float,
-            tick_ms: float, duration: float, repeats: int, curve: bool, as_json: bool) -> None:
+            tick_ms: float, duration: float, repeats: int, curve: bool, io_threads: int, as_json: bool) -> None:
     """One stream to N edge processes: Gbit/s delivered and largest N without loss, vs raw pyzmq."""
     try:
         width, height = (int(v) for v in size.lower().split("x"))
@@ -254,7 +259,7 @@ def command(edges: tuple[str, ...], bitrate_kbps: int, size: str, fps: int, seco
     try:
         report = run(_ints(edges, DEFAULT_EDGES), seconds, width, height, fps, bitrate_kbps, speed,
                      duration, repeats, tick_ms, progress=lambda line: click.echo(line, err=True),
-                     curve=curve)
+                     curve=curve, io_threads=io_threads)
     except _bus.WorkerError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(report) if as_json else format_table(report))

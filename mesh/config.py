@@ -76,6 +76,9 @@ class NodeConfig:
     # "curve": the bus is encrypted and origins admit only registered, alive nodes (ZAP);
     # "none": plaintext and open to anyone who reaches the ports (benchmarks, private networks).
     bus_security: str = "curve"
+    # ZeroMQ I/O threads of the node's bus: with CURVE each subscriber's copy is encrypted on one
+    # of them, so a second thread spreads an origin's fan-out encryption over two cores.
+    bus_io_threads: int = 1
     # ingest
     max_publishers: int = 500
     rtmp_max_message_bytes: int = 8 << 20
@@ -184,6 +187,8 @@ class NodeConfig:
                      "rtmp_max_connections", "rtmp_max_connections_per_ip"):
             if getattr(self, name) <= 0:
                 raise bad(name, "must be a positive integer")
+        if not 1 <= self.bus_io_threads <= 16:
+            raise bad("bus_io_threads", "use 1 to 16 threads")
         if self.rtmp_max_connections_per_ip > self.rtmp_max_connections:
             raise bad("rtmp_max_connections_per_ip", "must not be more than rtmp_max_connections")
         for name in ("http_header_timeout_s", "http_keepalive_s", "http_body_timeout_s"):

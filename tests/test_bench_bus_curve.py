@@ -11,6 +11,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README_THROUGHPUT = "mesh bench throughput --payload 1500 --duration 0.5 --repeats 1 --curve"
 README_FANOUT = "mesh bench fanout --edges 2 --size 160x96 --seconds 1 --bitrate-kbps 300 --duration 0.5 --curve"
+README_FANOUT_IO = README_FANOUT + " --io-threads 2"
 
 
 def _run(command: str) -> str:
@@ -38,3 +39,10 @@ def test_fanout_curve_reports_the_cost() -> None:
     assert sorted(impls) == ["curve", "mesh", "raw", "rawcurve"], out
     assert re.search(r"ratio curve/raw [\d.]+, curve/mesh [\d.]+, edge CPU per unit curve/mesh [\d.]+", out)
     assert re.search(r"^curve: largest N without loss", out, re.M), out
+
+
+def test_fanout_with_two_publisher_io_threads_says_so() -> None:
+    out = _run(README_FANOUT_IO)
+    assert "publisher ZeroMQ I/O threads 2" in out, out
+    assert sorted(re.findall(r"^\s+2 (mesh|curve|rawcurve|raw)\s+[\d.]+", out, re.M)) == [
+        "curve", "mesh", "raw", "rawcurve"], out

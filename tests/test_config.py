@@ -26,6 +26,7 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
     ({"playlist_window": 1}, "playlist_window"),
     ({"node_dead_after_s": 1.0}, "node_dead_after_s"),
     ({"node_forget_after_s": 3.0}, "node_forget_after_s"),  # forgotten before it is dead
+    ({"bus_io_threads": 0}, "bus_io_threads"),
 ])
 def test_errors_name_the_field(overrides: dict, field: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -147,3 +148,7 @@ def test_mode_config_file_is_written_0640_group_mesh_or_root(tmp_path: Path) -> 
         assert (st.st_mode & 0o777, st.st_gid) == (0o640, want_gid)
     assert load_config(path, env={}).mongo == "mongodb://op:pw@db:27017/"
     assert [p.name for p in path.parent.iterdir()] == ["mesh.toml"], "no temporary file left behind"
+
+
+def test_bus_io_threads_from_the_environment() -> None:
+    assert load_config(None, env={"MESH_BUS_IO_THREADS": "2"}).bus_io_threads == 2

@@ -69,7 +69,7 @@ class Node:
             uri = self.embedded.start()  # in the loop thread on purpose: see EmbeddedDb
         self.registry = Registry(uri, cfg.db_name, node_dead_after_s=cfg.node_dead_after_s)
         await self.registry.connect()
-        self.zmq = zmq.asyncio.Context()
+        self.zmq = zmq.asyncio.Context(io_threads=self.cfg.bus_io_threads)
         secrets = secrets_of(cfg.cluster_secret, cfg.cluster_secret_previous)
         auth = RestAuth(secrets, cfg.rest_allowed_cidrs, cfg.trusted_proxies)
         add_cluster_routes(self.app, self.registry, self.health, auth, cfg.node_forget_after_s)
