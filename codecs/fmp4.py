@@ -56,7 +56,7 @@ import numpy as np
 from . import fmp4_kernels as _k
 from .aac import AacError, parse_asc
 from .h264 import H264Error, parse_avcc
-from .media import AUDIO, CLOCK_HZ, VIDEO, AccessUnit, AudioConfig, VideoConfig
+from .media import CLOCK_HZ, VIDEO, AccessUnit, AudioConfig, VideoConfig, warm_sample
 
 VIDEO_TRACK_ID = 1
 AUDIO_TRACK_ID = 2
@@ -293,21 +293,9 @@ def next_video_dts(aus: Sequence[AccessUnit]) -> int | None:
     return next((au.dts for au in aus if au.track == VIDEO), None)
 
 
-# A real 640x360 High-profile x264 SPS/PPS, used only to exercise the kernels.
-_WARM_AVCC = bytes.fromhex(
-    "0164001effe100196764001eacd940a02ff9610000030001000003003c0f162d9601000468efbcb0"
-)
-
-
 def warm_up() -> None:
     """Load (or, on a cold cache, compile) the kernel; call once at node start."""
-    video = VideoConfig(avcc=_WARM_AVCC, width=640, height=360, codec_string="avc1.64001e")
-    audio = AudioConfig(asc=b"\x11\x90", sample_rate=48000, channels=2, codec_string="mp4a.40.2")
-    aus = [
-        AccessUnit(VIDEO, 3000, 0, True, b"\x00\x00\x00\x02\x65\x88"),
-        AccessUnit(AUDIO, 0, 0, True, b"\x21\x00"),
-        AccessUnit(VIDEO, 6000, 3000, False, b"\x00\x00\x00\x02\x41\x9a"),
-    ]
+    video, audio, aus = warm_sample()
     Fmp4Packetiser(video, audio).fragment(aus, 1, 6000)
     Fmp4Packetiser(None, audio).fragment(aus[1:2], 1)
 

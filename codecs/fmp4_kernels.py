@@ -29,16 +29,8 @@ import numpy as np
 
 from .jit import inline, jit
 
-# Rows of the access-unit table (``meta``), as in :mod:`mesh_codecs.ts_kernels`.
-COL_TRACK = 0
-COL_PTS = 1
-COL_DTS = 2
-COL_KEY = 3
-COL_LEN = 4
-META_COLS = 5
-
-TRACK_VIDEO = 0
-TRACK_AUDIO = 1
+# The access-unit table's rows and tracks (``meta``): see :mod:`mesh_codecs.media`.
+from .media import COL_DTS, COL_KEY, COL_LEN, COL_PTS, COL_TRACK, META_COLS, TRACK_AUDIO, TRACK_VIDEO  # noqa: F401
 
 # Error codes returned by :func:`fragment` (with the index of the access unit).
 OK = 0

@@ -13,6 +13,17 @@ CLOCK_HZ = 90_000
 
 VIDEO = 0
 AUDIO = 1
+
+# The access-unit table the packetising kernels read (``meta``: one int64 row per unit), shared
+# by :mod:`mesh_codecs.ts_kernels` and :mod:`mesh_codecs.fmp4_kernels`.
+COL_TRACK = 0
+COL_PTS = 1
+COL_DTS = 2
+COL_KEY = 3
+COL_LEN = 4
+META_COLS = 5
+TRACK_VIDEO = VIDEO
+TRACK_AUDIO = AUDIO
 @dataclass(slots=True)
 class AccessUnit:
     """One encoded video frame or audio frame."""
@@ -78,3 +89,22 @@ def audio_from_dict(params: object) -> AudioConfig:
         raise ValueError("audio parameters are not an aac map")
     return AudioConfig(_field(params, "asc", bytes), _field(params, "sample_rate", int, 1, 384000),
                        _field(params, "channels", int, 1, 8), _field(params, "codec_string", str))
+
+
+# A real 640x360 High-profile x264 SPS/PPS and AAC-LC config: tiny media that exercises a
+# packetiser's whole path, so a node compiles (or loads) its kernels at start, not on a viewer.
+_WARM_AVCC = bytes.fromhex(
+    "0164001effe100196764001eacd940a02ff9610000030001000003003c0f162d9601000468efbcb0"
+)
+
+
+def warm_sample() -> tuple[VideoConfig, AudioConfig, list[AccessUnit]]:
+    """(video config, audio config, three access units: video key, audio, video) for warm-ups."""
+    video = VideoConfig(avcc=_WARM_AVCC, width=640, height=360, codec_string="avc1.64001e")
+    audio = AudioConfig(asc=b"\x11\x90", sample_rate=48000, channels=2, codec_string="mp4a.40.2")
+    aus = [
+        AccessUnit(VIDEO, 3000, 0, True, b"\x00\x00\x00\x02\x65\x88"),
+        AccessUnit(AUDIO, 0, 0, True, b"\x21\x00"),
+        AccessUnit(VIDEO, 6000, 3000, False, b"\x00\x00\x00\x02\x41\x9a"),
+    ]
+    return video, audio, aus

@@ -47,7 +47,7 @@ import numpy as np
 from . import ts_kernels as _k
 from .aac import AacError, adts_fields, build_adts_header, parse_asc
 from .h264 import H264Error, join_annexb, parse_avcc
-from .media import AUDIO, VIDEO, AccessUnit, AudioConfig, VideoConfig
+from .media import AccessUnit, AudioConfig, VideoConfig, warm_sample
 
 TS_PACKET_SIZE = 188
 PROGRAM_NUMBER = 1
@@ -195,25 +195,13 @@ class TsPacketiser:
         return out.tobytes()
 
 
-# A real 640x360 High-profile x264 SPS/PPS, used only to exercise the kernels.
-_WARM_AVCC = bytes.fromhex(
-    "0164001effe100196764001eacd940a02ff9610000030001000003003c0f162d9601000468efbcb0"
-)
-
-
 def warm_up() -> None:
     """Load (or, on a cold cache, compile) the kernels; call once at node start.
 
     Runs a tiny segment through exactly the code path of :meth:`segment`, so
     the first real segment does not pay for compilation.
     """
-    video = VideoConfig(avcc=_WARM_AVCC, width=640, height=360, codec_string="avc1.64001e")
-    audio = AudioConfig(asc=b"\x11\x90", sample_rate=48000, channels=2, codec_string="mp4a.40.2")
-    aus = [
-        AccessUnit(VIDEO, 3000, 0, True, b"\x00\x00\x00\x02\x65\x88"),
-        AccessUnit(AUDIO, 0, 0, True, b"\x21\x00"),
-        AccessUnit(VIDEO, 6000, 3000, False, b"\x00\x00\x00\x02\x41\x9a"),
-    ]
+    video, audio, aus = warm_sample()
     TsPacketiser(video, audio).segment(aus)
     TsPacketiser(None, audio).segment(aus[1:2])
 
