@@ -15,6 +15,7 @@ import asyncio
 import logging
 import statistics
 from collections import deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Callable
 
 from mesh_codecs.media import VIDEO, AudioConfig, VideoConfig, audio_to_dict, video_to_dict
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("mesh.ladder")
 
 METER_SEGMENTS = 8  # segments each rendition's bitrate figures cover
+# Frame rates a source most likely has: a measured rate this close to one of them is that one.
+COMMON_RATES = (24000 / 1001, 24.0, 25.0, 30000 / 1001, 30.0, 48.0, 50.0, 60000 / 1001, 60.0)
+COMMON_RATE_TOLERANCE = 0.005
 FPS_SAMPLE = 10  # source frame intervals measured before the ladder starts (x264 needs the rate)
 PENDING_MAX = 400  # entries held meanwhile at most (a source without steady video starts anyway)
 
@@ -219,9 +223,7 @@ class Renditions:
         return self.transcoder.lag_s if self.transcoder is not None else 0.0
 
     def frame_rate(self) -> float | None:
-        if len(self._src_deltas) < 5:
-            return None
-        return round(90000 / statistics.median(self._src_deltas), 3)
+        return frame_rate_of(self._src_deltas)
 
     def documents(self) -> list[dict[str, Any]]:
         """The live rungs as the stream document lists them."""
@@ -238,3 +240,21 @@ class Renditions:
                          "frame_rate": min(fps, rung.fps) if fps and rung.fps else (rung.fps or fps),
                          "peak_bps": peak, "average_bps": average})
         return docs
+
+
+def frame_rate_of(deltas: Iterable[int]) -> float | None:
+    """Frames per second from the source's frame intervals (90 kHz ticks); None below 5 intervals.
+
+    RTMP stamps whole milliseconds, so a 30 fps source arrives as 33, 33, 34 ms: the median
+    alone says 30.303. The mean of the intervals near the median (a dropped frame or a pause
+    left out) says 30.0; a rate within 0.5 % of a common one is reported as that one."""
+    xs = list(deltas)
+    if len(xs) < 5:
+        return None
+    mid = statistics.median(xs)
+    if mid <= 0:
+        return None
+    near = [x for x in xs if 0.5 * mid <= x <= 1.5 * mid]
+    fps = 90000 / (sum(near) / len(near))
+    rate = min(COMMON_RATES, key=lambda r: abs(fps - r))
+    return round(rate if abs(fps - rate) <= rate * COMMON_RATE_TOLERANCE else fps, 3)
