@@ -5,7 +5,7 @@ known (rungs taller than the source are skipped), gives it every stamped source 
 publishes what it returns: each rung on its own topic ``s/{id}/{rung}/`` with its own snapshot
 window, its config first (the rung's SPS/PPS and the source's audio config). It measures each
 rendition's segments (peak and average bitrate of the MPEG-TS an edge will cut, bounded from the
-access units; see :func:`ts_bytes_bound`) for the stream document, and drops rungs the worker
+access units; see :func:`ts_packets_bound`) for the stream document, and drops rungs the worker
 says it cannot keep up with: a log line naming stream and rung, a counter, and the stream
 document's ``dropped_renditions``.
 """
@@ -38,12 +38,19 @@ FPS_SAMPLE = 10  # source frame intervals measured before the ladder starts (x26
 PENDING_MAX = 400  # entries held meanwhile at most (a source without steady video starts anyway)
 
 
-def ts_bytes_bound(payload_bytes: int, units: int, keyframes: int, psets_bytes: int) -> int:
-    """An upper bound of the MPEG-TS bytes an edge cuts from a segment's access units: each unit
-    in its own PES (header, AUD, ADTS or SPS/PPS on keyframes) split into 184-byte payloads,
-    plus PAT/PMT. Deterministic, so every node computes the same figure."""
-    body = payload_bytes + units * (19 + 6 + 7 + 8) + keyframes * psets_bytes
-    return (body // 184 + units + 2) * 188
+def ts_packets_bound(nbytes: int, video: bool, key: bool, psets_bytes: int) -> int:
+    """The MPEG-TS packets an edge's packetiser (:mod:`mesh_codecs.ts`) spends on one access unit,
+    at most: the unit in its own PES, split into 184-byte payloads. Video: PES header with PTS and
+    DTS (19), access unit delimiter (6), SPS/PPS before a keyframe (``psets_bytes``, the avcC
+    record, longer than their Annex B form), the PCR adaptation field on the first packet (8).
+    Audio: PES header with PTS (14), ADTS header (7), the random-access adaptation field (2).
+    Deterministic, so every node computes the same figure; exact but for the DTS and the SPS/PPS
+    framing, so BANDWIDTH stays an upper bound without charging each unit a spare packet."""
+    if video:
+        size = nbytes + 19 + 6 + (psets_bytes if key else 0) + 8
+    else:
+        size = nbytes + 14 + 7 + 2
+    return -(-size // 184)
 
 
 class Meter:
@@ -53,18 +60,16 @@ class Meter:
         self.segments: deque[tuple[int, float]] = deque(maxlen=METER_SEGMENTS)  # (bits, seconds)
         self._seg = -1
         self._start_dts = 0
-        self._bytes = self._units = self._keys = 0
+        self._packets = 0
 
-    def add(self, seg: int, dts: int, nbytes: int, key: bool, psets_bytes: int) -> None:
+    def add(self, seg: int, dts: int, nbytes: int, video: bool, key: bool, psets_bytes: int) -> None:
         if seg != self._seg:
             if self._seg >= 0 and dts > self._start_dts:
-                bits = ts_bytes_bound(self._bytes, self._units, self._keys, psets_bytes) * 8
+                bits = (self._packets + 2) * 188 * 8  # + PAT and PMT
                 self.segments.append((bits, (dts - self._start_dts) / 90000))
             self._seg, self._start_dts = seg, dts
-            self._bytes = self._units = self._keys = 0
-        self._bytes += nbytes
-        self._units += 1
-        self._keys += key
+            self._packets = 0
+        self._packets += ts_packets_bound(nbytes, video, key, psets_bytes)
 
     def figures(self) -> tuple[int, int]:
         """(peak bits/s, average bits/s) of the measured segments; (0, 0) before the first."""
@@ -190,7 +195,8 @@ class Renditions:
                 o: Out
                 channel.media(o.track, o.pts, o.dts, o.flags, o.seg, o.data,
                               o.extra if o.flags & FLAG_SEG_START else None)
-                meter.add(o.seg, o.dts, len(o.data), bool(o.track == VIDEO and o.flags & FLAG_KEY), psets)
+                video = o.track == VIDEO
+                meter.add(o.seg, o.dts, len(o.data), video, bool(video and o.flags & FLAG_KEY), psets)
         elif kind == DROPPED:
             self._drop(rung, f"{payload} s behind real time")
         elif kind == FAILED:
