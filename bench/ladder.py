@@ -191,8 +191,9 @@ def command(ladders: tuple[str, ...], preset: str, seconds: float, repeats: int,
             raise click.BadParameter("1 to 64", param_hint="--max-streams")
         if not 6 <= hold_s <= 3600:
             raise click.BadParameter("6 to 3600 seconds", param_hint="--hold")
-        report = ladder_capacity.run(ladders[0] if ladders else DEFAULT_LADDERS[0], preset, threads,
-                                     max_streams, hold_s)
+        ladder = ladders[0] if ladders else DEFAULT_LADDERS[0]
+        report = ladder_capacity.run(ladder, lambda clip: ffmpeg_args(clip, ladder, preset, threads), preset,
+                                     threads, max_streams, hold_s)
         click.echo(json.dumps(report, indent=2) if as_json else ladder_capacity.format_table(report))
         return
     report = run(list(ladders) or list(DEFAULT_LADDERS), preset, seconds, repeats, threads)

@@ -15,7 +15,7 @@ until each side has failed a step (or ``--max-streams``):
   :data:`LAG_OK_S`.
 * **ffmpeg**: N ffmpeg CLI processes, each ``-re -stream_loop -1 -t HOLD -i clip`` doing
   ``split``/``scale``/libx264 per rung exactly as :func:`mesh_bench.ladder.ffmpeg_args` (the same
-  settings and thread count), to ``-f null``. Each reports its output time (``-progress``); its
+  settings and thread count; handed in by the ``ladder`` command), to ``-f null``. Each reports its output time (``-progress``); its
   speed is output time over wall time across the step's second half. The step **keeps up** when
   every process's speed is at least :data:`SPEED_OK` (1.0x within the sampling's resolution).
 
@@ -34,7 +34,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 
@@ -117,12 +117,9 @@ def mesh_step(pair: Any, n: int, clip: Path, tags: list[Any], hold_s: float) -> 
 # --------------------------------------------------------------------------- ffmpeg
 
 
-def ffmpeg_live_args(clip: Path, ladder: str, preset: str, threads: int, hold_s: float) -> list[str]:
-    """The ladder's ffmpeg CLI baseline, its input read in real time for ``hold_s`` seconds,
-    reporting progress on stdout."""
-    from mesh_bench.ladder import ffmpeg_args
-
-    args = ffmpeg_args(clip, ladder, preset, threads)
+def ffmpeg_live_args(args: list[str], hold_s: float) -> list[str]:
+    """The ladder's ffmpeg CLI baseline (``args``, from :func:`mesh_bench.ladder.ffmpeg_args`),
+    its input read in real time for ``hold_s`` seconds, reporting progress on stdout."""
     at = args.index("-i")
     return [*args[:at], "-re", "-stream_loop", "-1", "-t", f"{hold_s:g}", *args[at:at + 2],
             "-progress", "pipe:1", "-nostats", *args[at + 2:]]
@@ -156,8 +153,8 @@ class _Progress:
         self._thread.join(5)
 
 
-def ffmpeg_step(n: int, clip: Path, ladder: str, preset: str, threads: int, hold_s: float) -> dict[str, Any]:
-    args = ffmpeg_live_args(clip, ladder, preset, threads, hold_s)
+def ffmpeg_step(n: int, baseline: list[str], hold_s: float) -> dict[str, Any]:
+    args = ffmpeg_live_args(baseline, hold_s)
     t0 = time.monotonic()
     procs = [subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(n)]
@@ -184,8 +181,9 @@ def ffmpeg_step(n: int, clip: Path, ladder: str, preset: str, threads: int, hold
 # --------------------------------------------------------------------------- the count
 
 
-def run(ladder: str, preset: str = "veryfast", threads: int = 1, max_streams: int = 8,
-        hold_s: float = 30.0) -> dict[str, Any]:
+def run(ladder: str, baseline: Callable[[Path], list[str]], preset: str = "veryfast", threads: int = 1,
+        max_streams: int = 8, hold_s: float = 30.0) -> dict[str, Any]:
+    """``baseline(clip)``: the ffmpeg CLI arguments doing the ladder's work on ``clip``."""
     from mesh_bench._rtmp_feed import read_flv
     from mesh_bench.ingest import make_clip
     from mesh_bench.latency import MeshPair
@@ -210,7 +208,7 @@ def run(ladder: str, preset: str = "veryfast", threads: int = 1, max_streams: in
                         continue
                     say(f"{side}: {n} stream(s)")
                     step = mesh_step(pair, n, work / "clip.flv", tags, hold_s) if side == "mesh" else \
-                        ffmpeg_step(n, work / "clip.flv", ladder, preset, threads, hold_s)
+                        ffmpeg_step(n, baseline(work / "clip.flv"), hold_s)
                     steps[side].append(step)
                     going[side] = step["keeps_up"]
                     say(f"{side}: {n} stream(s): {'keeps up' if step['keeps_up'] else 'falls behind'}")

@@ -88,9 +88,10 @@ def test_capacity_counts_mesh_and_ffmpeg_streams() -> None:
 
 
 def test_the_capacity_baseline_reads_its_input_in_real_time() -> None:
+    from mesh_bench.ladder import ffmpeg_args
     from mesh_bench.ladder_capacity import ffmpeg_live_args
 
-    args = ffmpeg_live_args(Path("in.flv"), "720p2500k,480p1000k,360p600k", "veryfast", 1, 30)
+    args = ffmpeg_live_args(ffmpeg_args(Path("in.flv"), "720p2500k,480p1000k,360p600k", "veryfast", 1), 30)
     i = args.index("-i")
     assert args[i - 5:i] == ["-re", "-stream_loop", "-1", "-t", "30"] and args[i + 1] == "in.flv"
     assert args.count("-c:v") == 3 and "-progress" in args and args[-1] == "-"
