@@ -221,3 +221,16 @@ def test_a_dropped_rung_closes_its_recording_while_the_rest_go_on(node_factory, 
     finally:
         pub.kill()
         pub.wait()
+
+
+def test_a_rungs_recording_is_named_for_its_rendition_and_its_id_is_accepted() -> None:
+    from mesh.http.vods import VOD_ID
+    from mesh.ingest.record import vod_name
+
+    started = 1_796_150_000.0  # 2026-12-01 ...
+    src, rung = vod_name("cam1", 3, started), vod_name("cam1", 3, started, "360p600kbps")
+    assert rung == src.replace("cam1-", "cam1_360p600kbps-", 1) and src.startswith("cam1-3-2026")
+    long_id = "s" * 128
+    for vod_id in (src, rung, vod_name(long_id, 1, started, "1080p6000kbps")):
+        assert VOD_ID.fullmatch(vod_id), vod_id
+    assert not VOD_ID.fullmatch(f"{long_id}_x-1-20261201000000")  # 130 characters, not a rendition

@@ -324,6 +324,8 @@ class OriginPart:
 
     async def _save_vods(self, running: list[tuple[LiveStream, Mp4Recorder]]) -> None:
         for live, recorder in running:
+            if recorder.closed:  # ended meanwhile (a dropped rung): its end writes "finished"
+                continue
             try:
                 await self.registry.save_vod(recorder.info.vod_id, self._vod_fields(live, recorder, "recording"))
             except Exception as exc:
