@@ -23,11 +23,12 @@ both servers cut where expected.
 With ``--abr RUNGS`` the run is paired instead: the same mesh measurement twice in one run, the
 origin without a ladder and then with ``RUNGS`` (a 1280x720 clip by default, so every rung is
 made), and the report gives both medians and the ratio ladder-on / ladder-off for ``src``, the
-promise being that a ladder does not make ``src`` later (ratio <= 1.10, noise included). It also
+promise being that a ladder does not make ``src`` later (ratio <= 1.10, noise included); with
+``--repeats N`` each side runs N times in alternating order and the delays are pooled. It also
 says which rungs were live at the end of the ladder run and which were dropped, and the load
 average before and after.
 
-Run: ``mesh bench latency [--duration 20] [--poll-ms 5] [--abr 720p2500k,480p1000k,360p600k] [--json]``
+Run: ``mesh bench latency [--duration 20] [--poll-ms 5] [--abr 720p2500k,480p1000k,360p600k [--repeats 3]] [--json]``
 """
 from __future__ import annotations
 
@@ -321,11 +322,33 @@ def measure(name: str, rtmp_url: str, playlist_url: str, tags: list[Tag], durati
     return out
 
 
+def pool(outs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One side's figures over several runs: the steady-state delays of every run together
+    (each run's first segment left out, as in :func:`summarize`)."""
+    rows = [dict(r, run=i) for i, out in enumerate(outs) for r in out["rows"]]
+    firsts = {i: min((r["seq"] for r in rows if r["run"] == i), default=None) for i in range(len(outs))}
+    steady = [r for r in rows if r["seq"] != firsts[r["run"]]]
+    out = summarize([{"delay_ms": 0.0}] + steady)  # the placeholder is the one summarize leaves out
+    out["first_ms"] = [r["delay_ms"] for r in rows if r["seq"] == firsts[r["run"]]]
+    fetch = [o["fetch_ms_median"] for o in outs if o["fetch_ms_median"] is not None]
+    last = outs[-1]
+    out.update({"server": last["server"], "runs": len(outs), "polls": sum(o["polls"] for o in outs),
+                "poll_errors": sum(o["poll_errors"] for o in outs), "poll_interval_ms": last["poll_interval_ms"],
+                "fetch_ms_median": round(statistics.median(fetch), 2) if fetch else None,
+                "keyframes_sent": sum(o["keyframes_sent"] for o in outs), "rows": rows,
+                "run_medians_ms": [o["median_ms"] for o in outs]})
+    if "renditions" in last or "dropped" in last:
+        out["renditions"] = last.get("renditions")
+        out["dropped"] = sorted({d for o in outs for d in o.get("dropped") or []})
+    return out
+
+
 def run(duration_s: float = 20.0, poll_ms: float = 5.0, bitrate_kbps: int = 600,
         servers: Sequence[str] = ("mesh", "nginx_rtmp"), background: int = 0, abr: str = "",
-        abr_preset: str = "veryfast", size: str = "640x360") -> dict[str, Any]:
+        abr_preset: str = "veryfast", size: str = "640x360", repeats: int = 1) -> dict[str, Any]:
     """``servers`` names the sides: ``mesh``, ``nginx_rtmp`` and ``mesh_abr`` (mesh with the
-    ``abr`` ladder on its origin)."""
+    ``abr`` ladder on its origin). The mesh sides run ``repeats`` times each, alternating their
+    order (off, on, on, off, ...), their delays pooled."""
     work = Path(tempfile.mkdtemp(prefix="mesh-bench-latency-"))
     started = time.time()
     load_before = os.getloadavg()
@@ -334,19 +357,24 @@ def run(duration_s: float = 20.0, poll_ms: float = 5.0, bitrate_kbps: int = 600,
         say(f"encoding a 10 s {size} clip ({bitrate_kbps} kbps, {SEGMENT_S:g} s GOP)")
         clip = make_clip(work / "clip.flv", bitrate_kbps, size=size)
         tags = read_flv(work / "clip.flv")
-        for side in [s for s in servers if s in ("mesh", "mesh_abr")]:
+        mesh_sides = [s for s in servers if s in ("mesh", "mesh_abr")]
+        order = [side for r in range(repeats) for side in (mesh_sides if r % 2 == 0 else mesh_sides[::-1])]
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for i, side in enumerate(order):
             ladder = side == "mesh_abr"
             env = {"MESH_ABR": abr, "MESH_ABR_PRESET": abr_preset} if ladder else {}
             say(f"starting the embedded database, an origin{' with the ladder ' + abr if ladder else ''} and an edge")
-            pair = MeshPair(work / side, origin_env=env).start()
+            pair = MeshPair(work / f"{side}-{i}", origin_env=env).start()
             try:
                 say(f"{side}: publishing for {duration_s:g} s, polling the edge playlist every {poll_ms:g} ms")
-                results[side] = measure(side, pair.origin.rtmp_url(STREAM), pair.playlist_url(STREAM),
-                                        tags, duration_s, poll_ms / 1000, pair.origin.rtmp_url, background,
-                                        work / "clip.flv",
-                                        (lambda p=pair: stream_renditions(p.origin.http, STREAM)) if ladder else None)
+                runs.setdefault(side, []).append(measure(
+                    side, pair.origin.rtmp_url(STREAM), pair.playlist_url(STREAM), tags, duration_s,
+                    poll_ms / 1000, pair.origin.rtmp_url, background, work / "clip.flv",
+                    (lambda p=pair: stream_renditions(p.origin.http, STREAM)) if ladder else None))
             finally:
                 pair.stop()
+        for side, outs in runs.items():
+            results[side] = outs[0] if len(outs) == 1 else pool(outs)
         if "nginx_rtmp" in servers:
             from mesh_bench._nginx_rtmp import NginxRtmp, NginxRtmpError
 
@@ -382,7 +410,7 @@ def run(duration_s: float = 20.0, poll_ms: float = 5.0, bitrate_kbps: int = 600,
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
             "params": {"duration_s": duration_s, "poll_ms": poll_ms, "bitrate_kbps": bitrate_kbps,
                        "segment_s": SEGMENT_S, "background_publishers": background, "size": size,
-                       "abr": abr or None, "abr_preset": abr_preset if abr else None},
+                       "abr": abr or None, "abr_preset": abr_preset if abr else None, "repeats": repeats},
             "clip_kbps": clip["kbps"], "results": results, "ratios": ratios, "abr_ratio": abr_ratio,
             "target": target}
 
@@ -392,6 +420,7 @@ def format_table(r: dict[str, Any]) -> str:
     lines = [(f"closing keyframe written -> segment listed; {p['segment_s']:g} s segments, playlist polled "
               f"every {p['poll_ms']:g} ms (HTTP keep-alive), first segment left out; "
               f"{p['background_publishers']} other publishers on the same server; {p['size']} clip; "
+              f"{p.get('repeats', 1)} run(s) per mesh side, alternating, delays pooled; "
               f"nproc {r['nproc']}, load average {r['loadavg_before']} -> {r['loadavg_after']}"),
              (f"{'where':<22}{'segments':>9}{'median ms':>11}{'p90 ms':>9}{'max ms':>9}{'min ms':>9}"
               f"{'first ms':>10}{'fetch ms':>10}")]
@@ -436,9 +465,11 @@ def format_table(r: dict[str, Any]) -> str:
                    "720p2500k,480p1000k,360p600k); reports both src medians and the ratio.")
 @click.option("--abr-preset", default="veryfast", show_default=True, help="libx264 preset of the ladder.")
 @click.option("--size", default=None, help="Clip size [640x360; 1280x720 with --abr].")
+@click.option("--repeats", type=int, default=1, show_default=True,
+              help="Runs per mesh side (with --abr: off, on, on, off, ...), delays pooled.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def command(duration_s: float, poll_ms: float, bitrate_kbps: int | None, background: int, only: str | None,
-            abr: str, abr_preset: str, size: str | None, as_json: bool) -> None:
+            abr: str, abr_preset: str, size: str | None, repeats: int, as_json: bool) -> None:
     """Closing keyframe to segment listed: a mesh edge vs nginx-rtmp's playlist (or, with --abr,
     mesh's src with the ladder off vs on)."""
     if poll_ms <= 0 or poll_ms > 5:
@@ -462,7 +493,9 @@ def command(duration_s: float, poll_ms: float, bitrate_kbps: int | None, backgro
         servers = [only] if only else ["mesh", "nginx_rtmp"]
     size = size or ("1280x720" if abr else "640x360")
     bitrate = bitrate_kbps or (3000 if abr else 600)
-    result = run(duration_s, poll_ms, bitrate, servers, background, abr, abr_preset, size)
+    if not 1 <= repeats <= 20:
+        raise click.BadParameter("1 to 20", param_hint="--repeats")
+    result = run(duration_s, poll_ms, bitrate, servers, background, abr, abr_preset, size, repeats)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:

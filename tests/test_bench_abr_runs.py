@@ -95,3 +95,18 @@ def test_the_capacity_baseline_reads_its_input_in_real_time() -> None:
     i = args.index("-i")
     assert args[i - 5:i] == ["-re", "-stream_loop", "-1", "-t", "30"] and args[i + 1] == "in.flv"
     assert args.count("-c:v") == 3 and "-progress" in args and args[-1] == "-"
+
+
+def test_repeated_runs_pool_their_steady_delays_leaving_each_runs_first_out() -> None:
+    from mesh_bench.latency import pool
+
+    def out(delays: list[float], dropped: list[str]) -> dict:
+        rows = [{"seq": 10 + i, "delay_ms": d} for i, d in enumerate(delays)]
+        return {"server": "mesh_abr", "rows": rows, "median_ms": delays[1], "polls": 5, "poll_errors": 0,
+                "poll_interval_ms": 5.0, "fetch_ms_median": 1.0, "keyframes_sent": 3,
+                "renditions": ["src"], "dropped": dropped}
+
+    pooled = pool([out([900.0, 10.0, 30.0], ["720p2500kbps"]), out([800.0, 20.0, 40.0, 50.0], [])])
+    assert pooled["first_ms"] == [900.0, 800.0] and pooled["segments"] == 5
+    assert pooled["median_ms"] == 30.0 and pooled["max_ms"] == 50.0 and pooled["runs"] == 2
+    assert pooled["dropped"] == ["720p2500kbps"] and pooled["polls"] == 10
