@@ -156,9 +156,11 @@ def probe_video(path: Path) -> tuple[int, int]:
 
 def test_rungs_are_recorded_each_to_its_own_file_with_its_resolution(node_factory, tmp_path: Path) -> None:
     records = tmp_path / "records"
-    origin = node_factory("origin", env={"MESH_RECORD_MP4": "1", "MESH_RECORD_RUNGS": "1",
-                                         "MESH_RECORD_DIR": str(records), "MESH_ABR": "480p1000k,360p600k",
-                                         "MESH_ABR_PRESET": "ultrafast"})
+    # the README's flags (the TOML and the environment: the test below)
+    origin = node_factory("origin", extra_args=["--record-mp4", "--record-rungs", "--abr", "480p1000k,360p600k"],
+                          # 4 s segments: a rung is dropped only 4 s behind real time (a loaded machine)
+                          env={"MESH_RECORD_DIR": str(records), "MESH_ABR_PRESET": "ultrafast",
+                               "MESH_SEGMENT_TARGET_S": "4"})
     edge = node_factory("edge")
     pub = ffmpeg_publish(origin.rtmp_url("rungs"), 10, size="1280x720")
     assert pub.wait(timeout=90) == 0, pub.stderr.read()
@@ -168,6 +170,8 @@ def test_rungs_are_recorded_each_to_its_own_file_with_its_resolution(node_factor
                       timeout_s=60, message="three recordings finished")
     by_rendition = {v["rendition"]: v for v in vods}
     assert set(by_rendition) == {"src", "480p1000kbps", "360p600kbps"}
+    dropped = get(f"{origin.http}/LiveApp/rest/v2/broadcasts/rungs")[1]["droppedRenditions"]
+    assert dropped == [], f"the machine was too loaded to keep the ladder in real time: {dropped}"
     assert all(v["streamId"] == "rungs" for v in vods)
     for rendition, size in (("src", (1280, 720)), ("480p1000kbps", (854, 480)), ("360p600kbps", (640, 360))):
         vod = by_rendition[rendition]
@@ -234,3 +238,18 @@ def test_a_rungs_recording_is_named_for_its_rendition_and_its_id_is_accepted() -
     for vod_id in (src, rung, vod_name(long_id, 1, started, "1080p6000kbps")):
         assert VOD_ID.fullmatch(vod_id), vod_id
     assert not VOD_ID.fullmatch(f"{long_id}_x-1-20261201000000")  # 130 characters, not a rendition
+
+
+def test_record_rungs_comes_from_the_toml_the_environment_and_the_flag(tmp_path: Path) -> None:
+    import pytest
+
+    from mesh.config import ConfigError, load_config
+
+    toml = tmp_path / "mesh.toml"
+    toml.write_text("[node]\nrecord_mp4 = true\nrecord_rungs = true\n")
+    assert load_config(toml, env={}).record_rungs is True
+    assert load_config(toml, env={"MESH_RECORD_RUNGS": "0"}).record_rungs is False
+    assert load_config(toml, env={"MESH_RECORD_RUNGS": "0"}, record_rungs=True).record_rungs is True
+    assert load_config(None, env={}).record_rungs is False
+    with pytest.raises(ConfigError, match="record_rungs"):
+        load_config(None, env={"MESH_RECORD_RUNGS": "maybe"})
