@@ -16,7 +16,11 @@ Reported per ladder: CPU-seconds per second of input (median of the trials) for 
 mesh / ffmpeg (target <= 1.10), and what the figures imply for one machine: ladders per core in
 real time, and streams a 2-core origin could carry (CPU-bound estimates: cores / CPU per second).
 
+With ``--capacity`` it counts instead how many 720p30 streams with the (first) ladder one
+machine keeps in real time, see :mod:`mesh_bench.ladder_capacity`.
+
 Run: ``mesh bench ladder [--ladder 720p2500k,480p1000k,360p600k] [--preset veryfast] [--seconds 10] [--repeats 3] [--json]``
+or ``mesh bench ladder --capacity [--max-streams 8] [--hold 30]``
 """
 from __future__ import annotations
 
@@ -169,8 +173,28 @@ def format_table(r: dict[str, Any]) -> str:
 @click.option("--seconds", default=10.0, show_default=True, help="length of the 720p30 clip")
 @click.option("--repeats", default=3, show_default=True, help="trials per side, alternating")
 @click.option("--threads", default=1, show_default=True, help="threads per encoder, both sides")
+@click.option("--capacity", is_flag=True,
+              help="count the 720p30 streams with the ladder kept in real time (mesh origin vs ffmpeg processes)")
+@click.option("--max-streams", default=8, show_default=True, help="--capacity: stop counting here")
+@click.option("--hold", "hold_s", default=30.0, show_default=True, help="--capacity: seconds per step")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def command(ladders: tuple[str, ...], preset: str, seconds: float, repeats: int, threads: int, as_json: bool) -> None:
-    """CPU per second of 720p30 input for a transcoding ladder: mesh vs the ffmpeg CLI."""
+def command(ladders: tuple[str, ...], preset: str, seconds: float, repeats: int, threads: int, capacity: bool,
+            max_streams: int, hold_s: float, as_json: bool) -> None:
+    """CPU per second of 720p30 input for a transcoding ladder: mesh vs the ffmpeg CLI (or, with
+    --capacity, how many such streams keep real time)."""
+    if capacity:
+        from mesh_bench import ladder_capacity
+
+        if len(ladders) > 1:
+            raise click.BadParameter("--capacity counts one ladder", param_hint="--ladder")
+        if not 1 <= max_streams <= 64:
+            raise click.BadParameter("1 to 64", param_hint="--max-streams")
+        if not 6 <= hold_s <= 3600:
+            raise click.BadParameter("6 to 3600 seconds", param_hint="--hold")
+        ladder = ladders[0] if ladders else DEFAULT_LADDERS[0]
+        report = ladder_capacity.run(ladder, lambda clip: ffmpeg_args(clip, ladder, preset, threads), preset,
+                                     threads, max_streams, hold_s)
+        click.echo(json.dumps(report, indent=2) if as_json else ladder_capacity.format_table(report))
+        return
     report = run(list(ladders) or list(DEFAULT_LADDERS), preset, seconds, repeats, threads)
     click.echo(json.dumps(report) if as_json else format_table(report))

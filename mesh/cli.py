@@ -154,6 +154,12 @@ def main() -> None:
 @click.option("--abr", default=None, metavar="RUNGS",
               help="Transcoding ladder of an origin, e.g. 720p2500k,480p1000k,360p600k (height p video "
                    "kbps k, optionally @fps); rungs taller than the source are skipped [off].")
+@click.option("--record-mp4/--no-record-mp4", default=None,
+              help="Record every stream of the app to MP4 on its origin (a stream can say otherwise "
+                   "over REST) [off].")
+@click.option("--record-rungs/--no-record-rungs", default=None,
+              help="When recording, also record each rung of the --abr ladder, one MP4 per rendition "
+                   "[off].")
 def node(config_path: str | None, cluster_secret_argv: str | None, **flags: Any) -> None:
     """Run one node until SIGTERM/Ctrl-C.
 

@@ -105,6 +105,9 @@ class NodeConfig:
     # MP4 recording (mesh/ingest/record.py): every stream of the app, unless a stream says otherwise
     # (PUT /{app}/rest/v2/broadcasts/{id}/recording/true|false); files below record_dir
     record_mp4: bool = False
+    # with recording on, also record each rung of the ABR ladder, one file per rendition (a
+    # stream can say otherwise: PUT …/recording/true?rungs=true|false)
+    record_rungs: bool = False
     record_dir: str = ""  # "" = {data_dir}/records
     # ABR ladder (mesh/ladder.py): e.g. ["720p2500k", "480p1000k", "360p600k"]; empty = off
     abr: list[str] = field(default_factory=list)

@@ -2,9 +2,13 @@
 
 - ``GET /{app}/rest/v2/vods/list/{offset}/{size}``, ``GET …/vods/count``, ``GET …/vods/{id}``
 - ``PUT /{app}/rest/v2/broadcasts/{id}/recording/{true|false}``: record that stream (or not),
-  overriding the app's ``record_mp4``, from its next publish (authenticated)
+  overriding the app's ``record_mp4``, from its next publish (authenticated); ``?rungs=true|false``
+  also says whether its ladder's rungs are recorded (overriding ``record_rungs``)
 - ``GET /{app}/vods/{id}.mp4``: the file, from any node. The origin that recorded it serves it
   from disk (with ranges); any other node streams it from that origin's ``http_url``.
+
+Each recording names its ``rendition`` (``src``, or a rung such as ``360p600kbps``, whose
+file is ``{streamId}_{rendition}-{epoch}-{start}.mp4``).
 """
 from __future__ import annotations
 
@@ -16,13 +20,15 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from ..ladder import RENDITION_RE
+from ..names import NAME_PATTERN
 from ..registry import Registry
 from .app import HttpError, json_response
 from .auth import RestAuth
 from .broadcasts import result, stream_id_arg
 from .cluster import page_args
 
-VOD_ID = re.compile(r"[A-Za-z0-9_-]{1,128}-[0-9]{1,10}-[0-9]{14}")
+VOD_ID = re.compile(rf"{NAME_PATTERN}(?:_{RENDITION_RE.pattern})?-[0-9]{{1,10}}-[0-9]{{14}}")
 PROXY_TIMEOUT_S = 30.0
 CHUNK = 256 << 10
 
@@ -46,7 +52,8 @@ def vod_json(doc: dict[str, Any], app: str, local: Path | None,
     return {"vodId": doc["_id"], "vodName": f"{doc['_id']}.mp4", "streamId": doc.get("stream_id"),
             "streamName": doc.get("stream_id"), "filePath": f"/{app}/vods/{doc['_id']}.mp4",
             "fileSize": size, "creationDate": doc.get("started_ms"), "duration": doc.get("duration_ms"),
-            "type": "streamVod", "status": status, "originNode": doc.get("origin_node"),
+            "type": "streamVod", "rendition": doc.get("rendition") or "src", "status": status,
+            "originNode": doc.get("origin_node"),
             "updateTime": _ms(doc.get("updated_at"))}
 
 
@@ -91,11 +98,19 @@ def add_vod_routes(app: web.Application, registry: Registry, app_name: str, reco
             raise HttpError(400, "use …/recording/true or …/recording/false", "path")
         if request.query.get("recordType", "mp4") != "mp4":
             raise HttpError(400, "only mp4 recording is supported", "query")
+        rungs = request.query.get("rungs", "").lower()
+        if rungs not in ("", "true", "false"):
+            raise HttpError(400, "use ?rungs=true or ?rungs=false (record the ladder's rungs too, or not)",
+                            "query")
         doc = await registry.get_stream(stream_id)
         if doc is None or doc.get("app") != app_name:
             raise HttpError(404, f"no broadcast {stream_id} in {app_name}", "notfound")
-        await registry.update_stream_fields(stream_id, app_name, {"mp4_enabled": 1 if flag == "true" else -1})
-        return json_response(result(True, "recording " + ("on" if flag == "true" else "off")
+        fields = {"mp4_enabled": 1 if flag == "true" else -1}
+        if rungs:
+            fields["mp4_rungs"] = 1 if rungs == "true" else -1
+        await registry.update_stream_fields(stream_id, app_name, fields)
+        what = "recording" + (" of src and rungs" if rungs == "true" else "")
+        return json_response(result(True, what + (" on" if flag == "true" else " off")
                                     + " from the stream's next publish", stream_id))
 
     async def download(request: web.Request) -> web.StreamResponse:

@@ -8,6 +8,11 @@ rendition's segments (peak and average bitrate of the MPEG-TS an edge will cut, 
 access units; see :func:`ts_packets_bound`) for the stream document, and drops rungs the worker
 says it cannot keep up with: a log line naming stream and rung, a counter, and the stream
 document's ``dropped_renditions``.
+
+When its owner sets :attr:`Renditions.record` (the origin records rungs), each rung gets a
+recorder from that factory when its config arrives, fed exactly what the rung's channel is sent;
+a dropped rung, a restarted ladder and the stream's end close it and hand it to
+:attr:`Renditions.on_record_end` (which waits for its file and notes it in the registry).
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from mesh_codecs.media import VIDEO, AudioConfig, VideoConfig, audio_to_dict, vi
 from .. import metrics
 from ..broker.wire import FLAG_KEY, FLAG_SEG_START
 from ..ladder import Rung, rungs_for_source
-from .transcode import CONFIG, DROPPED, FAILED, MEDIA, Out, Transcoder
+from .transcode import CONFIG, DRAINED, DROPPED, FAILED, MEDIA, Out, Transcoder
 
 if TYPE_CHECKING:
     from ..broker.publisher import BusPublisher, Channel
@@ -36,6 +41,7 @@ COMMON_RATES = (24000 / 1001, 24.0, 25.0, 30000 / 1001, 30.0, 48.0, 50.0, 60000 
 COMMON_RATE_TOLERANCE = 0.005
 FPS_SAMPLE = 10  # source frame intervals measured before the ladder starts (x264 needs the rate)
 PENDING_MAX = 400  # entries held meanwhile at most (a source without steady video starts anyway)
+DRAIN_MAX_S = 30.0  # how long an ended stream's recorded rungs may take to encode what is queued
 
 
 def ts_packets_bound(nbytes: int, video: bool, key: bool, psets_bytes: int) -> int:
@@ -90,7 +96,15 @@ class Renditions:
         self.preset, self.threads = preset, threads
         self.segment_target_s = segment_target_s
         self.on_change = on_change
+        # rung recording (mesh/ingest/record.py), set by the origin when it records rungs:
+        # record(rung name, rung config) -> a recorder (push/close) or None
+        self.record: Callable[[str, VideoConfig], Any] | None = None
+        self.on_record_end: Callable[[Any], None] | None = None
+        self.recorders: dict[str, Any] = {}  # rung name -> its running recorder
         self.transcoder: Transcoder | None = None
+        self._draining: str | None = None  # the eos reason while an ended stream's ladder drains
+        self._drained = asyncio.Event()
+        self._drained.set()
         self.channels: dict[str, "Channel"] = {}
         self.configs: dict[str, VideoConfig] = {}
         self.meters: dict[str, Meter] = {}
@@ -159,7 +173,34 @@ class Renditions:
                 self._drop(rung, "queue full")
             self.stop()
 
+    def finish(self, eos_reason: str) -> None:
+        """The source ended. A ladder whose rungs are recorded first encodes what is queued (the
+        rungs' tails, at most :data:`DRAIN_MAX_S`), so each file ends where ``src`` ends; any
+        other stops at once."""
+        t = self.transcoder
+        if not self.recorders or t is None or self._draining is not None or not t.drain():
+            self.stop(eos_reason)
+            return
+        self._pending = None
+        self._draining = eos_reason
+        self._drained.clear()
+        self._loop.call_later(DRAIN_MAX_S, self._drain_timeout, t)
+
+    def _drain_timeout(self, t: Transcoder) -> None:
+        if self.transcoder is t and self._draining is not None:
+            log.warning("%s: the ladder did not finish its rungs within %.0f s; cutting them here",
+                        self.stream_id, DRAIN_MAX_S)
+            self.stop(self._draining)
+
+    async def wait_drained(self) -> None:
+        """Until a :meth:`finish` drain is over (immediately when none runs)."""
+        await self._drained.wait()
+
     def stop(self, eos_reason: str | None = None) -> None:
+        if self._draining is not None:
+            eos_reason = eos_reason or self._draining
+            self._draining = None
+        self._drained.set()
         self._pending = None
         t, self.transcoder = self.transcoder, None
         if t is not None:
@@ -169,6 +210,16 @@ class Renditions:
                 channel.eos(eos_reason)
             self.bus.close_channel(channel)
         self.channels.clear()
+        for rung in list(self.recorders):
+            self._end_record(rung)
+
+    def _end_record(self, rung: str) -> None:
+        recorder = self.recorders.pop(rung, None)
+        if recorder is None:
+            return
+        recorder.close()
+        if self.on_record_end is not None:
+            self.on_record_end(recorder)
 
     # -- from the worker ------------------------------------------------------------------
     def _from_worker(self, kind: str, rung: str, payload: Any) -> None:
@@ -185,20 +236,28 @@ class Renditions:
             self.meters[rung] = Meter()
             channel = self.channels[rung] = self.bus.open_channel(self.stream_id, rung, self.epoch)
             self._send_config(rung, channel)
+            if self.record is not None:
+                self._end_record(rung)  # a new config: a new file
+                self._start_record(rung, payload)
             self.on_change()
         elif kind == MEDIA:
             channel = self.channels.get(rung)
             if channel is None:
                 return
             meter, psets = self.meters[rung], len(self.configs[rung].avcc)
+            recorder = self.recorders.get(rung)
             for o in payload:
                 o: Out
                 channel.media(o.track, o.pts, o.dts, o.flags, o.seg, o.data,
                               o.extra if o.flags & FLAG_SEG_START else None)
                 video = o.track == VIDEO
                 meter.add(o.seg, o.dts, len(o.data), video, bool(video and o.flags & FLAG_KEY), psets)
+                if recorder is not None:
+                    recorder.push(o.track, o.pts, o.dts, o.flags, o.seg, o.data)
         elif kind == DROPPED:
             self._drop(rung, f"{payload} s behind real time")
+        elif kind == DRAINED:
+            self.stop(self._draining)
         elif kind == FAILED:
             for name in list(self.configs):
                 self._drop(name, f"transcoder failed: {payload}")
@@ -214,9 +273,20 @@ class Renditions:
             self.bus.close_channel(channel)
         self.configs.pop(rung, None)
         self.meters.pop(rung, None)
+        self._end_record(rung)
         if self.transcoder is not None and all(r.name in self.dropped for r in self._rungs):
             self.stop()  # nothing left to make: stop feeding the worker
         self.on_change()
+
+    def _start_record(self, rung: str, cfg: VideoConfig) -> None:
+        assert self.record is not None
+        try:
+            recorder = self.record(rung, cfg)
+        except Exception as exc:  # a recording never stops the ladder
+            log.warning("stream %s: cannot record rung %s: %s", self.stream_id, rung, exc)
+            return
+        if recorder is not None:
+            self.recorders[rung] = recorder
 
     def _send_config(self, rung: str, channel: "Channel") -> None:
         channel.config({"video": video_to_dict(self.configs[rung]),

@@ -208,8 +208,8 @@ class LiveStream:
         self._drop_metrics()
         self.channel.eos("finished" if status == FINISHED else status)
         self.bus.close_channel(self.channel)
-        if self.abr is not None:
-            self.abr.stop("finished" if status == FINISHED else status)
+        if self.abr is not None:  # recorded rungs first encode what is queued
+            self.abr.finish("finished" if status == FINISHED else status)
         self.book.forget(self)
         try:
             await self.registry.set_stream_status(self.stream_id, self.node_id, self.epoch, status,

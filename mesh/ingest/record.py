@@ -1,4 +1,7 @@
-"""MP4 recording of a live stream's ``src`` rendition on its origin, crash-safe by layout.
+"""MP4 recording of a live stream's renditions on its origin, crash-safe by layout.
+
+The origin records ``src``; with ``record_rungs`` (or a stream's ``?rungs=true``) also each rung
+of its ladder, one file per rendition, fed by :class:`~.abr.Renditions` from what it publishes.
 
 The file is fragmented MP4 (:class:`mesh_codecs.fmp4.Fmp4Packetiser`): the init segment
 (``ftyp`` + ``moov``) is written when the stream's first media arrives, then each of the origin's
@@ -14,7 +17,10 @@ for that thread; beyond that (a disk too slow) fragments are dropped and counted
 recording; the live stream never notices.
 
 Files are named ``{stream_id}-{epoch}-{UTC start YYYYmmddHHMMSS}.mp4`` below the recording
-directory: a name never names other bytes, also after a takeover (the epoch changes).
+directory (a rung's ``{stream_id}_{rendition}-{epoch}-{start}.mp4``, e.g.
+``cam1_360p600kbps-3-20261201184833.mp4``): a name never names other bytes, also after a
+takeover (the epoch changes). A rung's recording starts at its first keyframe; a rung the
+ladder drops closes its file like an ended stream.
 """
 from __future__ import annotations
 
@@ -56,8 +62,9 @@ def warm_up() -> None:
     _pool().submit(fmp4.warm_up)
 
 
-def vod_name(stream_id: str, epoch: int, started: float) -> str:
-    return f"{stream_id}-{epoch}-{time.strftime('%Y%m%d%H%M%S', time.gmtime(started))}"
+def vod_name(stream_id: str, epoch: int, started: float, rendition: str = "src") -> str:
+    base = stream_id if rendition == "src" else f"{stream_id}_{rendition}"
+    return f"{base}-{epoch}-{time.strftime('%Y%m%d%H%M%S', time.gmtime(started))}"
 
 
 @dataclass
@@ -72,18 +79,22 @@ class RecordingInfo:
     duration_ms: int = 0
     fragments: int = 0
     failed: str = ""
+    rendition: str = "src"
 
 
 class Mp4Recorder:
-    """Records one live stream (the origin's ``src``): fed every stamped access unit."""
+    """Records one rendition of a live stream (``src`` or a rung): fed every stamped access unit.
+    ``configs`` is asked for the codec configs when the file is opened (on the writer thread)."""
 
     def __init__(self, directory: Path, stream_id: str, epoch: int, *,
                  configs: Callable[[], tuple[VideoConfig | None, AudioConfig | None]],
-                 now: float | None = None):
+                 now: float | None = None, rendition: str = "src"):
         started = time.time() if now is None else now
-        vod_id = vod_name(stream_id, epoch, started)
-        self.info = RecordingInfo(vod_id, stream_id, directory / f"{vod_id}.mp4", started)
+        vod_id = vod_name(stream_id, epoch, started, rendition)
+        self.info = RecordingInfo(vod_id, stream_id, directory / f"{vod_id}.mp4", started,
+                                  rendition=rendition)
         self._configs = configs
+        self._keyed = rendition == "src"  # src starts with its stream; a rung at a keyframe
         self._packetiser: Fmp4Packetiser | None = None
         self._fd = -1
         self._aus: list[AccessUnit] = []
@@ -99,6 +110,10 @@ class Mp4Recorder:
     def push(self, track: int, pts: int, dts: int, flags: int, seg: int, data: bytes | memoryview) -> None:
         if self.closed:
             return
+        if not self._keyed:
+            if track != VIDEO or not flags & FLAG_KEY:
+                return
+            self._keyed = True
         if flags & FLAG_SEG_START and self._aus:
             self._flush(next_dts=dts)
         if self._seg is None or flags & FLAG_SEG_START:

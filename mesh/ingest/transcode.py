@@ -53,8 +53,9 @@ class Out:
     extra: dict[str, Any] | None
 
 
-# Events the worker emits (on its thread): (kind, rung name, payload)
-CONFIG, MEDIA, DROPPED, FAILED = "config", "media", "dropped", "failed"
+# Events the worker emits (on its thread): (kind, rung name, payload); DRAINED (rung "") after
+# :meth:`Transcoder.drain` once everything queued before it is out
+CONFIG, MEDIA, DROPPED, FAILED, DRAINED = "config", "media", "dropped", "failed", "drained"
 Emit = Callable[[str, str, Any], None]
 
 
@@ -187,6 +188,15 @@ class Transcoder:
         self._queue.put(None)
         self._thread.join(timeout_s)
 
+    def drain(self) -> bool:
+        """End once what is queued is encoded and emitted, then emit DRAINED (on the loop; never
+        blocks). False when the queue is full: the caller stops instead."""
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:
+            return False
+        return True
+
     def stop(self, wait: bool = True) -> None:
         self._stopping.set()
         try:
@@ -261,6 +271,8 @@ class Transcoder:
             lanes[enc.rung.name].flush(rest)
             if rest:
                 self.emit(MEDIA, enc.rung.name, rest)
+        if not self._stopping.is_set():
+            self.emit(DRAINED, "", None)
 
     def _encode(self, frame: Any, stamp: tuple[int, int, dict[str, Any] | None],
                 encoders: list[_RungEncoder], lanes: dict[str, Interleaver], out: dict[str, list[Out]]) -> None:

@@ -23,6 +23,7 @@ import asyncio
 import hmac
 import logging
 import time
+import weakref
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -53,6 +54,7 @@ PEERS_ASKED = 3
 log = logging.getLogger("mesh.origin")
 
 VOD_NOTE_BEATS = 3  # heartbeats between notes of running recordings in the registry
+STOP_DRAIN_S = 5.0  # at shutdown, how long recorded rungs may take to encode their tails
 
 
 class OriginPart:
@@ -76,6 +78,8 @@ class OriginPart:
         self._publishes: dict[str, _StoppablePublish] = {}  # RTMP publishers by stream id
         self._vod_beats = 0
         self._vod_task: asyncio.Task[None] | None = None
+        self._rung_vod_tasks: set[asyncio.Task[None]] = set()  # rung recordings' registry notes
+        self._recorded_ladders: weakref.WeakSet[Any] = weakref.WeakSet()  # ladders whose rungs are recorded
         self._claiming: set[str] = set()
         self._peers: list[str] = []  # HTTP URLs of the other nodes last seen alive
         self._watch: asyncio.Task[None] | None = None
@@ -117,6 +121,13 @@ class OriginPart:
         for live in list(self.live.values()):
             await live.finish()
             await self._end_recording(live)
+        for abr in list(self._recorded_ladders):  # their rungs' tails, briefly
+            try:
+                await asyncio.wait_for(abr.wait_drained(), STOP_DRAIN_S)
+            except asyncio.TimeoutError:
+                abr.stop("finished")
+        if self._rung_vod_tasks:
+            await asyncio.gather(*self._rung_vod_tasks, return_exceptions=True)
         self._forget_all()
         await self.book.stop()
         await self.bus.stop()
@@ -236,12 +247,17 @@ class OriginPart:
     # -- recording -------------------------------------------------------------------------
     async def _maybe_record(self, live: LiveStream, epoch: int) -> None:
         """Record the stream when it or the app asks for it (``mp4_enabled`` 1 / -1 on the stream,
-        else ``record_mp4``). A registry or disk problem here never refuses the publish."""
+        else ``record_mp4``), and its ladder's rungs too when it or the app asks for that
+        (``mp4_rungs`` 1 / -1, else ``record_rungs``). A registry or disk problem here never
+        refuses the publish."""
         try:
             doc = await self.registry.get_stream(live.stream_id) or {}
             wanted = doc.get("mp4_enabled") or 0
             if wanted < 0 or (wanted == 0 and not self.cfg.record_mp4):
                 return
+            rungs = doc.get("mp4_rungs") or 0
+            if live.abr is not None and (rungs > 0 or (rungs == 0 and self.cfg.record_rungs)):
+                self._record_rungs(live, epoch)
             recorder = Mp4Recorder(self.cfg.resolved_record_dir(), live.stream_id, epoch,
                                    configs=lambda: (live.video, live.audio))
             live.recorder = recorder
@@ -249,9 +265,47 @@ class OriginPart:
         except Exception as exc:
             log.warning("cannot record %s: %s; the live stream goes on", live.stream_id, exc)
 
+    def _record_rungs(self, live: LiveStream, epoch: int) -> None:
+        """Give the stream's ladder a recorder factory: one file per rung, noted in the registry
+        when it starts and when it ends (a dropped rung, a restarted ladder, the stream's end)."""
+        abr = live.abr
+        assert abr is not None
+        starts: dict[int, asyncio.Task[None]] = {}
+
+        def spawn(coro: Any) -> asyncio.Task[None]:
+            task = asyncio.get_running_loop().create_task(coro)
+            self._rung_vod_tasks.add(task)
+            task.add_done_callback(self._rung_vod_tasks.discard)
+            return task
+
+        async def save(recorder: Mp4Recorder, status: str) -> None:
+            try:
+                await self.registry.save_vod(recorder.info.vod_id, self._vod_fields(live, recorder, status))
+            except Exception as exc:
+                log.warning("could not note recording %s (%s): %s", recorder.info.vod_id, status, exc)
+
+        async def finish(recorder: Mp4Recorder, started: asyncio.Task[None] | None) -> None:
+            if started is not None:
+                await asyncio.gather(started, return_exceptions=True)  # "finished" is written last
+            await asyncio.to_thread(recorder.wait)
+            await save(recorder, "finished")
+
+        def record(rung: str, cfg: Any) -> Mp4Recorder:
+            recorder = Mp4Recorder(self.cfg.resolved_record_dir(), live.stream_id, epoch,
+                                   configs=lambda: (cfg, abr.audio), rendition=rung)
+            starts[id(recorder)] = spawn(save(recorder, "recording"))
+            return recorder
+
+        def ended(recorder: Mp4Recorder) -> None:
+            spawn(finish(recorder, starts.pop(id(recorder), None)))
+
+        abr.record, abr.on_record_end = record, ended
+        self._recorded_ladders.add(abr)
+
     def _vod_fields(self, live: LiveStream, recorder: Mp4Recorder, status: str) -> dict[str, Any]:
         info = recorder.info
         return {"app": live.app, "stream_id": live.stream_id, "origin_node": self.info.node_id,
+                "rendition": info.rendition,
                 "file": info.path.name, "size": info.size, "duration_ms": info.duration_ms,
                 "started_ms": int(info.started * 1000), "status": "failed" if info.failed else status,
                 "error": info.failed or None}
@@ -262,13 +316,16 @@ class OriginPart:
         self._vod_beats += 1
         if self._vod_beats % VOD_NOTE_BEATS or (self._vod_task is not None and not self._vod_task.done()):
             return
-        running = [(live, live.recorder) for live in self.live.values()
-                   if isinstance(live.recorder, Mp4Recorder) and not live.recorder.closed]
+        running = [(live, rec) for live in self.live.values()
+                   for rec in (live.recorder, *(live.abr.recorders.values() if live.abr else ()))
+                   if isinstance(rec, Mp4Recorder) and not rec.closed]
         if running:
             self._vod_task = asyncio.get_running_loop().create_task(self._save_vods(running))
 
     async def _save_vods(self, running: list[tuple[LiveStream, Mp4Recorder]]) -> None:
         for live, recorder in running:
+            if recorder.closed:  # ended meanwhile (a dropped rung): its end writes "finished"
+                continue
             try:
                 await self.registry.save_vod(recorder.info.vod_id, self._vod_fields(live, recorder, "recording"))
             except Exception as exc:
