@@ -193,7 +193,7 @@ def run(ladder: str, baseline: Callable[[Path], list[str]], preset: str = "veryf
     load_before = os.getloadavg()
     steps: dict[str, list[dict[str, Any]]] = {"mesh": [], "ffmpeg": []}
     try:
-        clip = make_clip(work / "clip.flv", 3000, size="1280x720")
+        make_clip(work / "clip.flv", 3000, size="1280x720")
         tags = read_flv(work / "clip.flv")
         say(f"ladder {ladder}, preset {preset}, {threads} thread(s) per encoder, {hold_s:g} s per step")
         pair = MeshPair(work / "mesh", origin_env={"MESH_ABR": ladder, "MESH_ABR_PRESET": preset,
