@@ -234,6 +234,10 @@ defaults
     timeout server 60s
     # health checks: a node is out after 2 failed checks 1 s apart, back in after 2 good ones
     default-server inter 1s fall 2 rise 2
+    # until then, a request to a node that died (refused, reset, no answer) goes to another one,
+    # as nginx's proxy_next_upstream does: a viewer never sees a killed edge's error
+    retries 2
+    option redispatch 1
 
 frontend rtmp_in
     mode tcp
@@ -261,6 +265,7 @@ frontend http_in
 backend mesh_edges
     mode http
     balance roundrobin
+    retry-on conn-failure empty-response response-timeout
     option httpchk GET /healthz
 {servers(b.http_edges)}
 
@@ -268,6 +273,7 @@ backend mesh_edges_ll
     mode http
     balance roundrobin
     timeout server {LL_PROXY_TIMEOUT_S}s
+    retry-on conn-failure empty-response
     option httpchk GET /healthz
 {servers(b.http_edges)}
 
