@@ -9,7 +9,9 @@ compete with them), as minimal ``asyncio.Protocol`` clients (no streams, no task
 per answer), so the client side costs far less than the edge it measures; their connections come
 from 127.0.0.2, 127.0.0.3, ... (400 per address), as players from several addresses would, so the
 edge's per-address connection cap (512) does not refuse them. Client and edge still share the
-machine's cores.
+machine's cores. Each round also reports the CPU time the edge spent per answer (from /proc: a
+figure that holds when other work on a shared machine leaves the edge only part of a core) and
+the players' process's own, so a reader can tell which side ran out.
 
 **Part-delivery delay** = answer's first byte at the player - the moment the part became
 available on the origin. The part is complete on the origin when the frame that starts the next
@@ -101,6 +103,7 @@ class _Player(asyncio.Protocol):
         self.want = (0, 0)
         self.sent = self.first = 0.0
         self.need = -1  # bytes of the whole answer, once its head is in
+        self.start = 0  # where its body starts
         self.ok = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -126,33 +129,34 @@ class _Player(asyncio.Protocol):
             end = self.buf.find(b"\r\n\r\n")
             if end < 0:
                 return
-            head = bytes(self.buf[:end])
-            m = _LENGTH.search(head)
-            self.need = end + 4 + (int(m.group(1)) if m else 0)
-            self.ok = head.startswith(b"HTTP/1.1 200")
+            m = _LENGTH.search(self.buf, 0, end)
+            self.start = end + 4
+            self.need = self.start + (int(m.group(1)) if m else 0)
+            self.ok = self.buf.startswith(b"HTTP/1.1 200")
             if not self.ok:
-                self.errors.append(head.split(b"\r\n", 1)[0].decode(errors="replace"))
+                self.errors.append(bytes(self.buf[:self.buf.find(b"\r\n")]).decode(errors="replace"))
         if len(self.buf) < self.need:
             return
-        start = self.buf.find(b"\r\n\r\n") + 4
-        body = bytes(self.buf[start:self.need])
-        del self.buf[:self.need]
+        buf, start, need = self.buf, self.start, self.need
         self.need = -1
         if not self.ok:
+            del buf[:need]
             self.query = ""
             asyncio.get_running_loop().call_later(0.2, self.send)
             return
         if self.timeline is not None:
-            self.timeline.learn(body)
+            self.timeline.learn(bytes(buf[start:need]))
         if self.query:
             self.samples.append((self.want[0], self.want[1], self.sent, self.first))
-        at = body.rfind(b"#EXT-X-PRELOAD-HINT:")
-        m = HINT.match(body, at) if at >= 0 else None
-        if m is None:
+        at = buf.rfind(b"#EXT-X-PRELOAD-HINT:", start, need)
+        m = HINT.match(buf, at, need) if at >= 0 else None
+        hint = (int(m.group(1)), int(m.group(2))) if m is not None else None  # before the bytes go
+        del buf[:need]
+        if hint is None:
             if self.transport is not None:
                 self.transport.close()  # the stream ended
             return
-        self.want = (int(m.group(1)), int(m.group(2)))
+        self.want = hint
         self.query = f"?_HLS_msn={self.want[0]}&_HLS_part={self.want[1]}"
         self.send()
 
@@ -187,6 +191,7 @@ async def _round(url: str, players: int, seconds: float) -> dict[str, Any]:
             if isinstance(got, BaseException):
                 errors.append(f"connect: {got}")
     began = time.time()
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
     for player in made:
         player.until = began + seconds
     for player, done in zip(made, dones):
@@ -194,6 +199,8 @@ async def _round(url: str, players: int, seconds: float) -> dict[str, Any]:
             done.set_result(None)
     await asyncio.wait(dones, timeout=seconds + 30)
     elapsed = time.time() - began
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    client_cpu_s = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
     delays, counted, skipped = [], 0, 0
     for per in samples:
         for seq, part, sent, first in per:
@@ -205,6 +212,7 @@ async def _round(url: str, players: int, seconds: float) -> dict[str, Any]:
             delays.append((first - available) * 1000)
     answers = sum(len(s) for s in samples)
     return {"players": players, "answers": answers, "answers_per_s": round(answers / max(elapsed, 1e-3)),
+            "seconds": round(elapsed, 2), "client_cpu_s": round(client_cpu_s, 2),
             "counted": counted, "skipped_not_waiting": skipped, "errors": len(errors),
             "error_examples": sorted(set(errors))[:5],
             "delay_ms_p50": _pct(delays, 0.5), "delay_ms_p90": _pct(delays, 0.9),
@@ -220,6 +228,15 @@ def _worker(url: str, players: int, seconds: float, out: Any) -> None:
     except BaseException as exc:
         out.send({"players": players, "errors": 1, "error_examples": [f"worker: {exc!r}"]})
         raise
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _round_in_worker(url: str, players: int, seconds: float) -> dict[str, Any]:
@@ -269,7 +286,14 @@ def run(players: Sequence[int] = (1, TARGET_PLAYERS), seconds: float = 15.0, bit
                 for n in players:
                     say(f"{n} waiting players for {seconds:g} s")
                     load = os.getloadavg()[0]
-                    rounds.append({**_round_in_worker(url, n, seconds), "loadavg_1m_before": round(load, 2)})
+                    edge_cpu = _cpu_s(pair.edge.proc.pid)
+                    got = _round_in_worker(url, n, seconds)
+                    edge_cpu = _cpu_s(pair.edge.proc.pid) - edge_cpu  # includes the worker's start/stop
+                    answers = got.get("answers") or 0
+                    rounds.append({**got, "loadavg_1m_before": round(load, 2), "edge_cpu_s": round(edge_cpu, 2),
+                                   "edge_cpu_us_per_answer": round(edge_cpu / answers * 1e6) if answers else None,
+                                   "client_cpu_us_per_answer":
+                                       round(got["client_cpu_s"] / answers * 1e6) if answers else None})
                     say(json.dumps(rounds[-1]))
             finally:
                 feed.stop()
@@ -296,11 +320,12 @@ def run(players: Sequence[int] = (1, TARGET_PLAYERS), seconds: float = 15.0, bit
 def format_table(r: dict[str, Any]) -> str:
     lines = [f"one edge, 200 ms parts, nproc {r['nproc']}, load average {r['loadavg_before']} -> {r['loadavg_after']}",
              f"{'players':>8} {'answers':>8} {'ans/s':>6} {'counted':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
-             f"{'max ms':>8} {'errors':>7} {'load':>6}"]
+             f"{'max ms':>8} {'errors':>7} {'load':>6} {'edge us/ans':>11} {'client us/ans':>13}"]
     for x in r["results"]:
         lines.append(f"{x['players']:>8} {x.get('answers')!s:>8} {x.get('answers_per_s')!s:>6} {x.get('counted')!s:>8} "
                      f"{x.get('delay_ms_p50')!s:>8} {x.get('delay_ms_p90')!s:>8} {x.get('delay_ms_p99')!s:>8} "
-                     f"{x.get('delay_ms_max')!s:>8} {x['errors']:>7} {x.get('loadavg_1m_before')!s:>6}")
+                     f"{x.get('delay_ms_max')!s:>8} {x['errors']:>7} {x.get('loadavg_1m_before')!s:>6} "
+                     f"{x.get('edge_cpu_us_per_answer')!s:>11} {x.get('client_cpu_us_per_answer')!s:>13}")
         if x.get("error_examples"):
             lines.append(f"         errors: {x['error_examples']}")
     t = r["target"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -36,6 +37,7 @@ ADVANCE_MSN_LIMIT = 2  # how many segments beyond the last one a request may nam
 SKIP_BOUNDARY_TARGETS = 6  # the Skip Boundary, in target durations (the spec's minimum)
 SKIPS = ("YES", "v2")  # the _HLS_skip values served with a delta update
 _MAX_DIGITS = 18  # a directive's value fits in 62 bits (larger ones: aiohttp's 400)
+_USUAL = re.compile(r"_HLS_msn=([0-9]{1,18})&_HLS_part=([0-9]{1,18})(?:&_HLS_skip=(YES|v2))?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +179,8 @@ def simple_query(query: str) -> tuple[tuple[int, int | None] | None, str | None]
     numbers in ASCII decimal: exactly what :func:`block_target` and :func:`skip_directive` read
     the same way. None for anything else (other keys, a repeated key, ``_HLS_part`` alone, other
     values): the full handler answers it, errors included."""
+    if m := _USUAL.fullmatch(query):  # what players send: msn and part, in this order
+        return (int(m.group(1)), int(m.group(2))), m.group(3)
     seen: dict[str, str] = {}
     for pair in query.split("&"):
         key, eq, value = pair.partition("=")

@@ -288,10 +288,11 @@ class HlsRoutes:
             return None  # not only _HLS_ directives, or malformed ones: handle() answers
         if name.endswith("_ll.m3u8"):
             m = LL_PLAYLIST_RE.fullmatch(name)
-            if m is None or (r := self.streams.get(*split_base(m.group(1)))) is None or (ll := r.ll) is None:
+            if m is None:
                 return None
-            stream = self.streams.streams.get(split_base(m.group(1))[0])
-            if stream is None:
+            stream_id, rendition = split_base(m.group(1))
+            stream = self.streams.streams.get(stream_id)
+            if stream is None or (r := stream.renditions.get(rendition)) is None or (ll := r.ll) is None:
                 return None
             target, skip = directives
             now = r.last_request = time.monotonic()
