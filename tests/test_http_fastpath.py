@@ -338,3 +338,13 @@ def test_nothing_overtakes_bytes_the_transport_still_queues() -> None:
         conn.connection_lost(None)
         ours.close(), peer.close(), site.segment.close()
     asyncio.run(main())
+
+
+def test_remembered_heads_read_as_parsed_and_stay_bounded() -> None:
+    from mesh.http import fastpath
+
+    for head in [h for h, _ in ACCEPTED] + REJECTED + [b"GET /x HTTP/1.1\r\nHost: h\r\nA: " + b"b" * 600]:
+        assert fastpath.parse_head(head) == parse_simple_get(head) == fastpath.parse_head(head)
+    for n in range(fastpath.HEADS_KEPT + 10):
+        assert fastpath.parse_head(b"GET /x%d HTTP/1.1\r\nHost: h" % n) == SimpleGet(f"/x{n}", False)
+        assert len(fastpath._heads) <= fastpath.HEADS_KEPT

@@ -54,6 +54,9 @@ _FIELDS_OF_NOTE = re.compile(rb"\r\n(content-length|transfer-encoding|expect|upg
                              rb"|content-range|content-type|etag|max-forwards|server|user-agent):")
 _NOT_SIMPLE = frozenset((b"content-length", b"transfer-encoding", b"expect", b"upgrade"))
 _CONNECTION = b"\r\nconnection:"
+HEADS_KEPT = 512  # parsed short heads remembered (players of one stream send the same heads)
+HEAD_KEPT_MAX = 512  # bytes: longer heads are parsed every time
+_heads: dict[bytes, "SimpleGet | None"] = {}
 
 
 class SimpleGet(NamedTuple):
@@ -87,6 +90,21 @@ def parse_simple_get(head: bytes) -> SimpleGet | None:
         at = low.find(_CONNECTION, start)
     query = m.group(2)
     return SimpleGet(m.group(1).decode("ascii"), close, query.decode("ascii") if query else "")
+
+
+def parse_head(head: bytes) -> SimpleGet | None:
+    """:func:`parse_simple_get`, remembered for short heads: thousands of players of one stream
+    send byte-identical heads (the same blocking request, the same fields), parsed once."""
+    if len(head) > HEAD_KEPT_MAX:
+        return parse_simple_get(head)
+    try:
+        return _heads[head]
+    except KeyError:
+        pass
+    if len(_heads) >= HEADS_KEPT:
+        _heads.clear()
+    parsed = _heads[head] = parse_simple_get(head)
+    return parsed
 
 
 def _memory_file(data: bytes) -> int:
@@ -262,7 +280,7 @@ class FastConnection(asyncio.Protocol):
                 if len(buf) > FAST_MAX_HEAD or b"\n\n" in buf:  # too long, or bare-LF line ends
                     self._hand_over()
                 return
-            request = parse_simple_get(bytes(buf[:end])) if end <= FAST_MAX_HEAD else None
+            request = parse_head(bytes(buf[:end])) if end <= FAST_MAX_HEAD else None
             reply = None
             if request is not None:
                 try:
