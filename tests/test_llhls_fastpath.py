@@ -291,3 +291,49 @@ def test_pipelined_requests_behind_a_parked_one_are_answered_after_it_in_order()
         assert f'cam1_ll{seq:09d}.{part + 1}.m4s"'.encode() in answers[1].split(b"PRELOAD-HINT")[0]
         writer.close()
     run(check)
+
+
+def get(name: str) -> bytes:
+    return f"GET /LiveApp/streams/{name} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+
+
+async def both_media(edge: Edge, name: str) -> tuple[asyncio.StreamReader, asyncio.StreamReader, list]:
+    conns = [await asyncio.open_connection("127.0.0.1", edge.server.port) for _ in range(2)]
+    conns[0][1].write(get(name))
+    conns[1][1].write(get(name + "?via=aiohttp"))  # handle() ignores the query of a part
+    return conns[0][0], conns[1][0], [w for _, w in conns]
+
+
+def test_a_preload_hint_part_is_parked_and_answered_as_aiohttp_does() -> None:
+    async def check(edge: Edge) -> None:
+        edge.feed_until(lambda w: w.segments_cut >= 3)
+        seq, part = edge.ll.next_part()
+        name = f"cam1_ll{seq:09d}.{part}.m4s"
+        fast, slow, writers = await both_media(edge, name)
+        await until(lambda: edge.routes.ll_parked == 1 and edge.routes.ll_waiting == 1)
+        edge.feed_until(lambda w: w.last_part() >= (seq, part))
+        a, b = await read_answer(fast), await read_answer(slow)
+        assert a.startswith(b"HTTP/1.1 200 OK\r\n") and sans_date(a) == sans_date(b)
+        assert a.split(b"\r\n\r\n", 1)[1] == edge.ll.part(seq, part) and edge.routes.ll_parked == 0
+        # the connection stays on the fast path: the next blocking playlist request parks again
+        seq, part = edge.ll.next_part()
+        writers[0].write(edge.url(f"?_HLS_msn={seq}&_HLS_part={part}"))
+        await until(lambda: edge.routes.ll_parked == 1)
+        edge.feed_until(lambda w: w.last_part() >= (seq, part))
+        assert (await read_answer(fast)).startswith(b"HTTP/1.1 200 OK\r\n")
+        for w in writers:
+            w.close()
+    run(check)
+
+
+def test_a_part_that_does_not_come_gets_aiohttps_404() -> None:
+    async def check(edge: Edge) -> None:
+        edge.feed_until(lambda w: w.segments_cut >= 3)
+        seq, part = edge.ll.next_part()
+        fast, slow, writers = await both_media(edge, f"cam1_ll{seq:09d}.{part + 1}.m4s")
+        await until(lambda: edge.routes.ll_parked == 1 and edge.routes.ll_waiting == 1)
+        a, b = await read_answer(fast), await read_answer(slow)  # nothing fed: both give up
+        assert a.startswith(b"HTTP/1.1 404 Not Found\r\n") and sans_date(a) == sans_date(b)
+        for w in writers:
+            w.close()
+    run(check, block_s=0.3)

@@ -1,4 +1,4 @@
-"""Blocking LL-HLS playlist requests parked on the HTTP fast path, for one rendition. Pure.
+"""Blocking LL-HLS requests parked on the HTTP fast path, for one rendition. Pure.
 
 A blocking request (``_HLS_msn``/``_HLS_part``) for a part that does not exist yet costs one entry
 here: no task, no future, no timer of its own. Entries are kept by what they wait for, so when the
@@ -6,7 +6,8 @@ window lists a part, :meth:`BlockedRequests.reached` hands back every request it
 go (the routes render each distinct answer once and write the same bytes to all of them). Every
 request waits at most the same time, so deadlines come in arrival order: one queue, one timer
 for the whole rendition (the routes arm it at :meth:`next_deadline` and call :meth:`expired`).
-An entry whose client left (:meth:`discard`) or that was answered stays in the queue until its
+A request for the part being cut (the preload hint) waits here the same way. An entry whose
+client left (:meth:`discard`) or that was answered stays in the queue until its
 deadline passes, then goes; nothing else holds it.
 
 Time is passed in; the answer callables are opaque (the fast path's connection callbacks).
@@ -23,12 +24,13 @@ Answer = Callable[..., None]
 
 
 class Entry:
-    """One parked request: when it gives up, what it waits for, how to answer it, its ``_HLS_skip``."""
+    """One parked request: when it gives up, what it waits for, how to answer it, and what it
+    asked for: the playlist (with its ``_HLS_skip``) or, with ``media`` set, that part or segment."""
 
-    __slots__ = ("deadline", "target", "answer", "skip")
+    __slots__ = ("deadline", "target", "answer", "skip", "media")
 
-    def __init__(self, deadline: float, target: Target, answer: Answer, skip: str | None):
-        self.deadline, self.target, self.answer, self.skip = deadline, target, answer, skip
+    def __init__(self, deadline: float, target: Target, answer: Answer, skip: str | None, media: str | None = None):
+        self.deadline, self.target, self.answer, self.skip, self.media = deadline, target, answer, skip, media
 
 
 class BlockedRequests:
@@ -38,8 +40,9 @@ class BlockedRequests:
         self.waiting = 0
         self.timer: object | None = None  # the routes' timer handle for next_deadline()
 
-    def add(self, target: Target, answer: Answer, skip: str | None, deadline: float) -> Entry:
-        entry = Entry(deadline, target, answer, skip)
+    def add(self, target: Target, answer: Answer, skip: str | None, deadline: float,
+            media: str | None = None) -> Entry:
+        entry = Entry(deadline, target, answer, skip, media)
         self._by_target.setdefault(target, {})[answer] = entry
         self._queue.append(entry)
         self.waiting += 1

@@ -302,7 +302,7 @@ class HlsRoutes:
                     return None  # 400, or 503 at once: handle() says it
                 if not reached(target, last, ll.last_seq):
                     self._viewers[(remote, stream.stream_id)] = now
-                    return _Park(self, stream, r, target, skip)
+                    return _Park(self, stream, r, target, skip, None)
             self._viewers[(remote, stream.stream_id)] = now
             self._playlist_ok.inc()
             return self._sent(self._ll_reply(stream, r, skip), stream.stream_id)
@@ -311,10 +311,27 @@ class HlsRoutes:
             return None
         r, data = found
         if data is None:
-            return None
+            return self._ll_upcoming(name, r)
         r.last_request = time.monotonic()
         self._segment_ok.inc()
         return self._sent(self._ll_file(name, data), split_base(r.window.base)[0])
+
+    def _ll_upcoming(self, name: str, r: Rendition) -> _Park | None:
+        """A part or segment about to be cut (a preload hint): parked until it exists, as
+        handle() would wait for it; None for anything handle() answers at once (404)."""
+        m = LL_MEDIA_RE.fullmatch(name)
+        ll = r.ll
+        if m is None or ll is None or ll.ended:
+            return None
+        seq, part = int(m.group(2)), (int(m.group(3)) if m.group(3) is not None else None)
+        upcoming = ll.next_part()
+        if upcoming is None or too_far((seq, part), ll.last_part()) or (seq, part or 0) < upcoming:
+            return None
+        stream = self.streams.streams.get(split_base(m.group(1))[0])
+        if stream is None:
+            return None
+        r.last_request = time.monotonic()
+        return _Park(self, stream, r, (seq, part), None, name)
 
     def _ll_object(self, name: str) -> tuple[Rendition, bytes | None] | None:
         """The rendition a part/segment/init name belongs to (if open here) and its bytes, if held."""
@@ -371,7 +388,7 @@ class HlsRoutes:
 
     # -- blocking requests parked on the fast path -------------------------------------------
     def _park(self, stream: EdgeStream, r: Rendition, target: tuple[int, int | None], skip: str | None,
-              answer: Callable[[Reply], None]) -> Callable[[], None]:
+              media: str | None, answer: Callable[[Reply], None]) -> Callable[[], None]:
         ll = r.ll
         assert ll is not None
         blocked = self._blocked.get(r)
@@ -379,9 +396,9 @@ class HlsRoutes:
             blocked = self._blocked[r] = BlockedRequests()
             ll.on_change(functools.partial(self._ll_changed, stream, weakref.ref(r), blocked))
         loop = asyncio.get_running_loop()
-        entry = blocked.add(target, answer, skip, loop.time() + self._block_s(ll))
+        entry = blocked.add(target, answer, skip, loop.time() + self._block_s(ll), media)
         if blocked.timer is None:
-            blocked.timer = loop.call_at(entry.deadline, self._expire, weakref.ref(r), blocked)
+            blocked.timer = loop.call_at(entry.deadline, self._expire, stream, weakref.ref(r), blocked)
         return functools.partial(blocked.discard, entry)
 
     def _ll_changed(self, stream: EdgeStream, ref: "weakref.ref[Rendition]", blocked: BlockedRequests) -> None:
@@ -390,70 +407,72 @@ class HlsRoutes:
         if r is None or r.ll is None or not len(blocked):
             return
         ll = r.ll
-        last_part, last_seq = ll.last_part(), ll.last_seq
         if not ll.ended:
-            self._answer(stream, r, blocked.reached(last_part, last_seq))
-            return
-        ready, late = [], []
-        for e in blocked.all():
-            (ready if reached(e.target, last_part, last_seq) else late).append(e)
-        self._answer(stream, r, ready)
-        self._time_out(r, late)  # ended before the part came: 503 at once, as handle() says
+            self._settle(stream, r, blocked.reached(ll.last_part(), ll.last_seq))
+        else:
+            self._settle(stream, r, blocked.all())  # what did not come gets handle()'s answer at once
 
-    def _expire(self, ref: "weakref.ref[Rendition]", blocked: BlockedRequests) -> None:
+    def _expire(self, stream: EdgeStream, ref: "weakref.ref[Rendition]", blocked: BlockedRequests) -> None:
         blocked.timer = None
         r = ref()
         loop = asyncio.get_running_loop()
         late = blocked.expired(loop.time())
-        if r is not None and r.ll is not None and late:
-            last_part, last_seq = r.ll.last_part(), r.ll.last_seq
-            stream = self.streams.streams.get(split_base(r.ll.base)[0])
-            ready = [e for e in late if reached(e.target, last_part, last_seq)] if stream is not None else []
-            if ready and stream is not None:
-                self._answer(stream, r, ready)
-                late = [e for e in late if not reached(e.target, last_part, last_seq)]
-            self._time_out(r, late)
+        if r is not None and late:
+            self._settle(stream, r, late)
         due = blocked.next_deadline()
         if due is not None:
-            blocked.timer = loop.call_at(due, self._expire, ref, blocked)
+            blocked.timer = loop.call_at(due, self._expire, stream, ref, blocked)
 
-    def _answer(self, stream: EdgeStream, r: Rendition, ready: list[Entry]) -> None:
-        if not ready:
-            return
-        r.last_request = time.monotonic()
-        replies: dict[str | None, Reply] = {}
-        sent = 0
-        for e in ready:
-            reply = replies.get(e.skip)
-            if reply is None:
-                reply = replies[e.skip] = self._ll_reply(stream, r, e.skip)
-            sent += len(reply.body)
-            try:
-                e.answer(reply)
-            except Exception:
-                log.exception("answering a parked LL playlist request failed")
-        self._playlist_ok.inc(len(ready))
-        self._count(stream.stream_id, sent)
-
-    def _time_out(self, r: Rendition, late: list[Entry]) -> None:
-        """handle()'s 503 for a part that did not come within the bounded wait."""
-        if not late:
+    def _settle(self, stream: EdgeStream, r: Rendition, entries: list[Entry]) -> None:
+        """Answer parked requests as handle() would now: the playlist (each distinct one rendered
+        once) or the part; 503 (playlist) or 404 (part) for what has not come."""
+        if not entries:
             return
         ll = r.ll
-        base = ll.base if ll is not None else r.window.base
-        block_s = self._block_s(ll) if ll is not None else 0.0
-        replies: dict[tuple[int, int | None], Reply] = {}
-        for e in late:
-            reply = replies.get(e.target)
+        last_part, last_seq = (ll.last_part(), ll.last_seq) if ll is not None else (None, None)
+        r.last_request = time.monotonic()
+        replies: dict[Any, Reply] = {}
+        sent = playlists = media = 0
+        for e in entries:
+            done = reached(e.target, last_part, last_seq)
+            key = (e.media, done) if e.media is not None else (e.skip, done) if done else e.target
+            reply = replies.get(key)
             if reply is None:
-                message = f"{base}: part {e.target} did not come within {block_s:.1f} s"
-                reply = replies[e.target] = Reply(json.dumps({"error": message}).encode(), "application/json; charset=utf-8",
-                                                  None, status=503, headers={"Retry-After": "1"})
+                reply = replies[key] = self._parked_reply(stream, r, e, done)
+            if reply.status == 200:
+                sent += len(reply.body)
+                if e.media is None:
+                    playlists += 1
+                else:
+                    media += 1
+            elif e.media is None:
+                metrics.VIEWER_REQUESTS.labels("playlist", "503").inc()
+            else:
+                metrics.VIEWER_REQUESTS.labels("segment", "404").inc()
+                metrics.reject("http", "segment", "%d %s", 404, "a parked part or segment did not come")
             try:
                 e.answer(reply)
             except Exception:
-                log.exception("answering a parked LL playlist request failed")
-        metrics.VIEWER_REQUESTS.labels("playlist", "503").inc(len(late))
+                log.exception("answering a parked LL-HLS request failed")
+        if playlists:
+            self._playlist_ok.inc(playlists)
+        if media:
+            self._segment_ok.inc(media)
+        self._count(stream.stream_id, sent)
+
+    def _parked_reply(self, stream: EdgeStream, r: Rendition, e: Entry, done: bool) -> Reply:
+        ll = r.ll
+        if e.media is not None:
+            seq, part = e.target
+            data = None if ll is None else ll.segment(seq) if part is None else ll.part(seq, part)
+            if data is not None:
+                return self._ll_file(e.media, data)
+            return _error_reply(404, f"{e.media[:100]} is not (or no longer) here")
+        if done and ll is not None:
+            return self._ll_reply(stream, r, e.skip)
+        block_s = self._block_s(ll) if ll is not None else 0.0
+        return _error_reply(503, f"{r.window.base}: part {e.target} did not come within {block_s:.1f} s",
+                            {"Retry-After": "1"})
 
     def _block_s(self, ll: LlWindow) -> float:
         return self.streams.settings.ll_block_s or 3 * ll.target_s
@@ -662,14 +681,21 @@ def _float(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1000 else None
 
 
-class _Park:
-    """A blocking LL playlist request the fast path parks (:class:`mesh.http.fastpath.Parking`)."""
+def _error_reply(status: int, message: str, headers: dict[str, str] | None = None) -> Reply:
+    """handle()'s JSON error answer (:func:`mesh.http.app.json_error`), built for the fast path."""
+    return Reply(json.dumps({"error": message}).encode(), "application/json; charset=utf-8", None,
+                 status=status, headers=headers)
 
-    __slots__ = ("routes", "stream", "r", "target", "skip")
+
+class _Park:
+    """A blocking LL-HLS request the fast path parks (:class:`mesh.http.fastpath.Parking`): a
+    playlist (``skip``: its ``_HLS_skip``) or, with ``media``, the part or segment so named."""
+
+    __slots__ = ("routes", "stream", "r", "target", "skip", "media")
 
     def __init__(self, routes: HlsRoutes, stream: EdgeStream, r: Rendition, target: tuple[int, int | None],
-                 skip: str | None):
-        self.routes, self.stream, self.r, self.target, self.skip = routes, stream, r, target, skip
+                 skip: str | None, media: str | None):
+        self.routes, self.stream, self.r, self.target, self.skip, self.media = routes, stream, r, target, skip, media
 
     def park(self, answer: Callable[[Reply], None]) -> Callable[[], None]:
-        return self.routes._park(self.stream, self.r, self.target, self.skip, answer)
+        return self.routes._park(self.stream, self.r, self.target, self.skip, self.media, answer)
