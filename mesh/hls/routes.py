@@ -31,7 +31,9 @@ and nothing else, :func:`~mesh.hls.ll_playlist.simple_query`) are answered on th
 one not yet satisfiable is parked (:class:`~mesh.hls.ll_wait.BlockedRequests`, one list and one
 timer per rendition); when the window lists the part, each distinct answer (full playlist or
 delta update) is rendered once and the same bytes go to every parked request it satisfies; at
-the bounded wait's end the same 503 as :meth:`HlsRoutes.handle`'s. A request that would be an
+the bounded wait's end the same 503 as :meth:`HlsRoutes.handle`'s. A request for the part or
+segment being cut (the preload hint) is parked the same way and answered with its bytes (404 if
+it does not come, as :meth:`HlsRoutes.handle` says). A request that would be an
 error (400 too far ahead, a malformed directive) or an immediate 503 (stream ended) is left to
 :meth:`HlsRoutes.handle`, so errors are answered in one place.
 
