@@ -28,8 +28,8 @@ through :meth:`HlsRoutes.handle`, which has the same effects and headers.
 
 Blocking LL playlist requests with a plain query (``_HLS_msn``, ``_HLS_part``, ``_HLS_skip``
 and nothing else, :func:`~mesh.hls.ll_playlist.simple_query`) are answered on the fast path too:
-one not yet satisfiable is parked (:class:`~mesh.hls.ll_wait.BlockedRequests`, one list and one
-timer per rendition); when the window lists the part, each distinct answer (full playlist or
+one not yet satisfiable is parked (:mod:`mesh.hls.ll_parking`, one list and one timer per
+rendition); when the window lists the part, each distinct answer (full playlist or
 delta update) is rendered once and the same bytes go to every parked request it satisfies; at
 the bounded wait's end the same 503 as :meth:`HlsRoutes.handle`'s. A request for the part or
 segment being cut (the preload hint) is parked the same way and answered with its bytes (404 if
@@ -47,12 +47,9 @@ serves a protected object to a request without the token.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
-import logging
 import re
 import time
-import weakref
 from collections import OrderedDict
 from typing import Any, Callable
 from urllib.parse import quote
@@ -67,14 +64,13 @@ from ..tokens import TokenError
 from .cmaf import LlWindow
 from .ll_playlist import (SKIP_BOUNDARY_TARGETS, BadBlockingRequest, Report, block_target, reached,
                           render_ll_playlist, simple_query, skip_directive, too_far)
-from .ll_wait import BlockedRequests, Entry
+from .ll_parking import LlParking, Parked
+from .ll_wait import Entry
 from ..registry import RETRY_AFTER_S, RegistryUnavailable
 from .playlist import Variant, render_master_playlist
 from ..ladder import RENDITION_RE
 from .stream import SRC, EdgeStream, Rendition
 from .streams import EdgeStreams, playlist_base
-
-log = logging.getLogger("mesh.hls")
 
 SEGMENT_RE = re.compile(rf"({NAME_PATTERN}?)(\d{{9}})\.ts")
 RUNG_BASE_RE = re.compile(rf"(.+)_({RENDITION_RE.pattern})")
@@ -162,7 +158,7 @@ class HlsRoutes:
         self._playlists: dict[str, tuple[int, Reply]] = {}
         self._viewers: dict[tuple[str, str], float] = {}
         self._ll_playlists: dict[tuple[str, str | None], tuple[tuple[Any, ...], Reply]] = {}
-        self._blocked: weakref.WeakKeyDictionary[Rendition, BlockedRequests] = weakref.WeakKeyDictionary()
+        self.parking = LlParking(self._parked_reply, self._parked_served, self._block_s)
         self._ll_replies: OrderedDict[str, Reply] = OrderedDict()
         self.ll_waiting = 0  # blocking requests waiting now
         self.egress_bytes = 0
@@ -180,15 +176,12 @@ class HlsRoutes:
     def close(self) -> None:
         self.files.close()
         self._playlists.clear()
-        for blocked in list(self._blocked.values()):
-            if blocked.timer is not None:
-                blocked.timer.cancel()  # type: ignore[attr-defined]
-                blocked.timer = None
+        self.parking.close()
 
     @property
     def ll_parked(self) -> int:
         """Blocking requests parked on the fast path now."""
-        return sum(len(b) for b in self._blocked.values())
+        return len(self.parking)
 
     def load(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -250,7 +243,7 @@ class HlsRoutes:
         return reply
 
     # -- HTTP ------------------------------------------------------------------------------
-    def fast_get(self, name: str, remote: str, query: str = "") -> Reply | _Park | None:
+    def fast_get(self, name: str, remote: str, query: str = "") -> Reply | Parked | None:
         """The fast path's route (see :meth:`mesh.http.app.HttpServer.add_fast_get`): a playlist
         or segment of a stream already open here, with :meth:`handle`'s effects, or a parked
         blocking LL playlist request; None when :meth:`handle` has more to do (open a stream,
@@ -284,7 +277,7 @@ class HlsRoutes:
         self._playlist_ok.inc()
         return self._sent(self._playlist(r), stream_id)
 
-    def _ll_fast(self, name: str, remote: str, query: str) -> Reply | _Park | None:
+    def _ll_fast(self, name: str, remote: str, query: str) -> Reply | Parked | None:
         directives = simple_query(query) if query else (None, None)
         if directives is None:
             return None  # not only _HLS_ directives, or malformed ones: handle() answers
@@ -304,7 +297,7 @@ class HlsRoutes:
                     return None  # 400, or 503 at once: handle() says it
                 if not reached(target, last, ll.last_seq):
                     self._viewers[(remote, stream.stream_id)] = now
-                    return _Park(self, stream, r, target, skip, None)
+                    return self.parking.request(stream, r, target, skip, None)
             self._viewers[(remote, stream.stream_id)] = now
             self._playlist_ok.inc()
             return self._sent(self._ll_reply(stream, r, skip), stream.stream_id)
@@ -318,7 +311,7 @@ class HlsRoutes:
         self._segment_ok.inc()
         return self._sent(self._ll_file(name, data), split_base(r.window.base)[0])
 
-    def _ll_upcoming(self, name: str, r: Rendition) -> _Park | None:
+    def _ll_upcoming(self, name: str, r: Rendition) -> Parked | None:
         """A part or segment about to be cut (a preload hint): parked until it exists, as
         handle() would wait for it; None for anything handle() answers at once (404)."""
         m = LL_MEDIA_RE.fullmatch(name)
@@ -333,7 +326,7 @@ class HlsRoutes:
         if stream is None:
             return None
         r.last_request = time.monotonic()
-        return _Park(self, stream, r, (seq, part), None, name)
+        return self.parking.request(stream, r, (seq, part), None, name)
 
     def _ll_object(self, name: str) -> tuple[Rendition, bytes | None] | None:
         """The rendition a part/segment/init name belongs to (if open here) and its bytes, if held."""
@@ -388,59 +381,27 @@ class HlsRoutes:
                 key, Reply(text.encode(), PLAYLIST_CONTENT_TYPE, LL_PLAYLIST_CACHE_CONTROL))
         return cached[1]
 
-    # -- blocking requests parked on the fast path -------------------------------------------
-    def _park(self, stream: EdgeStream, r: Rendition, target: tuple[int, int | None], skip: str | None,
-              media: str | None, answer: Callable[[Reply], None]) -> Callable[[], None]:
+    # -- blocking requests parked on the fast path (mesh.hls.ll_parking drives them) ---------
+    def _parked_reply(self, stream: EdgeStream, r: Rendition, e: Entry, arrived: bool) -> Reply:
+        """handle()'s answer to a parked request now: the playlist or the part, else 503/404."""
         ll = r.ll
-        assert ll is not None
-        blocked = self._blocked.get(r)
-        if blocked is None:
-            blocked = self._blocked[r] = BlockedRequests()
-            ll.on_change(functools.partial(self._ll_changed, stream, weakref.ref(r), blocked))
-        loop = asyncio.get_running_loop()
-        entry = blocked.add(target, answer, skip, loop.time() + self._block_s(ll), media)
-        if blocked.timer is None:
-            blocked.timer = loop.call_at(entry.deadline, self._expire, stream, weakref.ref(r), blocked)
-        return functools.partial(blocked.discard, entry)
+        if e.media is not None:
+            seq, part = e.target
+            data = None if ll is None else ll.segment(seq) if part is None else ll.part(seq, part)
+            if data is not None:
+                return self._ll_file(e.media, data)
+            return _error_reply(404, f"{e.media[:100]} is not (or no longer) here")
+        if arrived and ll is not None:
+            return self._ll_reply(stream, r, e.skip)
+        block_s = self._block_s(ll) if ll is not None else 0.0
+        return _error_reply(503, f"{r.window.base}: part {e.target} did not come within {block_s:.1f} s",
+                            {"Retry-After": "1"})
 
-    def _ll_changed(self, stream: EdgeStream, ref: "weakref.ref[Rendition]", blocked: BlockedRequests) -> None:
-        """The window listed a part (or ended): answer the parked requests it satisfies."""
-        r = ref()
-        if r is None or r.ll is None or not len(blocked):
-            return
-        ll = r.ll
-        if not ll.ended:
-            self._settle(stream, r, blocked.reached(ll.last_part(), ll.last_seq))
-        else:
-            self._settle(stream, r, blocked.all())  # what did not come gets handle()'s answer at once
-
-    def _expire(self, stream: EdgeStream, ref: "weakref.ref[Rendition]", blocked: BlockedRequests) -> None:
-        blocked.timer = None
-        r = ref()
-        loop = asyncio.get_running_loop()
-        late = blocked.expired(loop.time())
-        if r is not None and late:
-            self._settle(stream, r, late)
-        due = blocked.next_deadline()
-        if due is not None:
-            blocked.timer = loop.call_at(due, self._expire, stream, ref, blocked)
-
-    def _settle(self, stream: EdgeStream, r: Rendition, entries: list[Entry]) -> None:
-        """Answer parked requests as handle() would now: the playlist (each distinct one rendered
-        once) or the part; 503 (playlist) or 404 (part) for what has not come."""
-        if not entries:
-            return
-        ll = r.ll
-        last_part, last_seq = (ll.last_part(), ll.last_seq) if ll is not None else (None, None)
+    def _parked_served(self, stream: EdgeStream, r: Rendition, answered: list[tuple[Entry, Reply]]) -> None:
+        """handle()'s counts for parked requests just answered."""
         r.last_request = time.monotonic()
-        replies: dict[Any, Reply] = {}
         sent = playlists = media = 0
-        for e in entries:
-            done = reached(e.target, last_part, last_seq)
-            key = (e.media, done) if e.media is not None else (e.skip, done) if done else e.target
-            reply = replies.get(key)
-            if reply is None:
-                reply = replies[key] = self._parked_reply(stream, r, e, done)
+        for e, reply in answered:
             if reply.status == 200:
                 sent += len(reply.body)
                 if e.media is None:
@@ -452,29 +413,11 @@ class HlsRoutes:
             else:
                 metrics.VIEWER_REQUESTS.labels("segment", "404").inc()
                 metrics.reject("http", "segment", "%d %s", 404, "a parked part or segment did not come")
-            try:
-                e.answer(reply)
-            except Exception:
-                log.exception("answering a parked LL-HLS request failed")
         if playlists:
             self._playlist_ok.inc(playlists)
         if media:
             self._segment_ok.inc(media)
         self._count(stream.stream_id, sent)
-
-    def _parked_reply(self, stream: EdgeStream, r: Rendition, e: Entry, done: bool) -> Reply:
-        ll = r.ll
-        if e.media is not None:
-            seq, part = e.target
-            data = None if ll is None else ll.segment(seq) if part is None else ll.part(seq, part)
-            if data is not None:
-                return self._ll_file(e.media, data)
-            return _error_reply(404, f"{e.media[:100]} is not (or no longer) here")
-        if done and ll is not None:
-            return self._ll_reply(stream, r, e.skip)
-        block_s = self._block_s(ll) if ll is not None else 0.0
-        return _error_reply(503, f"{r.window.base}: part {e.target} did not come within {block_s:.1f} s",
-                            {"Retry-After": "1"})
 
     def _block_s(self, ll: LlWindow) -> float:
         return self.streams.settings.ll_block_s or 3 * ll.target_s
@@ -687,17 +630,3 @@ def _error_reply(status: int, message: str, headers: dict[str, str] | None = Non
     """handle()'s JSON error answer (:func:`mesh.http.app.json_error`), built for the fast path."""
     return Reply(json.dumps({"error": message}).encode(), "application/json; charset=utf-8", None,
                  status=status, headers=headers)
-
-
-class _Park:
-    """A blocking LL-HLS request the fast path parks (:class:`mesh.http.fastpath.Parking`): a
-    playlist (``skip``: its ``_HLS_skip``) or, with ``media``, the part or segment so named."""
-
-    __slots__ = ("routes", "stream", "r", "target", "skip", "media")
-
-    def __init__(self, routes: HlsRoutes, stream: EdgeStream, r: Rendition, target: tuple[int, int | None],
-                 skip: str | None, media: str | None):
-        self.routes, self.stream, self.r, self.target, self.skip, self.media = routes, stream, r, target, skip, media
-
-    def park(self, answer: Callable[[Reply], None]) -> Callable[[], None]:
-        return self.routes._park(self.stream, self.r, self.target, self.skip, self.media, answer)
