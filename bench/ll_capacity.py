@@ -290,10 +290,10 @@ def run(players: Sequence[int] = (1, TARGET_PLAYERS), seconds: float = 15.0, bit
                     got = _round_in_worker(url, n, seconds)
                     edge_cpu = _cpu_s(pair.edge.proc.pid) - edge_cpu  # includes the worker's start/stop
                     answers = got.get("answers") or 0
+                    per = (lambda cpu_s: round(cpu_s / answers * 1e6) if answers else None)
                     rounds.append({**got, "loadavg_1m_before": round(load, 2), "edge_cpu_s": round(edge_cpu, 2),
-                                   "edge_cpu_us_per_answer": round(edge_cpu / answers * 1e6) if answers else None,
-                                   "client_cpu_us_per_answer":
-                                       round(got["client_cpu_s"] / answers * 1e6) if answers else None})
+                                   "edge_cpu_us_per_answer": per(edge_cpu),
+                                   "client_cpu_us_per_answer": per(got.get("client_cpu_s", 0.0))})
                     say(json.dumps(rounds[-1]))
             finally:
                 feed.stop()

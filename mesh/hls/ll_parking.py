@@ -110,7 +110,8 @@ class Parked:
 
     def __init__(self, parking: LlParking, stream: EdgeStream, r: Rendition, target: tuple[int, int | None],
                  skip: str | None, media: str | None):
-        self.parking, self.stream, self.r, self.target, self.skip, self.media = parking, stream, r, target, skip, media
+        self.parking, self.stream, self.r = parking, stream, r
+        self.target, self.skip, self.media = target, skip, media
 
     def park(self, answer: Callable[[Reply], None]) -> Callable[[], None]:
         return self.parking._park(self.stream, self.r, self.target, self.skip, self.media, answer)

@@ -29,7 +29,8 @@ class Entry:
 
     __slots__ = ("deadline", "target", "answer", "skip", "media")
 
-    def __init__(self, deadline: float, target: Target, answer: Answer, skip: str | None, media: str | None = None):
+    def __init__(self, deadline: float, target: Target, answer: Answer, skip: str | None,
+                 media: str | None = None):
         self.deadline, self.target, self.answer, self.skip, self.media = deadline, target, answer, skip, media
 
 

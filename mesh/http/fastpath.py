@@ -45,7 +45,8 @@ SMALL_BODY = 16 << 10  # bodies up to this go out in one write with their header
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)  # headers wait for the body: one packet, not two
 
 # A plain GET: request line, then fields (token ":" value without control characters), CRLF-separated.
-_SIMPLE_GET = re.compile(rb"GET (/[A-Za-z0-9_./-]*)(?:\?([A-Za-z0-9_]+=[A-Za-z0-9]+(?:&[A-Za-z0-9_]+=[A-Za-z0-9]+)*))?"
+_SIMPLE_GET = re.compile(rb"GET (/[A-Za-z0-9_./-]*)"
+                         rb"(?:\?([A-Za-z0-9_]+=[A-Za-z0-9]+(?:&[A-Za-z0-9_]+=[A-Za-z0-9]+)*))?"
                          rb" HTTP/1\.1"
                          rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00-\x08\x0a-\x1f\x7f]*)*")
 # The fields that decide: a body, an expectation or an upgrade make a request not plain; Host
@@ -73,7 +74,7 @@ def parse_simple_get(head: bytes) -> SimpleGet | None:
     None for anything else, which aiohttp then parses and answers in full (errors included)."""
     m = _SIMPLE_GET.fullmatch(head)
     if m is None or head.count(b"\n") > FAST_MAX_FIELDS:
-        return None  # not GET, not HTTP/1.1, an unusual query, escapes, malformed fields, obs-fold, bare CR/LF
+        return None  # not GET, not HTTP/1.1, an odd query, escapes, malformed fields, obs-fold, bare CR/LF
     low = head.lower()
     names = _FIELDS_OF_NOTE.findall(low)
     if b"host" not in names or len(names) != len(set(names)) or not _NOT_SIMPLE.isdisjoint(names):
