@@ -14,7 +14,8 @@ through the parsers the node runs on it, in the node's order:
 Rejections are ``None`` from the fast parser and aiohttp's ``HttpProcessingError``; an incomplete
 head (which the node times out) counts as rejected too. A crash is any other exception, and also
 any disagreement that would let the fast path answer what aiohttp would not: a head the fast
-parser accepts must parse in aiohttp as a GET of the same path with the same keep-alive.
+parser accepts must parse in aiohttp as a GET of the same path, the same query (the fast path
+takes plain ``k=v&...`` queries, for LL-HLS blocking requests) and the same keep-alive.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http import HttpRequestParser
 from aiohttp.web_protocol import MAX_MSG_QUEUE_SIZE, RequestPayloadError
 
+from mesh.hls.ll_playlist import BadBlockingRequest, block_target, simple_query, skip_directive
 from mesh.http.fastpath import FAST_MAX_HEAD, parse_simple_get
 
 try:  # the edge's name rules (the lead may move them; the fuzz follows)
@@ -51,6 +53,7 @@ SEEDS: list[bytes] = [
     b"GET /LiveApp/streams/cam1_adaptive.m3u8?token=eyJhbGciOiJIUzI1NiJ9.e30.sig HTTP/1.1\r\n"
     b"Host: edge\r\nUser-Agent: AppleCoreMedia/1.0.0 (iPhone)\r\nX-Playback-Session-Id: 1A2B\r\n\r\n",
     b"GET /LiveApp/streams/cam1_720p2500kbps_ll.m3u8?_HLS_msn=12&_HLS_part=3 HTTP/1.1\r\nHost: e\r\n\r\n",
+    b"GET /LiveApp/streams/cam1_ll.m3u8?_HLS_msn=7&_HLS_part=0&_HLS_skip=YES HTTP/1.1\r\nHost: e\r\n\r\n",
     b"GET /LiveApp/streams/cam1.m3u8 HTTP/1.1\r\nUser-Agent: Lavf/59.27.100\r\nAccept: */*\r\n"
     b"Range: bytes=0-\r\nConnection: close\r\nHost: 127.0.0.1:5080\r\nIcy-MetaData: 1\r\n\r\n",
     b"POST /LiveApp/rest/v2/broadcasts/create HTTP/1.1\r\nHost: o\r\nContent-Type: application/json\r\n"
@@ -181,9 +184,18 @@ def _same_reading(parse: _Parse, head: bytes, fast: Any) -> None:
     except http_exceptions.HttpProcessingError as exc:
         raise AssertionError(f"the fast path accepts a head aiohttp rejects ({exc.message})") from None
     first = messages[0] if messages else None
-    if (first is None or first.method != "GET" or first.path != fast.target
-            or first.should_close != fast.close):
+    target = fast.target + ("?" + fast.query if fast.query else "")
+    if (first is None or first.method != "GET" or first.path != target or first.url.path != fast.target
+            or first.url.raw_query_string != fast.query or first.should_close != fast.close):
         raise AssertionError("the fast path and aiohttp read a head differently")
+    directives = simple_query(fast.query) if fast.query else None
+    if directives is not None:  # the edge's fast route reads LL-HLS directives as handle() does
+        try:
+            full = block_target(first.url.query), skip_directive(first.url.query)
+        except BadBlockingRequest:
+            full = None
+        if full != directives:
+            raise AssertionError(f"LL-HLS directives read differently: {directives} vs {full}")
 
 
 def fuzz(count: int, seed: int = 0) -> dict:

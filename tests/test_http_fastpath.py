@@ -31,12 +31,19 @@ ACCEPTED = [
     # only the real field counts
     (b"GET /x HTTP/1.1\r\nHost: h\r\nX-Content-Length: 5", SimpleGet("/x", False)),
     (b"GET /x HTTP/1.1\r\nHost: h\r\nAccept: a\r\nAccept: b", SimpleGet("/x", False)),  # may repeat
+    # plain queries (LL-HLS blocking requests): letters, digits and "_" only
+    (b"GET /a/cam1_ll.m3u8?_HLS_msn=12&_HLS_part=3 HTTP/1.1\r\nHost: h",
+     SimpleGet("/a/cam1_ll.m3u8", False, "_HLS_msn=12&_HLS_part=3")),
+    (b"GET /x?y=1 HTTP/1.1\r\nHost: h\r\nConnection: close", SimpleGet("/x", True, "y=1")),
 ]
 
 REJECTED = [
     b"", b"GET", b"HEAD /x HTTP/1.1", b"POST /x HTTP/1.1", b"get /x HTTP/1.1", b"GET /x HTTP/1.0",
     b"GET /x HTTP/2", b"GET x HTTP/1.1", b"GET  /x HTTP/1.1", b"GET /x  HTTP/1.1",
-    b"GET /x?y=1 HTTP/1.1", b"GET /x%2e HTTP/1.1", b"GET /x#f HTTP/1.1", b"GET /x~ HTTP/1.1",
+    b"GET /x?y=1 HTTP/1.1", b"GET /x%2e HTTP/1.1", b"GET /x?y=%31 HTTP/1.1\r\nHost: h",
+    b"GET /x?y=1+2 HTTP/1.1\r\nHost: h", b"GET /x?y= HTTP/1.1\r\nHost: h", b"GET /x?y HTTP/1.1\r\nHost: h",
+    b"GET /x?y=1&&z=2 HTTP/1.1\r\nHost: h", b"GET /x?y=1; HTTP/1.1\r\nHost: h", b"GET /x? HTTP/1.1\r\nHost: h",
+    b"GET /x?y=1&z=2& HTTP/1.1\r\nHost: h", b"GET /x?y.z=1 HTTP/1.1\r\nHost: h", b"GET /x#f HTTP/1.1", b"GET /x~ HTTP/1.1",
     b"GET http://h/x HTTP/1.1", b"GET /x HTTP/1.1\r\n", b"GET /x HTTP/1.1\r\nNoColon",
     b"GET /x HTTP/1.1\r\nBad Name: v", b"GET /x HTTP/1.1\r\nName : v", b"GET /x HTTP/1.1\r\n: v",
     b"GET /x HTTP/1.1\r\nA: b\r\n folded", b"GET /x HTTP/1.1\r\nA: b\nC: d", b"GET /x HTTP/1.1\r\nA: b\rC",
@@ -97,6 +104,7 @@ def test_fuzzed_heads_never_raise_and_only_plain_paths_pass(head: bytes) -> None
     parsed = parse_simple_get(head)
     if parsed is not None:
         assert head.startswith(b"GET /") and re.fullmatch(r"/[A-Za-z0-9_./-]*", parsed.target)
+        assert parsed.query == "" or re.fullmatch(r"\w+=[A-Za-z0-9]+(&\w+=[A-Za-z0-9]+)*", parsed.query, re.A)
         assert b"\n" not in head.replace(b"\r\n", b"")
 
 
@@ -330,3 +338,13 @@ def test_nothing_overtakes_bytes_the_transport_still_queues() -> None:
         conn.connection_lost(None)
         ours.close(), peer.close(), site.segment.close()
     asyncio.run(main())
+
+
+def test_remembered_heads_read_as_parsed_and_stay_bounded() -> None:
+    from mesh.http import fastpath
+
+    for head in [h for h, _ in ACCEPTED] + REJECTED + [b"GET /x HTTP/1.1\r\nHost: h\r\nA: " + b"b" * 600]:
+        assert fastpath.parse_head(head) == parse_simple_get(head) == fastpath.parse_head(head)
+    for n in range(fastpath.HEADS_KEPT + 10):
+        assert fastpath.parse_head(b"GET /x%d HTTP/1.1\r\nHost: h" % n) == SimpleGet(f"/x{n}", False)
+        assert len(fastpath._heads) <= fastpath.HEADS_KEPT

@@ -194,11 +194,15 @@ def _port(url: str) -> int:
     return int(re.search(r":(\d+)(?:/|$)", url).group(1))
 
 
+EDGE_ENV = {"MESH_PLAYLIST_WINDOW": "8", "MESH_SNAPSHOT_SEGMENTS": "8"}
+
+
 class LlCluster:
     def __init__(self, tmp: Path, mongo: str):
         self.tmp, self.mongo = tmp, mongo
         self.origin = start_node("origin", tmp, mongo=mongo, db_name="llhls")
-        self.edges = [start_node("edge", tmp, mongo=mongo, db_name="llhls") for _ in range(2)]
+        # 8 segments of 2 s: longer than the 12 s Skip Boundary, so edges offer delta updates
+        self.edges = [start_node("edge", tmp, mongo=mongo, db_name="llhls", env=EDGE_ENV) for _ in range(2)]
         self.publisher = ffmpeg_publish(self.origin.rtmp.replace("{stream_id}", "cam1"), 120)
         self.nginx: Nginx | None = None
 
@@ -324,7 +328,7 @@ def test_blocking_request_returns_when_the_part_exists_and_far_ahead_is_400(ll: 
 def test_cold_edge_answers_a_blocking_request_by_joining(ll: LlCluster) -> None:
     found = check_ll_playlist(ll.playlist(ll.edges[0]), "cam1")
     seq, part = found["next"]
-    cold = start_node("edge", ll.tmp, mongo=ll.mongo, db_name="llhls")
+    cold = start_node("edge", ll.tmp, mongo=ll.mongo, db_name="llhls", env=EDGE_ENV)
     ll.edges.append(cold)
     status, body = fetch(ll.url(cold, f"cam1_ll.m3u8?_HLS_msn={seq}&_HLS_part={part}"))
     assert status == 200, body
@@ -339,6 +343,8 @@ def test_hlsjs_low_latency_plays_through_nginx_over_two_edges(ll: LlCluster, tmp
     report = play_hls(f"{base}/LiveApp/streams/cam1_ll.m3u8", min_advance_s=4.0, timeout_s=60, low_latency=True)
     assert report.fatal_error is None, "\n".join(report.log[-40:])
     assert report.advanced_s >= 4.0 and report.latency_s is not None and report.latency_s > 0, report
+    # the edges advertise CAN-SKIP-UNTIL, so hls.js asks for delta updates and plays on with them
+    assert any("delta update:" in line for line in report.log), "\n".join(report.log[-40:])
     # the node's own player page offers the LL playlist (hls.js in low-latency mode)
     played = page_eval(f"{base}/LiveApp/play.html?id=cam1&ll=1",
                        "const v = document.getElementById('video'); return [v.currentTime, v.videoWidth]",
@@ -358,3 +364,21 @@ def test_every_listed_uri_carries_the_play_token_query() -> None:
     assert len(uris) > 10
     assert all(u.endswith("?token=abc") for u in uris), uris
     assert not [line for line in text.splitlines() if line and not line.startswith("#") and "?token=" not in line]
+
+
+@pytest.mark.integration
+def test_a_real_edge_answers_skip_requests_with_a_valid_delta_update(ll: LlCluster) -> None:
+    def eight_segments() -> bool:
+        return ll.playlist(ll.edges[0]).count("#EXTINF") >= 8
+    wait_until(eight_segments, timeout_s=60, interval_s=0.3, message="8 LL segments on edge 0")
+    for _ in range(20):  # the three answers must see the same window (a part comes every 200 ms)
+        full, delta, again = (ll.playlist(ll.edges[0], q) for q in ("", "?_HLS_skip=YES", ""))
+        if full == again:
+            break
+    assert full == again, "the window kept moving"
+    assert "CAN-SKIP-UNTIL=12.0" in full
+    skipped = int(re.search(r"^#EXT-X-SKIP:SKIPPED-SEGMENTS=(\d+)$", delta, re.M).group(1))
+    segments = [line for line in full.splitlines() if line.endswith(".m4s") and not line.startswith("#")]
+    kept = [line for line in delta.splitlines() if line.endswith(".m4s") and not line.startswith("#")]
+    assert skipped >= 1 and segments[skipped:] == kept
+    assert full.endswith(delta.split("#EXT-X-SKIP:", 1)[1].split("\n", 1)[1]), "the tail is the full playlist's"

@@ -9,12 +9,22 @@ two edges holding the same window render the same text (rendition reports name o
 this edge holds, the one thing that may differ).
 
 Blocking requests (``_HLS_msn``/``_HLS_part``) are parsed and judged by :func:`block_target` and
-:func:`reached`; the waiting itself is the routes' business.
+:func:`reached`; the waiting itself is the routes' business. :func:`simple_query` reads the plain
+queries the HTTP fast path may answer itself (those directives and nothing else).
+
+Delta updates (``_HLS_skip=YES`` or ``v2``, RFC 8216bis 4.4.3.8 and 6.2.5.1): when the window can
+hold more than the Skip Boundary (six target durations), ``EXT-X-SERVER-CONTROL`` advertises
+``CAN-SKIP-UNTIL``, and a request with ``_HLS_skip`` gets the playlist with its oldest closed
+segments, those that end at least the Skip Boundary before the end of the playlist, replaced by
+one ``EXT-X-SKIP:SKIPPED-SEGMENTS=n`` line; the header and everything after the skipped segments
+are the full playlist's bytes. With nothing old enough to skip the answer is the full playlist.
+There are no date ranges, so ``v2`` only adds the (empty) ``RECENTLY-REMOVED-DATERANGES``.
 """
 from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -24,6 +34,10 @@ VERSION = 9
 PART_HOLD_BACK_PARTS = 3
 ADVANCE_PART_LIMIT = 3  # how many parts beyond the last one a request may name (RFC 8216bis 6.2.5.2)
 ADVANCE_MSN_LIMIT = 2  # how many segments beyond the last one a request may name
+SKIP_BOUNDARY_TARGETS = 6  # the Skip Boundary, in target durations (the spec's minimum)
+SKIPS = ("YES", "v2")  # the _HLS_skip values served with a delta update
+_MAX_DIGITS = 18  # a directive's value fits in 62 bits (larger ones: aiohttp's 400)
+_USUAL = re.compile(r"_HLS_msn=([0-9]{1,18})&_HLS_part=([0-9]{1,18})(?:&_HLS_skip=(YES|v2))?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,21 +54,47 @@ def _pdt(ms: int) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
+def _duration(seg: LlSegment) -> float:
+    return seg.duration_s if seg.duration_s is not None else sum(p.duration_s for p in seg.parts)
+
+
+def skippable(segments: Sequence[LlSegment], boundary_s: float) -> int:
+    """How many of the oldest segments a delta update may skip: closed ones that end at least
+    ``boundary_s`` before the end of the playlist."""
+    left = sum(_duration(s) for s in segments)
+    count = 0
+    for seg in segments:
+        left -= _duration(seg)
+        if seg.duration_s is None or left < boundary_s - 1e-9:
+            break
+        count += 1
+    return count
+
+
 def render_ll_playlist(base: str, segments: Sequence[LlSegment], *, target_s: float, part_target_s: float,
                        ended: bool, preload: tuple[int, int] | None, reports: Sequence[Report] = (),
-                       query: str = "") -> str:
+                       query: str = "", can_skip: bool = False, skip: str | None = None) -> str:
     """``segments``: listed segments, oldest first, the last one possibly open; ``preload``:
-    (segment, part) being cut now; ``query`` (``?token=...``) is appended to every URI."""
+    (segment, part) being cut now; ``query`` (``?token=...``) is appended to every URI.
+    ``can_skip``: advertise delta updates (the window may hold more than the Skip Boundary);
+    ``skip``: the request's ``_HLS_skip`` (``YES``/``v2``), answered with a delta update."""
     longest = max((s.duration_s for s in segments if s.duration_s is not None), default=target_s)
     target = max(math.ceil(target_s), math.ceil(round(longest, 3)))
+    boundary = SKIP_BOUNDARY_TARGETS * target
+    can_skip = can_skip and not ended
     lines = ["#EXTM3U", f"#EXT-X-VERSION:{VERSION}", f"#EXT-X-TARGETDURATION:{target}",
              f"#EXT-X-PART-INF:PART-TARGET={part_target_s:.3f}"]
     if not ended:
         lines.append("#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,"
-                     f"PART-HOLD-BACK={PART_HOLD_BACK_PARTS * part_target_s:.3f}")
+                     + (f"CAN-SKIP-UNTIL={boundary:.1f}," if can_skip else "")
+                     + f"PART-HOLD-BACK={PART_HOLD_BACK_PARTS * part_target_s:.3f}")
+    skipped = skippable(segments, boundary) if can_skip and skip in SKIPS else 0
     if segments:
         lines.append(f"#EXT-X-MEDIA-SEQUENCE:{segments[0].seq}")
         lines.append(f"#EXT-X-DISCONTINUITY-SEQUENCE:{segments[0].disc}")
+    if skipped:
+        lines.append(f"#EXT-X-SKIP:SKIPPED-SEGMENTS={skipped}"
+                     + (',RECENTLY-REMOVED-DATERANGES=""' if skip == "v2" else ""))
     # Parts are listed for the segments within three target durations of the end.
     horizon, since_end, with_parts = 3 * target, 0.0, set()
     for seg in reversed(segments):
@@ -63,7 +103,10 @@ def render_ll_playlist(base: str, segments: Sequence[LlSegment], *, target_s: fl
         with_parts.add(seg.seq)
         since_end += seg.duration_s if seg.duration_s is not None else sum(p.duration_s for p in seg.parts)
     previous: LlSegment | None = None
-    for seg in segments:
+    first = len(lines)  # where the segments' lines start
+    for n, seg in enumerate(segments):
+        if n == skipped and skipped:
+            del lines[first:]  # a delta update: the skipped segments' lines go, the rest stays as is
         if previous is not None and seg.disc != previous.disc:
             lines.append("#EXT-X-DISCONTINUITY")
         if previous is None or seg.init != previous.init:
@@ -128,3 +171,35 @@ def too_far(target: tuple[int, int | None], last_part: tuple[int, int] | None) -
     if msn > last_msn + ADVANCE_MSN_LIMIT:
         return True
     return part is not None and msn == last_msn and part > last_index + ADVANCE_PART_LIMIT
+
+
+def simple_query(query: str) -> tuple[tuple[int, int | None] | None, str | None] | None:
+    """Sans-IO: (blocking target or None, ``_HLS_skip`` value or None) of a plain query made of
+    ``_HLS_msn``, ``_HLS_part`` and ``_HLS_skip`` (``YES``/``v2``) only, each at most once,
+    numbers in ASCII decimal: exactly what :func:`block_target` and :func:`skip_directive` read
+    the same way. None for anything else (other keys, a repeated key, ``_HLS_part`` alone, other
+    values): the full handler answers it, errors included."""
+    if m := _USUAL.fullmatch(query):  # what players send: msn and part, in this order
+        return (int(m.group(1)), int(m.group(2))), m.group(3)
+    seen: dict[str, str] = {}
+    for pair in query.split("&"):
+        key, eq, value = pair.partition("=")
+        if not eq or key in seen or key not in ("_HLS_msn", "_HLS_part", "_HLS_skip"):
+            return None
+        seen[key] = value
+    skip = seen.get("_HLS_skip")
+    if skip is not None and skip not in SKIPS:
+        return None
+    msn, part = seen.get("_HLS_msn"), seen.get("_HLS_part")
+    for number in (msn, part):
+        if number is not None and not (number.isascii() and number.isdigit() and len(number) <= _MAX_DIGITS):
+            return None
+    if msn is None:
+        return None if part is not None else (None, skip)
+    return (int(msn), int(part) if part is not None else None), skip
+
+
+def skip_directive(params: Mapping[str, str]) -> str | None:
+    """The ``_HLS_skip`` a request asks for, if it is one we answer with a delta update."""
+    value = params.get("_HLS_skip")
+    return value if value in SKIPS else None

@@ -9,7 +9,8 @@ LL-HLS (CMAF parts, :mod:`mesh.hls.cmaf`, :mod:`mesh.hls.ll_playlist`) beside th
 
 - ``GET /{app}/streams/{base}_ll.m3u8``            the LL media playlist (``cam1_ll``, ``cam1_360p600kbps_ll``);
   with ``?_HLS_msn=M[&_HLS_part=P]`` it blocks until that part (or segment) is listed: 400 when
-  it is too far ahead, 503 when it does not come within the bounded wait
+  it is too far ahead, 503 when it does not come within the bounded wait; with
+  ``_HLS_skip=YES|v2`` a delta update (:mod:`mesh.hls.ll_playlist`) when the window is long enough
 - ``GET /{app}/streams/{id}_ll_adaptive.m3u8``     the master playlist of the LL renditions
 - ``GET /{app}/streams/{base}_ll{seq:09d}.{part}.m4s``  a part; ``{base}_ll{seq:09d}.m4s`` a segment;
   ``{base}_ll_init{crc:08x}.mp4`` the init segment. A part or segment about to be cut (a preload
@@ -25,6 +26,17 @@ when the window changes, not per request, and a segment's bytes go out of a memo
 ``sendfile``. Everything else (first requests, 404s, master playlists, unusual requests) goes
 through :meth:`HlsRoutes.handle`, which has the same effects and headers.
 
+Blocking LL playlist requests with a plain query (``_HLS_msn``, ``_HLS_part``, ``_HLS_skip``
+and nothing else, :func:`~mesh.hls.ll_playlist.simple_query`) are answered on the fast path too:
+one not yet satisfiable is parked (:mod:`mesh.hls.ll_parking`, one list and one timer per
+rendition); when the window lists the part, each distinct answer (full playlist or
+delta update) is rendered once and the same bytes go to every parked request it satisfies; at
+the bounded wait's end the same 503 as :meth:`HlsRoutes.handle`'s. A request for the part or
+segment being cut (the preload hint) is parked the same way and answered with its bytes (404 if
+it does not come, as :meth:`HlsRoutes.handle` says). A request that would be an
+error (400 too far ahead, a malformed directive) or an immediate 503 (stream ended) is left to
+:meth:`HlsRoutes.handle`, so errors are answered in one place.
+
 Protected streams (``require_play_token``): every playlist and segment request needs
 ``?token=`` with a play token for that stream (:mod:`mesh.tokens`); the playlists carry the same
 query on every URI they list, so a player needs nothing but the tokenised playlist URL, and the
@@ -35,6 +47,7 @@ serves a protected object to a request without the token.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections import OrderedDict
@@ -49,7 +62,10 @@ from ..http.app import HttpError, HttpServer, Reply, json_response
 from ..names import NAME_PATTERN
 from ..tokens import TokenError
 from .cmaf import LlWindow
-from .ll_playlist import BadBlockingRequest, Report, block_target, reached, render_ll_playlist, too_far
+from .ll_playlist import (SKIP_BOUNDARY_TARGETS, BadBlockingRequest, Report, block_target, reached,
+                          render_ll_playlist, simple_query, skip_directive, too_far)
+from .ll_parking import LlParking, Parked
+from .ll_wait import Entry
 from ..registry import RETRY_AFTER_S, RegistryUnavailable
 from .playlist import Variant, render_master_playlist
 from ..ladder import RENDITION_RE
@@ -141,7 +157,8 @@ class HlsRoutes:
         self.files = SegmentFiles()
         self._playlists: dict[str, tuple[int, Reply]] = {}
         self._viewers: dict[tuple[str, str], float] = {}
-        self._ll_playlists: dict[str, tuple[tuple[Any, ...], Reply]] = {}
+        self._ll_playlists: dict[tuple[str, str | None], tuple[tuple[Any, ...], Reply]] = {}
+        self.parking = LlParking(self._parked_reply, self._parked_served, self._block_s)
         self._ll_replies: OrderedDict[str, Reply] = OrderedDict()
         self.ll_waiting = 0  # blocking requests waiting now
         self.egress_bytes = 0
@@ -154,11 +171,17 @@ class HlsRoutes:
 
     def install(self, app: web.Application, http: HttpServer) -> None:
         app.router.add_get(self.prefix + "{name}", self.handle)
-        http.add_fast_get(self.prefix, self.fast_get)
+        http.add_fast_get(self.prefix, self.fast_get, queries=True)
 
     def close(self) -> None:
         self.files.close()
         self._playlists.clear()
+        self.parking.close()
+
+    @property
+    def ll_parked(self) -> int:
+        """Blocking requests parked on the fast path now."""
+        return len(self.parking)
 
     def load(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -210,7 +233,8 @@ class HlsRoutes:
     def _forget(self, base: str) -> None:
         self.files.forget(base)
         self._playlists.pop(base, None)
-        self._ll_playlists.pop(base, None)
+        for skip in (None, "YES", "v2"):
+            self._ll_playlists.pop((base, skip), None)
         for name in [n for n in self._ll_replies if n.startswith(base + "_ll")]:
             del self._ll_replies[name]
 
@@ -219,14 +243,17 @@ class HlsRoutes:
         return reply
 
     # -- HTTP ------------------------------------------------------------------------------
-    def fast_get(self, name: str, remote: str) -> Reply | None:
+    def fast_get(self, name: str, remote: str, query: str = "") -> Reply | Parked | None:
         """The fast path's route (see :meth:`mesh.http.app.HttpServer.add_fast_get`): a playlist
-        or segment of a stream already open here, with :meth:`handle`'s effects; None when
-        :meth:`handle` has more to do (open a stream, answer 404, a master playlist, a token)."""
+        or segment of a stream already open here, with :meth:`handle`'s effects, or a parked
+        blocking LL playlist request; None when :meth:`handle` has more to do (open a stream,
+        answer an error, a master playlist, a token, any other query)."""
         if self.play_check is not None:
             return None  # protected: every request carries ?token=, checked by handle()
         if name.endswith((".m4s", ".mp4", "_ll.m3u8")):
-            return self._ll_fast(name, remote)
+            return self._ll_fast(name, remote, query)
+        if query:
+            return None
         if name.endswith(".ts"):
             m = SEGMENT_RE.fullmatch(name)
             if m is None or (r := self.streams.get(*(parts := split_base(m.group(1))))) is None:
@@ -250,27 +277,56 @@ class HlsRoutes:
         self._playlist_ok.inc()
         return self._sent(self._playlist(r), stream_id)
 
-    def _ll_fast(self, name: str, remote: str) -> Reply | None:
+    def _ll_fast(self, name: str, remote: str, query: str) -> Reply | Parked | None:
+        directives = simple_query(query) if query else (None, None)
+        if directives is None:
+            return None  # not only _HLS_ directives, or malformed ones: handle() answers
         if name.endswith("_ll.m3u8"):
             m = LL_PLAYLIST_RE.fullmatch(name)
-            if m is None or (r := self.streams.get(*split_base(m.group(1)))) is None or r.ll is None:
+            if m is None:
                 return None
-            stream = self.streams.streams.get(split_base(m.group(1))[0])
-            if stream is None:
+            stream_id, rendition = split_base(m.group(1))
+            stream = self.streams.streams.get(stream_id)
+            if stream is None or (r := stream.renditions.get(rendition)) is None or (ll := r.ll) is None:
                 return None
-            r.last_request = time.monotonic()
-            self._viewers[(remote, stream.stream_id)] = time.monotonic()
+            target, skip = directives
+            now = r.last_request = time.monotonic()
+            if target is not None:
+                last = ll.last_part()
+                if too_far(target, last) or (ll.ended and not reached(target, last, ll.last_seq)):
+                    return None  # 400, or 503 at once: handle() says it
+                if not reached(target, last, ll.last_seq):
+                    self._viewers[(remote, stream.stream_id)] = now
+                    return self.parking.request(stream, r, target, skip, None)
+            self._viewers[(remote, stream.stream_id)] = now
             self._playlist_ok.inc()
-            return self._sent(self._ll_reply(stream, r), stream.stream_id)
+            return self._sent(self._ll_reply(stream, r, skip), stream.stream_id)
         found = self._ll_object(name)
         if found is None:
             return None
         r, data = found
         if data is None:
-            return None
+            return self._ll_upcoming(name, r)
         r.last_request = time.monotonic()
         self._segment_ok.inc()
         return self._sent(self._ll_file(name, data), split_base(r.window.base)[0])
+
+    def _ll_upcoming(self, name: str, r: Rendition) -> Parked | None:
+        """A part or segment about to be cut (a preload hint): parked until it exists, as
+        handle() would wait for it; None for anything handle() answers at once (404)."""
+        m = LL_MEDIA_RE.fullmatch(name)
+        ll = r.ll
+        if m is None or ll is None or ll.ended:
+            return None
+        seq, part = int(m.group(2)), (int(m.group(3)) if m.group(3) is not None else None)
+        upcoming = ll.next_part()
+        if upcoming is None or too_far((seq, part), ll.last_part()) or (seq, part or 0) < upcoming:
+            return None
+        stream = self.streams.streams.get(split_base(m.group(1))[0])
+        if stream is None:
+            return None
+        r.last_request = time.monotonic()
+        return self.parking.request(stream, r, (seq, part), None, name)
 
     def _ll_object(self, name: str) -> tuple[Rendition, bytes | None] | None:
         """The rendition a part/segment/init name belongs to (if open here) and its bytes, if held."""
@@ -301,7 +357,7 @@ class HlsRoutes:
         return tuple((name, x.ll.version if x.ll is not None else 0) for name, x in stream.renditions.items()) + (
             r.name,)
 
-    def _ll_text(self, stream: EdgeStream, r: Rendition, query: str) -> str:
+    def _ll_text(self, stream: EdgeStream, r: Rendition, query: str, skip: str | None = None) -> str:
         ll = r.ll
         assert ll is not None
         reports = []
@@ -310,18 +366,58 @@ class HlsRoutes:
                 continue
             reports.append(Report(f"{playlist_base(stream.stream_id, name)}_ll.m3u8", *last))
         return render_ll_playlist(ll.base, ll.shown(), target_s=ll.target_s, part_target_s=ll.part_ticks / 90_000,
-                                  ended=ll.ended, preload=ll.next_part(), reports=reports, query=query)
+                                  ended=ll.ended, preload=ll.next_part(), reports=reports, query=query,
+                                  can_skip=ll.window > SKIP_BOUNDARY_TARGETS, skip=skip)
 
-    def _ll_reply(self, stream: EdgeStream, r: Rendition) -> Reply:
-        """The LL playlist without a query, rendered again only when a window changed."""
+    def _ll_reply(self, stream: EdgeStream, r: Rendition, skip: str | None = None) -> Reply:
+        """The LL playlist without a token (``skip``: a delta update), rendered again only when
+        a window changed: one rendering per distinct answer, shared by every request for it."""
         key = self._ll_key(stream, r)
         base = r.ll.base if r.ll is not None else r.window.base
-        cached = self._ll_playlists.get(base)
+        cached = self._ll_playlists.get((base, skip))
         if cached is None or cached[0] != key:
-            text = self._ll_text(stream, r, "")
-            cached = self._ll_playlists[base] = (
+            text = self._ll_text(stream, r, "", skip)
+            cached = self._ll_playlists[(base, skip)] = (
                 key, Reply(text.encode(), PLAYLIST_CONTENT_TYPE, LL_PLAYLIST_CACHE_CONTROL))
         return cached[1]
+
+    # -- blocking requests parked on the fast path (mesh.hls.ll_parking drives them) ---------
+    def _parked_reply(self, stream: EdgeStream, r: Rendition, e: Entry, arrived: bool) -> Reply:
+        """handle()'s answer to a parked request now: the playlist or the part, else 503/404."""
+        ll = r.ll
+        if e.media is not None:
+            seq, part = e.target
+            data = None if ll is None else ll.segment(seq) if part is None else ll.part(seq, part)
+            if data is not None:
+                return self._ll_file(e.media, data)
+            return _error_reply(404, f"{e.media[:100]} is not (or no longer) here")
+        if arrived and ll is not None:
+            return self._ll_reply(stream, r, e.skip)
+        block_s = self._block_s(ll) if ll is not None else 0.0
+        return _error_reply(503, f"{r.window.base}: part {e.target} did not come within {block_s:.1f} s",
+                            {"Retry-After": "1"})
+
+    def _parked_served(self, stream: EdgeStream, r: Rendition, answered: list[tuple[Entry, Reply]]) -> None:
+        """handle()'s counts for parked requests just answered."""
+        r.last_request = time.monotonic()
+        sent = playlists = media = 0
+        for e, reply in answered:
+            if reply.status == 200:
+                sent += len(reply.body)
+                if e.media is None:
+                    playlists += 1
+                else:
+                    media += 1
+            elif e.media is None:
+                metrics.VIEWER_REQUESTS.labels("playlist", "503").inc()
+            else:
+                metrics.VIEWER_REQUESTS.labels("segment", "404").inc()
+                metrics.reject("http", "segment", "%d %s", 404, "a parked part or segment did not come")
+        if playlists:
+            self._playlist_ok.inc(playlists)
+        if media:
+            self._segment_ok.inc(media)
+        self._count(stream.stream_id, sent)
 
     def _block_s(self, ll: LlWindow) -> float:
         return self.streams.settings.ll_block_s or 3 * ll.target_s
@@ -353,6 +449,7 @@ class HlsRoutes:
     async def _ll_playlist(self, request: web.Request, base: str) -> web.StreamResponse:
         stream_id, rendition = split_base(base)
         query = self._token_query(request, stream_id)
+        skip = skip_directive(request.query)
         try:
             target = block_target(request.query)
         except BadBlockingRequest as exc:
@@ -375,11 +472,11 @@ class HlsRoutes:
         r.last_request = time.monotonic()
         self._playlist_ok.inc()
         if query:
-            text = self._ll_text(stream, r, query).encode()
+            text = self._ll_text(stream, r, query, skip).encode()
             self._count(stream.stream_id, len(text))
             return web.Response(body=text, headers={"Cache-Control": LL_PLAYLIST_CACHE_CONTROL,
                                                     "Content-Type": PLAYLIST_CONTENT_TYPE})
-        return self._sent(self._ll_reply(stream, r), stream.stream_id).response()
+        return self._sent(self._ll_reply(stream, r, skip), stream.stream_id).response()
 
     async def _ll_media(self, request: web.Request, name: str, base: str) -> web.StreamResponse:
         stream_id, rendition = split_base(base)
@@ -527,3 +624,9 @@ def _int(value: Any) -> int:
 
 def _float(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1000 else None
+
+
+def _error_reply(status: int, message: str, headers: dict[str, str] | None = None) -> Reply:
+    """handle()'s JSON error answer (:func:`mesh.http.app.json_error`), built for the fast path."""
+    return Reply(json.dumps({"error": message}).encode(), "application/json; charset=utf-8", None,
+                 status=status, headers=headers)

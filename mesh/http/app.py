@@ -21,12 +21,12 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from .. import metrics
-from .fastpath import FAST_MAX_HEAD, FastConnection, FastRoute, Reply, SimpleGet, parse_simple_get
+from .fastpath import FAST_MAX_HEAD, FastConnection, FastRoute, Parking, Reply, SimpleGet, parse_simple_get
 from .limits import BODY_TIMEOUT_S, HttpLimits
 from .server import HttpServer
 
 __all__ = ["BODY_TIMEOUT_S", "FAST_MAX_HEAD", "FastConnection", "FastRoute", "HttpError", "HttpServer",
-           "Reply", "SimpleGet", "json_error", "json_response", "make_app", "parse_simple_get"]
+           "Parking", "Reply", "SimpleGet", "json_error", "json_response", "make_app", "parse_simple_get"]
 
 log = logging.getLogger("mesh.http")
 

@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import metrics
-from .fastpath import FastConnection, FastRoute, Reply
+from .fastpath import FastConnection, FastRoute, Parking, Reply
 from .guarded import GuardedHandler
 from .limits import (BODY_TIMEOUT_S, ConnectionCounts, HttpLimits, LogBudget, connection_budget, ip_key,
                      raise_nofile_limit)
@@ -53,7 +53,7 @@ class HttpServer:
         self._runner: web.AppRunner | None = None
         self._aiohttp: web.Server | None = None
         self._handler_kwargs: dict[str, Any] = {}
-        self._fast_routes: list[tuple[str, FastRoute]] = []
+        self._fast_routes: list[tuple[str, FastRoute, bool]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._socks: list[socket.socket] = []  # listening
         self.counts = ConnectionCounts(0, 0, 0)
@@ -65,20 +65,25 @@ class HttpServer:
         self._refuse_log = LogBudget(LOG_EVERY_S)
         self.accept_failures = 0  # accept() errors since start (the log says them in aggregate)
 
-    def add_fast_get(self, prefix: str, route: FastRoute) -> None:
+    def add_fast_get(self, prefix: str, route: FastRoute, *, queries: bool = False) -> None:
         """Serve ``GET {prefix}{name}`` (``name`` without ``/``) on the fast path when
         ``route(name, client_address)`` returns a :class:`Reply`. It must have the same effects
         (counters, viewers) as the aiohttp handler for that URL, and return None whenever that
-        handler would do anything but answer 200 at once; aiohttp then answers. Before start()."""
+        handler would do anything but answer that reply; aiohttp then answers. With
+        ``queries=True`` it is also asked ``route(name, client_address, query)`` for plain queries
+        (see :func:`~mesh.http.fastpath.parse_simple_get`) and may return a
+        :class:`~mesh.http.fastpath.Parking` to answer later. Before start()."""
         assert prefix.startswith("/") and prefix.endswith("/")
-        self._fast_routes.append((prefix, route))
+        self._fast_routes.append((prefix, route, queries))
 
-    def _route(self, target: str, remote: str) -> Reply | None:
-        for prefix, route in self._fast_routes:
+    def _route(self, target: str, remote: str, query: str = "") -> Reply | Parking | None:
+        for prefix, route, queries in self._fast_routes:
             if target.startswith(prefix):
                 name = target[len(prefix):]
                 if name and "/" not in name:
-                    return route(name, remote)
+                    if not query:
+                        return route(name, remote)
+                    return route(name, remote, query) if queries else None
         return None
 
     async def start(self) -> None:
