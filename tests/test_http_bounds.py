@@ -348,6 +348,8 @@ MALFORMED = [
     b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n",
     b"GET /plain HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     b"POST /plain HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nx",
+    b"CONNECT \r\nHost: t\r\n\r\n",  # aiohttp parses it into a request without a URL
+    b"CONNECT example.com:443 HTTP/1.1\r\nHost: t\r\n\r\n",  # a node is no proxy
 ]
 
 

@@ -17,7 +17,9 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
+from aiohttp.streams import EMPTY_PAYLOAD
+from aiohttp.web_protocol import _ErrInfo
 
 from .. import metrics
 from .limits import LogBudget, parse_error_reason
@@ -83,6 +85,14 @@ class GuardedHandler(web.RequestHandler):
         queued = len(self._messages)
         super().data_received(data)
         self._in_flight += max(0, len(self._messages) - queued)
+        for i in range(queued, len(self._messages)):
+            message = self._messages[i][0]
+            if not isinstance(message, _ErrInfo) and (message.url is None or message.method == "CONNECT"):
+                # aiohttp parses "CONNECT host:port" (and "CONNECT" with no target, into a
+                # request without a URL, which breaks its handler): answered as its parse errors are
+                self._messages[i] = (_ErrInfo(status=501, exc=http_exceptions.BadHttpMethod("CONNECT"),
+                                              message="CONNECT is not served here (a node is no proxy)"),
+                                     EMPTY_PAYLOAD)
         if self._head_timer is not None and not self._waiting_for_head():
             self._head_timer.cancel()
             self._head_timer = None
@@ -136,7 +146,7 @@ class GuardedHandler(web.RequestHandler):
     # -- malformed requests: counted, one line, no traceback -------------------------------
     def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
-        if status >= 500:
+        if status >= 500 and not isinstance(exc, http_exceptions.HttpProcessingError):
             return super().handle_error(request, status, exc, message)  # our bug: aiohttp logs it
         reason = parse_error_reason(exc)
         metrics.reject("http", reason)
