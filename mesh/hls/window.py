@@ -99,6 +99,7 @@ class RenditionWindow:
         self.resets = 0
         self.dropped = 0
         self.stale = 0  # entries of a lower epoch than the highest seen
+        self._announce = False
 
     # -- observers -------------------------------------------------------------------------
     def on_change(self, callback: Callable[[], None]) -> None:
@@ -166,6 +167,7 @@ class RenditionWindow:
         if self.epoch:
             log.info("%s: epoch %d follows %d", self.base, epoch, self.epoch)
         self.epoch = epoch
+        self._announce = True  # log this epoch's first listed segment (a takeover's timing)
         self._outcomes.append(False)
 
     def _start(self, entry: Entry) -> None:
@@ -267,6 +269,9 @@ class RenditionWindow:
         self.data.move_to_end(ref.seq)
         self.segments_cut += 1
         self.version += 1
+        if self._announce:
+            self._announce = False
+            log.info("%s: first segment %d of epoch %d listed", self.base, ref.seq, self.epoch)
         while len(self.listed) > self.window:
             self.listed.popleft()
         while len(self.data) > self.keep:
