@@ -22,10 +22,12 @@ def fetch(url: str, timeout_s: float = 10) -> tuple[int, bytes, dict[str, str]]:
 
 class TcpProxy:
     """127.0.0.1:port -> target, in threads. ``cut()`` drops every connection and accepts new
-    ones only to close them (the far side is unreachable); ``heal()`` forwards again."""
+    ones only to close them (the far side is unreachable); ``heal()`` forwards again.
+    ``delay_s`` holds every chunk that long before forwarding it (a slow link, each way)."""
 
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1"):
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1", delay_s: float = 0.0):
         self.target = (target_host, target_port)
+        self.delay_s = delay_s
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.cut_off = False
@@ -59,6 +61,8 @@ class TcpProxy:
                 data = src.recv(65536)
                 if not data or self.cut_off:
                     break
+                if self.delay_s:
+                    time.sleep(self.delay_s)
                 dst.sendall(data)
         except OSError:
             pass
