@@ -35,6 +35,7 @@ import datetime as dt
 import functools
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, TypeVar
 from urllib.parse import unquote, unquote_plus, urlsplit
@@ -55,6 +56,18 @@ TERMINATED = "terminated_unexpectedly"
 STREAM_STATUSES = (CREATED, BROADCASTING, FINISHED, TERMINATED)
 RESERVE_SEGMENTS = 16  # numbers an owner reserves ahead: with 2 s segments, 32 s without the DB
 RETRY_AFTER_S = 2  # what a 503 for an unavailable registry tells clients
+# The time floor for segment numbers in a database that was found restored (see sequence_floor).
+FLOOR_BASE_S = 1_767_225_600  # 2026-01-01T00:00:00Z
+FLOOR_PER_S = 2  # numbers per second: one per segment at the shortest segment target (0.5 s)
+FLOOR_CAP = 900_000_000  # reached in 2040; leaves 10^8 numbers below the 9 digits of DESIGN §6
+
+
+def sequence_floor(unix_s: float) -> int:
+    """The first segment number a stream re-created in a restored database may use at wall-clock
+    ``unix_s``: two numbers per second since 2026, so above anything a stream that started on
+    the floor could have reached by cutting segments no shorter than the shortest allowed target
+    (0.5 s). Names keep their 9 digits (DESIGN §6): the floor stops at :data:`FLOOR_CAP`."""
+    return max(0, min(FLOOR_CAP, int((unix_s - FLOOR_BASE_S) * FLOOR_PER_S)))
 
 
 class RegistryError(RuntimeError):
@@ -221,6 +234,8 @@ class Registry:
         self._db = self._client[db_name]
         self.nodes = self._db["nodes"]
         self.streams = self._db["streams"]
+        self.meta = self._db["meta"]
+        self._incarnation: str | None = None  # the database this registry first connected to
 
     # -- lifecycle -------------------------------------------------------------------------
     async def connect(self) -> None:
@@ -239,6 +254,7 @@ class Registry:
             await self.nodes.create_index([("role", 1), ("last_seen", -1)])
             await self.streams.create_index([("status", 1), ("origin_node", 1)])
             await self.streams.create_index([("app", 1), ("updated_at", -1)])
+            await self._numbering_floor()
         except pymongo.errors.OperationFailure as exc:
             if exc.code in (18, 13) or "auth" in str(exc).lower():
                 who = f"user {_user(self.uri)!r}" if _user(self.uri) else "an anonymous client"
@@ -257,6 +273,26 @@ class Registry:
 
     async def close(self) -> None:
         await self._client.close()
+
+    async def _numbering_floor(self) -> int:
+        """0 in a database that was never restored; :func:`sequence_floor` of now in one that was.
+
+        The ``meta`` document names the database's incarnation. A registry that finds it gone (or
+        another one) after connecting knows the database was restored (from nothing or a backup)
+        and marks it ``restored``: stream numbering reserved in the lost documents is gone too, so
+        from then on a stream without a document starts at the time floor, above anything any
+        owner could have listed (DESIGN §3, same name, same bytes)."""
+        found = await self.meta.find_one({"_id": "registry"})
+        if found is None or found.get("incarnation") != self._incarnation:
+            update: dict[str, Any] = {"$setOnInsert": {"incarnation": uuid.uuid4().hex}}
+            if self._incarnation is not None:
+                update["$set"] = {"restored": True}
+                log.warning("the registry database was restored (its incarnation changed); streams it "
+                            "lost restart their segment numbers at the time floor")
+            found = await self.meta.find_one_and_update({"_id": "registry"}, update, upsert=True,
+                                                        return_document=ReturnDocument.AFTER)
+            self._incarnation = str(found["incarnation"])
+        return sequence_floor(time.time()) if found.get("restored") else 0
 
     @_fails_fast
     async def server_time(self) -> dt.datetime:
@@ -369,6 +405,7 @@ class Registry:
         the stream is still exactly that node's at that epoch, so a live owner that moved on (or
         any other owner) is never robbed."""
         alive_others = sorted((await self.alive_node_ids()) - {node.node_id})
+        floor = await self._numbering_floor()
         free = [{"status": {"$ne": BROADCASTING}},
                 {"origin_node": node.node_id},
                 {"origin_node": {"$nin": alive_others}}]
@@ -378,7 +415,9 @@ class Registry:
         takeover = {"$and": [{"$eq": ["$status", BROADCASTING]},
                              {"$ne": ["$origin_node", node.node_id]}]}
         # Above anything an earlier epoch may have listed, whenever its owner died.
-        first = {"$max": [{"$ifNull": ["$media_sequence", 0]}, {"$ifNull": ["$sequence_reserved", 0]}]}
+        # A stream without a document in a restored database: above the time floor too.
+        first = {"$max": [{"$ifNull": ["$media_sequence", 0]}, {"$ifNull": ["$sequence_reserved", 0]},
+                          {"$cond": [{"$eq": [{"$type": "$epoch"}, "missing"]}, floor, 0]}]}
         update = [{"$set": {
             "app": app,
             "previous_origin": {"$cond": [takeover, "$origin_node", None]},
