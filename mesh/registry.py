@@ -18,7 +18,10 @@ A claim starts its epoch at ``max(media_sequence, sequence_reserved)`` (above an
 owner could have listed, whenever it died) and reserves ``reserve_segments`` more; the owner
 extends its reservation with every fenced ``media_sequence`` write and never cuts a segment
 beyond it (:mod:`mesh.ingest.segmenter`). A takeover therefore skips at most a reservation's
-worth of numbers, and edges show it as one discontinuity (:mod:`mesh.hls.window`).
+worth of numbers, and edges show it as one discontinuity (:mod:`mesh.hls.window`). The
+reservations live in the database: once a registry finds the database restored (its ``meta``
+incarnation changed), every claim also starts above wall-clock floors (:func:`sequence_floor`,
+:func:`epoch_floor`), so a stream re-created by another origin never restarts at 0.
 
 The database may be away: every call fails fast (``op_timeout_s``) with
 :class:`RegistryUnavailable`, a domain :class:`~mesh.errors.Unavailable` the HTTP rooms turn into a
@@ -60,6 +63,14 @@ RETRY_AFTER_S = 2  # what a 503 for an unavailable registry tells clients
 FLOOR_BASE_S = 1_767_225_600  # 2026-01-01T00:00:00Z
 FLOOR_PER_S = 2  # numbers per second: one per segment at the shortest segment target (0.5 s)
 FLOOR_CAP = 900_000_000  # reached in 2040; leaves 10^8 numbers below the 9 digits of DESIGN §6
+
+
+def epoch_floor(unix_s: float) -> int:
+    """The epoch (and discontinuity sequence) a stream re-created in a restored database starts
+    above: seconds since 2026. Edges follow only higher epochs, and both numbers grow by at most
+    one per claim, so this is above what the lost document held unless the stream was claimed
+    more than once a second on average since 2026."""
+    return max(0, int(unix_s - FLOOR_BASE_S))
 
 
 def sequence_floor(unix_s: float) -> int:
@@ -279,9 +290,12 @@ class Registry:
 
         The ``meta`` document names the database's incarnation. A registry that finds it gone (or
         another one) after connecting knows the database was restored (from nothing or a backup)
-        and marks it ``restored``: stream numbering reserved in the lost documents is gone too, so
-        from then on a stream without a document starts at the time floor, above anything any
-        owner could have listed (DESIGN §3, same name, same bytes)."""
+        and marks it ``restored``: the numbering reserved in the lost documents is gone too, so
+        from then on every claim starts at the time floors (:func:`sequence_floor` for segment
+        numbers, :func:`epoch_floor` for the epoch and discontinuity sequence), above anything
+        any owner could have listed or edges could have followed (DESIGN §3, same name, same
+        bytes). A live origin re-creating its own lost document keeps its numbering
+        (:meth:`restore_stream`)."""
         found = await self.meta.find_one({"_id": "registry"})
         if found is None or found.get("incarnation") != self._incarnation:
             update: dict[str, Any] = {"$setOnInsert": {"incarnation": uuid.uuid4().hex}}
@@ -405,7 +419,10 @@ class Registry:
         the stream is still exactly that node's at that epoch, so a live owner that moved on (or
         any other owner) is never robbed."""
         alive_others = sorted((await self.alive_node_ids()) - {node.node_id})
+        # In a restored database every claim starts above the time floors: the documents (lost, or
+        # from a backup) may be behind what the streams' owners reserved and listed.
         floor = await self._numbering_floor()
+        lost = epoch_floor(time.time()) if floor else 0
         free = [{"status": {"$ne": BROADCASTING}},
                 {"origin_node": node.node_id},
                 {"origin_node": {"$nin": alive_others}}]
@@ -415,9 +432,7 @@ class Registry:
         takeover = {"$and": [{"$eq": ["$status", BROADCASTING]},
                              {"$ne": ["$origin_node", node.node_id]}]}
         # Above anything an earlier epoch may have listed, whenever its owner died.
-        # A stream without a document in a restored database: above the time floor too.
-        first = {"$max": [{"$ifNull": ["$media_sequence", 0]}, {"$ifNull": ["$sequence_reserved", 0]},
-                          {"$cond": [{"$eq": [{"$type": "$epoch"}, "missing"]}, floor, 0]}]}
+        first = {"$max": [{"$ifNull": ["$media_sequence", 0]}, {"$ifNull": ["$sequence_reserved", 0]}, floor]}
         update = [{"$set": {
             "app": app,
             "previous_origin": {"$cond": [takeover, "$origin_node", None]},
@@ -427,13 +442,13 @@ class Registry:
             "snapshot_endpoint": node.snapshot_endpoint,
             "bus_public_key": node.bus_public_key,  # what edges authenticate this origin with
             "renditions": list(renditions),
-            "epoch": {"$add": [prior_epoch, 1]},
+            "epoch": {"$max": [{"$add": [prior_epoch, 1]}, lost + 1]},
             "media_sequence": first,
             "sequence_reserved": {"$add": [first, self.reserve_segments]},
             # Every epoch after the first starts with a discontinuity: players see one, never a reset.
             "discontinuity_sequence": {"$cond": [
                 {"$gt": [first, 0]},
-                {"$add": [{"$ifNull": ["$discontinuity_sequence", 0]}, 1]},
+                {"$max": [{"$add": [{"$ifNull": ["$discontinuity_sequence", 0]}, 1]}, lost + 1]},
                 {"$ifNull": ["$discontinuity_sequence", 0]}]},
             "settings": {"$ifNull": ["$settings", {}]},
             "created_at": {"$ifNull": ["$created_at", "$$NOW"]},
