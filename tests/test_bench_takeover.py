@@ -4,6 +4,7 @@ takeover was broken down step by step in order; no figure is asserted against th
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -15,8 +16,11 @@ pytestmark = pytest.mark.integration
 
 
 def test_bench_takeover_one_kill() -> None:
-    out = subprocess.run([sys.executable, "-m", "mesh", "bench", "takeover", "--kills", "1", "--json"],
-                         capture_output=True, text=True, timeout=300, env=node_env())
+    """The README's example, exactly as written there."""
+    env = node_env()
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")  # the venv's `mesh`
+    out = subprocess.run(["mesh", "bench", "takeover", "--kills", "1", "--json"],
+                         capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "run 1/1" in out.stderr, "progress goes to stderr"
     report = json.loads(out.stdout)
