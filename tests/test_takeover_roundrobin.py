@@ -2,9 +2,10 @@
 discontinuity sequences it sees never go back, and a segment name never comes with other bytes.
 
 The edges notice a takeover at different moments. Here one edge reaches the registry through a
-slow link (0.4 s each way), so on its own it would follow the new origin well after the other
-edge lists the new origin's first segment; an edge asks the registry before answering a playlist
-while its origin is quiet, so both answer with the new numbering by then.
+slow link, so on its own it would follow the new origin later than the other one; an edge asks
+the registry before answering a playlist while its origin is quiet, so both answer with the new
+numbering once either does. And a window restarted by the takeover keeps the old segments until
+the new origin's first one is listed (an empty playlist would read as media sequence 0).
 """
 from __future__ import annotations
 
@@ -94,25 +95,34 @@ class Alternating(threading.Thread):
 
 
 @pytest.mark.integration
-def test_round_robin_player_never_sees_the_sequence_go_back_across_a_takeover(node_factory, mongo) -> None:
+@pytest.mark.parametrize("gop,delay_s", [(90, 0.3), (30, 0.45)], ids=["follow-while-open", "follow-late"])
+def test_round_robin_player_never_sees_the_sequence_go_back_across_a_takeover(node_factory, mongo, gop: int,
+                                                                                 delay_s: float) -> None:
+    """``follow-while-open``: the new publisher's keyframes come every 3 s, so both edges follow
+    while its first segment is still open (their windows restart before it is listed).
+    ``follow-late``: keyframes every second and a slower registry link, so on its own the slow
+    edge would follow only after the other edge listed the new origin's first segment."""
     db = urlsplit(mongo)
-    slow_db = TcpProxy(db.port, db.hostname or "127.0.0.1", delay_s=0.4)
+    slow_db = TcpProxy(db.port, db.hostname or "127.0.0.1")
     origins = [node_factory("origin"), node_factory("origin")]
+    # directConnection: through the proxy only (the server's own address is not rediscovered)
     edges = [node_factory("edge"),
-             node_factory("edge", mongo=mongo.replace(f":{db.port}", f":{slow_db.port}", 1))]
+             node_factory("edge", mongo=f"mongodb://127.0.0.1:{slow_db.port}/?directConnection=true")]
+    slow_db.delay_s = delay_s  # slow from now on (the edge started at full speed)
     pub = ffmpeg_publish(origins[0].rtmp_url("rr"), 120)
     player = Alternating([e.http for e in edges], "rr")
     try:
         origins[0].wait_for_line(r"stream LiveApp/rr live on", timeout_s=30)
         player.start()
-        player.wait_for(lambda: len({e for e, *_ in player.answers}) == 2 and player.highest() >= 2, 60,
-                        "both edges list the stream")
+        # the window has slid (MEDIA-SEQUENCE above 0 on both edges), so going back can show
+        player.wait_for(lambda: all(any(e == i and m >= 2 for e, m, _, _ in player.answers) for i in (0, 1)),
+                        90, "both edges' windows slide")
         before = player.highest()
+        player.errors.clear()  # the slow edge's first join may have timed out: what counts is from here
         origins[0].kill()
         pub.kill()
         pub.wait()
-        # reconnects at once, with 3 s keyframes: the edges follow while its first segment is open
-        pub = ffmpeg_publish(origins[1].rtmp_url("rr"), 120, gop=90)
+        pub = ffmpeg_publish(origins[1].rtmp_url("rr"), 120, gop=gop)  # reconnects at once
         origins[1].wait_for_line(r"stream LiveApp/rr live on \S+ \(epoch 2, .*taking over", timeout_s=30)
         first_new = int(origins[1].wait_for_line(r"live on \S+ \(epoch 2, from segment (\d+)").group(1))
         assert first_new > before
