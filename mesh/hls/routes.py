@@ -252,9 +252,13 @@ class HlsRoutes:
         return self._sent(self._playlist(r), stream_id)
 
     def _quiet(self, stream_id: str, r: Rendition) -> bool:
-        """A live stream whose origin has gone quiet (see :meth:`EdgeStream.catch_up`)."""
+        """A live stream whose origin has gone quiet, or that is joining a new origin (see
+        :meth:`EdgeStream.catch_up`)."""
         stream = self.streams.streams.get(stream_id)
-        return stream is not None and not r.window.ended and stream.quiet(time.monotonic())
+        if stream is None or r.window.ended:
+            return False
+        now = time.monotonic()
+        return stream.quiet(now) or stream.settling(now, CATCH_UP_WAIT_S)
 
     def _ll_fast(self, name: str, remote: str) -> Reply | None:
         if name.endswith("_ll.m3u8"):

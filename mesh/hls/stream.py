@@ -240,6 +240,13 @@ class EdgeStream:
         subs = [r.sub for r in self.renditions.values() if r.sub is not None]
         return bool(subs) and now - max(s.last_rx for s in subs) > QUIET_S
 
+    def settling(self, now: float, within_s: float = 2.0) -> bool:
+        """A new origin was followed in the last ``within_s`` and a rendition has not taken its
+        snapshot or listed what it brought yet (the old window would answer meanwhile)."""
+        return now - self._followed < within_s and any(
+            r.sub is not None and (not r.sub.snapshot_ready.is_set() or r.window.pending)
+            for r in self.renditions.values())
+
     async def catch_up(self, r: Rendition, wait_s: float) -> None:
         """Before answering a playlist while the origin is quiet: ask the registry whether the
         stream moved and, if it did, join the new origin and list its snapshot first.
@@ -267,11 +274,9 @@ class EdgeStream:
         if time.monotonic() - self._checked >= CATCH_UP_EVERY_S:
             self._checked = time.monotonic()
             try:
-                doc = await self._directory.get_stream(self.stream_id)
+                self.apply(await self._directory.get_stream(self.stream_id))
             except Exception as exc:  # the registry is away: answer what we follow
                 log.debug("cannot look %s up in the registry: %s", self.stream_id, exc)
-                return
-            self.apply(doc)
 
     async def _settled(self, r: Rendition, wait_s: float) -> None:
         """Just after following a new origin: wait (up to ``wait_s``) for its snapshot and for
