@@ -22,6 +22,7 @@ BENCHMARKS = {
     "latency": ("mesh_bench.latency", "closing keyframe to segment listed: mesh edge vs nginx-rtmp"),
     "ladder": ("mesh_bench.ladder", "transcoding ladder CPU per second of 720p30 input vs the ffmpeg CLI"),
     "soak": ("mesh_bench.soak", "origin and edge memory over a long 720p publish with a ladder: flat or not"),
+    "takeover": ("mesh_bench.takeover", "origin SIGKILL to a new segment listed on an edge vs a clean republish"),
     "faults": ("mesh_bench.faults", "faults on namespaced hosts (root): a viewer's stalls, losses, recovery"),
     "fuzz": ("mesh_bench.fuzz", "every parser a stranger reaches, fed generated inputs; fails on a crash"),
     "ll-capacity": ("mesh_bench.ll_capacity", "LL-HLS blocking reloads: part-delivery delay with N waiting players"),

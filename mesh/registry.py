@@ -18,7 +18,10 @@ A claim starts its epoch at ``max(media_sequence, sequence_reserved)`` (above an
 owner could have listed, whenever it died) and reserves ``reserve_segments`` more; the owner
 extends its reservation with every fenced ``media_sequence`` write and never cuts a segment
 beyond it (:mod:`mesh.ingest.segmenter`). A takeover therefore skips at most a reservation's
-worth of numbers, and edges show it as one discontinuity (:mod:`mesh.hls.window`).
+worth of numbers, and edges show it as one discontinuity (:mod:`mesh.hls.window`). The
+reservations live in the database: once a registry finds the database restored (its ``meta``
+incarnation changed), every claim also starts above wall-clock floors (:func:`sequence_floor`,
+:func:`epoch_floor`), so a stream re-created by another origin never restarts at 0.
 
 The database may be away: every call fails fast (``op_timeout_s``) with
 :class:`RegistryUnavailable`, a domain :class:`~mesh.errors.Unavailable` the HTTP rooms turn into a
@@ -35,6 +38,7 @@ import datetime as dt
 import functools
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, TypeVar
 from urllib.parse import unquote, unquote_plus, urlsplit
@@ -56,6 +60,26 @@ STREAM_STATUSES = (CREATED, BROADCASTING, FINISHED, TERMINATED)
 CLOCK_REFRESH_S = 30.0  # how long the server's clock offset is trusted (see Registry.server_time)
 RESERVE_SEGMENTS = 16  # numbers an owner reserves ahead: with 2 s segments, 32 s without the DB
 RETRY_AFTER_S = 2  # what a 503 for an unavailable registry tells clients
+# The time floor for segment numbers in a database that was found restored (see sequence_floor).
+FLOOR_BASE_S = 1_767_225_600  # 2026-01-01T00:00:00Z
+FLOOR_PER_S = 2  # numbers per second: one per segment at the shortest segment target (0.5 s)
+FLOOR_CAP = 900_000_000  # reached in 2040; leaves 10^8 numbers below the 9 digits of DESIGN §6
+
+
+def epoch_floor(unix_s: float) -> int:
+    """The epoch (and discontinuity sequence) a stream re-created in a restored database starts
+    above: seconds since 2026. Edges follow only higher epochs, and both numbers grow by at most
+    one per claim, so this is above what the lost document held unless the stream was claimed
+    more than once a second on average since 2026."""
+    return max(0, int(unix_s - FLOOR_BASE_S))
+
+
+def sequence_floor(unix_s: float) -> int:
+    """The first segment number a stream re-created in a restored database may use at wall-clock
+    ``unix_s``: two numbers per second since 2026, so above anything a stream that started on
+    the floor could have reached by cutting segments no shorter than the shortest allowed target
+    (0.5 s). Names keep their 9 digits (DESIGN §6): the floor stops at :data:`FLOOR_CAP`."""
+    return max(0, min(FLOOR_CAP, int((unix_s - FLOOR_BASE_S) * FLOOR_PER_S)))
 
 
 class RegistryError(RuntimeError):
@@ -223,6 +247,8 @@ class Registry:
         self.nodes = self._db["nodes"]
         self.streams = self._db["streams"]
         self._clock: tuple[float, dt.timedelta] | None = None  # (monotonic when read, server - ours)
+        self.meta = self._db["meta"]
+        self._incarnation: str | None = None  # the database this registry first connected to
 
     # -- lifecycle -------------------------------------------------------------------------
     async def connect(self) -> None:
@@ -241,6 +267,7 @@ class Registry:
             await self.nodes.create_index([("role", 1), ("last_seen", -1)])
             await self.streams.create_index([("status", 1), ("origin_node", 1)])
             await self.streams.create_index([("app", 1), ("updated_at", -1)])
+            await self._numbering_floor()
         except pymongo.errors.OperationFailure as exc:
             if exc.code in (18, 13) or "auth" in str(exc).lower():
                 who = f"user {_user(self.uri)!r}" if _user(self.uri) else "an anonymous client"
@@ -259,6 +286,29 @@ class Registry:
 
     async def close(self) -> None:
         await self._client.close()
+
+    async def _numbering_floor(self) -> int:
+        """0 in a database that was never restored; :func:`sequence_floor` of now in one that was.
+
+        The ``meta`` document names the database's incarnation. A registry that finds it gone (or
+        another one) after connecting knows the database was restored (from nothing or a backup)
+        and marks it ``restored``: the numbering reserved in the lost documents is gone too, so
+        from then on every claim starts at the time floors (:func:`sequence_floor` for segment
+        numbers, :func:`epoch_floor` for the epoch and discontinuity sequence), above anything
+        any owner could have listed or edges could have followed (DESIGN §3, same name, same
+        bytes). A live origin re-creating its own lost document keeps its numbering
+        (:meth:`restore_stream`)."""
+        found = await self.meta.find_one({"_id": "registry"})
+        if found is None or found.get("incarnation") != self._incarnation:
+            update: dict[str, Any] = {"$setOnInsert": {"incarnation": uuid.uuid4().hex}}
+            if self._incarnation is not None:
+                update["$set"] = {"restored": True}
+                log.warning("the registry database was restored (its incarnation changed); streams it "
+                            "lost restart their segment numbers at the time floor")
+            found = await self.meta.find_one_and_update({"_id": "registry"}, update, upsert=True,
+                                                        return_document=ReturnDocument.AFTER)
+            self._incarnation = str(found["incarnation"])
+        return sequence_floor(time.time()) if found.get("restored") else 0
 
     @_fails_fast
     async def server_time(self) -> dt.datetime:
@@ -349,8 +399,8 @@ class Registry:
 
     @_fails_fast
     async def get_node(self, node_id: str) -> NodeView | None:
-        doc = await self.nodes.find_one({"_id": node_id})
-        return self._judge(doc, await self.server_time()) if doc else None
+        doc, now = await asyncio.gather(self.nodes.find_one({"_id": node_id}), self.server_time())
+        return self._judge(doc, now) if doc else None
 
     # -- streams ---------------------------------------------------------------------------
     @_timed_write
@@ -381,7 +431,12 @@ class Registry:
         refuse connections) before the registry ages it out; the claim then also succeeds while
         the stream is still exactly that node's at that epoch, so a live owner that moved on (or
         any other owner) is never robbed."""
-        alive_others = sorted((await self.alive_node_ids()) - {node.node_id})
+        # In a restored database every claim starts above the time floors: the documents (lost, or
+        # from a backup) may be behind what the streams' owners reserved and listed. (Asked
+        # alongside the live nodes: no extra round trip on the claim's path.)
+        alive, floor = await asyncio.gather(self.alive_node_ids(), self._numbering_floor())
+        alive_others = sorted(alive - {node.node_id})
+        lost = epoch_floor(time.time()) if floor else 0
         free = [{"status": {"$ne": BROADCASTING}},
                 {"origin_node": node.node_id},
                 {"origin_node": {"$nin": alive_others}}]
@@ -391,7 +446,7 @@ class Registry:
         takeover = {"$and": [{"$eq": ["$status", BROADCASTING]},
                              {"$ne": ["$origin_node", node.node_id]}]}
         # Above anything an earlier epoch may have listed, whenever its owner died.
-        first = {"$max": [{"$ifNull": ["$media_sequence", 0]}, {"$ifNull": ["$sequence_reserved", 0]}]}
+        first = {"$max": [{"$ifNull": ["$media_sequence", 0]}, {"$ifNull": ["$sequence_reserved", 0]}, floor]}
         update = [{"$set": {
             "app": app,
             "previous_origin": {"$cond": [takeover, "$origin_node", None]},
@@ -401,13 +456,13 @@ class Registry:
             "snapshot_endpoint": node.snapshot_endpoint,
             "bus_public_key": node.bus_public_key,  # what edges authenticate this origin with
             "renditions": list(renditions),
-            "epoch": {"$add": [prior_epoch, 1]},
+            "epoch": {"$max": [{"$add": [prior_epoch, 1]}, lost + 1]},
             "media_sequence": first,
             "sequence_reserved": {"$add": [first, self.reserve_segments]},
             # Every epoch after the first starts with a discontinuity: players see one, never a reset.
             "discontinuity_sequence": {"$cond": [
                 {"$gt": [first, 0]},
-                {"$add": [{"$ifNull": ["$discontinuity_sequence", 0]}, 1]},
+                {"$max": [{"$add": [{"$ifNull": ["$discontinuity_sequence", 0]}, 1]}, lost + 1]},
                 {"$ifNull": ["$discontinuity_sequence", 0]}]},
             "settings": {"$ifNull": ["$settings", {}]},
             "created_at": {"$ifNull": ["$created_at", "$$NOW"]},

@@ -3,6 +3,7 @@ playlist and segment an edge serves (names, bytes, media and discontinuity seque
 from __future__ import annotations
 
 import hashlib
+import queue
 import re
 import socket
 import threading
@@ -22,10 +23,12 @@ def fetch(url: str, timeout_s: float = 10) -> tuple[int, bytes, dict[str, str]]:
 
 class TcpProxy:
     """127.0.0.1:port -> target, in threads. ``cut()`` drops every connection and accepts new
-    ones only to close them (the far side is unreachable); ``heal()`` forwards again."""
+    ones only to close them (the far side is unreachable); ``heal()`` forwards again.
+    ``delay_s`` holds every chunk that long before forwarding it (a slow link, each way)."""
 
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1"):
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1", delay_s: float = 0.0):
         self.target = (target_host, target_port)
+        self.delay_s = delay_s
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.cut_off = False
@@ -54,16 +57,36 @@ class TcpProxy:
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
     def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        late: queue.Queue[tuple[float, bytes] | None] | None = None
+        if self.delay_s:  # a line with latency, not a throttle: chunks overtake no one, wait in parallel
+            late = queue.Queue()
+            threading.Thread(target=self._deliver, args=(late, dst), daemon=True).start()
         try:
             while True:
                 data = src.recv(65536)
                 if not data or self.cut_off:
                     break
+                if late is not None:
+                    late.put((time.monotonic() + self.delay_s, data))
+                else:
+                    dst.sendall(data)
+        except OSError:
+            pass
+        if late is not None:
+            late.put(None)
+            return  # the deliverer closes both ends once the line is empty
+        for s in (src, dst):
+            self._drop(s)
+
+    def _deliver(self, late: "queue.Queue[tuple[float, bytes] | None]", dst: socket.socket) -> None:
+        try:
+            while (item := late.get()) is not None and not self.cut_off:
+                due, data = item
+                time.sleep(max(0.0, due - time.monotonic()))
                 dst.sendall(data)
         except OSError:
             pass
-        for s in (src, dst):
-            self._drop(s)
+        self._drop(dst)
 
     def _drop(self, s: socket.socket) -> None:
         with self._lock:

@@ -90,6 +90,7 @@ SEGMENT_CACHE_CONTROL = "public, max-age=86400, immutable"
 PLAYLIST_CACHE_CONTROL = "max-age=1"
 SEGMENT_FILES_MAX = 256  # memory files for sendfile: bounded in descriptors...
 SEGMENT_FILES_MAX_BYTES = 128 << 20  # ... and in bytes (they copy segments the window holds)
+CATCH_UP_WAIT_S = 2.0  # longest a playlist answer waits to join a stream's new origin
 VIEWER_HORIZON_S = 10.0  # a viewer counts while it asked for a playlist this recently
 
 #: ``check(stream_id, token)`` raises :class:`mesh.tokens.TokenError` unless ``token`` may play it.
@@ -270,12 +271,21 @@ class HlsRoutes:
             return None
         stream_id, rendition = split_base(m.group(1))
         r = self.streams.get(stream_id, rendition)
-        if r is None:
-            return None
+        if r is None or self._quiet(stream_id, r):
+            return None  # the origin went quiet: handle() asks the registry first
         r.last_request = time.monotonic()
         self._viewers[(remote, stream_id)] = time.monotonic()
         self._playlist_ok.inc()
         return self._sent(self._playlist(r), stream_id)
+
+    def _quiet(self, stream_id: str, r: Rendition) -> bool:
+        """A live stream whose origin has gone quiet, or that is joining a new origin (see
+        :meth:`EdgeStream.catch_up`)."""
+        stream = self.streams.streams.get(stream_id)
+        if stream is None or r.window.ended:
+            return False
+        now = time.monotonic()
+        return stream.quiet(now) or stream.settling(now, CATCH_UP_WAIT_S)
 
     def _ll_fast(self, name: str, remote: str, query: str) -> Reply | Parked | None:
         directives = simple_query(query) if query else (None, None)
@@ -559,7 +569,9 @@ class HlsRoutes:
                 return await self._master(stream_id, self._token_query(request, stream_id))
             stream_id, rendition = split_base(base)
             query = self._token_query(request, stream_id)
-            _, r = await self.streams.open(stream_id, rendition)
+            stream, r = await self.streams.open(stream_id, rendition)
+            if self._quiet(stream_id, r):  # a takeover? answer from the new origin, as other edges may
+                await stream.catch_up(r, CATCH_UP_WAIT_S)
             self._viewers[(request.remote or "?", stream_id)] = time.monotonic()
             self._playlist_ok.inc()
             if query:

@@ -26,6 +26,10 @@ log = logging.getLogger("mesh.edge")
 SRC = "src"
 QUICK_SILENCE_S = 1.5  # no bus traffic (not even a heartbeat) for this long: the origin may be gone
 QUICK_RECHECK_S = 0.5
+# A playlist asked while the origin has been quiet this long is answered only after asking the
+# registry whether the stream moved (see EdgeStream.catch_up). Media flows every few tens of ms.
+QUIET_S = 0.5
+CATCH_UP_EVERY_S = 0.25  # at most one such registry question per stream this often
 
 
 class Directory(Protocol):
@@ -112,6 +116,8 @@ class EdgeStream:
         self.server_key: str | None = None
         self.epoch = 0
         self._checked = time.monotonic()  # when the registry was last asked about a silence
+        self._catching: asyncio.Task[None] | None = None
+        self._followed = 0.0  # when a new origin was last followed
 
     # -- renditions ------------------------------------------------------------------------
     @property
@@ -186,6 +192,7 @@ class EdgeStream:
         self.epoch = int(doc.get("epoch", 0))
         key = doc.get("bus_public_key")
         self.server_key = key if isinstance(key, str) and key else None
+        self._followed = time.monotonic()
         loop = asyncio.get_running_loop()
         for r in self.renditions.values():
             if r.sub is not None:
@@ -227,6 +234,63 @@ class EdgeStream:
             return True
         subs = [r.sub for r in self.renditions.values() if r.sub is not None]
         return bool(subs) and min(s.silent_s for s in subs) > QUICK_SILENCE_S and since >= QUICK_RECHECK_S
+
+    def quiet(self, now: float) -> bool:
+        """No bus traffic at all for :data:`QUIET_S` (a live origin sends media or heartbeats)."""
+        subs = [r.sub for r in self.renditions.values() if r.sub is not None]
+        return bool(subs) and now - max(s.last_rx for s in subs) > QUIET_S
+
+    def settling(self, now: float, within_s: float = 2.0) -> bool:
+        """A new origin was followed in the last ``within_s`` and a rendition has not taken its
+        snapshot or listed what it brought yet (the old window would answer meanwhile)."""
+        return now - self._followed < within_s and any(
+            r.sub is not None and (not r.sub.snapshot_ready.is_set() or r.window.pending)
+            for r in self.renditions.values())
+
+    async def catch_up(self, r: Rendition, wait_s: float) -> None:
+        """Before answering a playlist while the origin is quiet: ask the registry whether the
+        stream moved and, if it did, join the new origin and list its snapshot first.
+
+        Why: edges notice a takeover at different moments. A player alternating between two
+        edges (round-robin) would otherwise get the new numbering from one and the old window,
+        with a lower media sequence, from the other. The new owner's first segment can only be
+        listed anywhere after its claim is in the registry and a whole segment has passed, while
+        this edge's old origin has been silent since it died; so an edge that checks on a quiet
+        origin before answering already lists that segment too. One question in flight per
+        stream (concurrent requests share it), at most every :data:`CATCH_UP_EVERY_S`."""
+        task = self._catching
+        if task is None or task.done():
+            if time.monotonic() - self._checked < CATCH_UP_EVERY_S and \
+                    time.monotonic() - self._followed > wait_s:
+                return
+            task = self._catching = asyncio.create_task(self._catch_up())
+        try:
+            await asyncio.wait_for(asyncio.shield(task), wait_s)
+            await self._settled(r, wait_s)
+        except asyncio.TimeoutError:
+            pass  # answer what we have
+
+    async def _catch_up(self) -> None:
+        if time.monotonic() - self._checked >= CATCH_UP_EVERY_S:
+            self._checked = time.monotonic()
+            try:
+                self.apply(await self._directory.get_stream(self.stream_id))
+            except Exception as exc:  # the registry is away: answer what we follow
+                log.debug("cannot look %s up in the registry: %s", self.stream_id, exc)
+
+    async def _settled(self, r: Rendition, wait_s: float) -> None:
+        """Just after following a new origin: wait (up to ``wait_s``) for its snapshot and for
+        the segments it brought to be listed."""
+        if time.monotonic() - self._followed > wait_s or r.sub is None:
+            return
+        deadline = time.monotonic() + wait_s
+        await asyncio.wait_for(r.sub.snapshot_ready.wait(), wait_s)
+        while r.window.pending and time.monotonic() < deadline:
+            r.listed.clear()
+            try:  # listed is set when a segment lists; a short bound covers other outcomes
+                await asyncio.wait_for(r.listed.wait(), min(0.05, max(0.0, deadline - time.monotonic())))
+            except asyncio.TimeoutError:
+                pass
 
     async def recheck(self) -> None:
         """The origin went quiet: ask the registry whether the stream moved or ended."""

@@ -14,6 +14,8 @@ packetising inline (which is what happens without an ``offload``, as in the test
 Discontinuities come from the origin too: each epoch carries the discontinuity number the registry
 gave it. A hole the bus could not repair (a :class:`Gap`) or a jump in numbering restarts the
 window after the hole, so names and media sequence numbers always agree with every other edge.
+The restart shows when the first segment after the hole is listed (the old window stays until
+then), so the playlist never falls back to an empty one whose media sequence would read as 0.
 
 Epochs only go up: entries of an epoch below the highest seen (a deposed "zombie" origin still
 sending) are dropped. A takeover's new epoch starts above the numbers its predecessor reserved
@@ -99,6 +101,8 @@ class RenditionWindow:
         self.resets = 0
         self.dropped = 0
         self.stale = 0  # entries of a lower epoch than the highest seen
+        self._announce = False
+        self._restart = False  # a hole restarted the window: clear it when the next segment lists
 
     # -- observers -------------------------------------------------------------------------
     def on_change(self, callback: Callable[[], None]) -> None:
@@ -166,6 +170,7 @@ class RenditionWindow:
         if self.epoch:
             log.info("%s: epoch %d follows %d", self.base, epoch, self.epoch)
         self.epoch = epoch
+        self._announce = True  # log this epoch's first listed segment (a takeover's timing)
         self._outcomes.append(False)
 
     def _start(self, entry: Entry) -> None:
@@ -243,10 +248,9 @@ class RenditionWindow:
                     break
                 changed |= self._list(ref, done)
             elif head is _RESET:
-                if self.listed:
-                    self.resets += 1
-                    self.listed.clear()
-                    self.version += 1
+                # Shown only with the first segment after the hole: until then the old window
+                # stays (stale, but its media sequence never goes back to an empty playlist's 0).
+                self._restart = bool(self.listed)
             elif head is not self.ended:
                 self.ended = head  # type: ignore[assignment]
                 self.version += 1
@@ -262,11 +266,18 @@ class RenditionWindow:
         except Exception:
             log.exception("packetising segment %d of %s failed", ref.seq, self.base)
             return False
+        if self._restart:
+            self._restart = False
+            self.resets += 1
+            self.listed.clear()
         self.listed.append(ref)
         self.data[ref.seq] = data
         self.data.move_to_end(ref.seq)
         self.segments_cut += 1
         self.version += 1
+        if self._announce:
+            self._announce = False
+            log.info("%s: first segment %d of epoch %d listed", self.base, ref.seq, self.epoch)
         while len(self.listed) > self.window:
             self.listed.popleft()
         while len(self.data) > self.keep:

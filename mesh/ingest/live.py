@@ -54,6 +54,8 @@ class LiveStream:
         self.segmenter = Segmenter(segment_target_s, claim.media_sequence, part_target_s,
                                    limit=claim.reserved or None,
                                    first_target_s=min(1.0, segment_target_s) if claim.takeover else None)
+        # A takeover's first segment start on the bus is logged once, with its delay since the claim.
+        self._claimed_at = time.monotonic() if claim.takeover else None
         self.video: VideoConfig | None = None
         self.audio: AudioConfig | None = None
         self.on_fenced = on_fenced
@@ -117,6 +119,10 @@ class LiveStream:
         self.bytes_in += len(data)
         extra = {"t": int(time.time() * 1000)} if flags & FLAG_SEG_START else None
         self.channel.media(track, pts, dts, flags, seg, data, extra)
+        if self._claimed_at is not None and extra is not None:
+            log.info("stream %s: first segment %d on the bus, %.0f ms after the takeover claim",
+                     self.stream_id, seg, (time.monotonic() - self._claimed_at) * 1000)
+            self._claimed_at = None
         if self.abr is not None:
             self.abr.push(track, pts, dts, flags, seg, data, extra)
         if self.recorder is not None:

@@ -148,6 +148,7 @@ class OriginPart:
     async def begin_stream(self, stream_id: str, app: str, source: str) -> LiveStream:
         """Claim ``stream_id`` and open its bus channel; raises PublishRejected with the reason."""
         cfg, node_id = self.cfg, self.info.node_id
+        asked = time.monotonic()
         if app != cfg.app:
             raise PublishRejected("NetStream.Publish.BadName",
                                   f"unknown application {app!r}; this origin serves {cfg.app!r}")
@@ -182,19 +183,23 @@ class OriginPart:
         self.live[stream_id] = live
         self._gauge.set(len(self.live))
         await self._maybe_record(live, claim.epoch)
-        log.info("stream %s/%s live on %s (epoch %d, from segment %d%s)", app, stream_id, node_id,
-                 claim.epoch, claim.media_sequence, ", taking over" if claim.takeover else "")
+        log.info("stream %s/%s live on %s (epoch %d, from segment %d%s; claimed in %.0f ms)", app, stream_id,
+                 node_id, claim.epoch, claim.media_sequence, ", taking over" if claim.takeover else "",
+                 (time.monotonic() - asked) * 1000)
         return live
 
     async def _take_over_if_dead(self, busy: StreamBusy) -> Claim:
         """The registry still names another owner: claim the stream if that owner is dead."""
+        started = time.monotonic()
         view = await self.registry.get_node(busy.origin)
         if view is None or view.node_id == self.info.node_id or not await owner_is_dead(view.doc):
             raise busy
+        probed = time.monotonic()
         claim = await self.registry.claim_stream(busy.stream_id, self.cfg.app, self.info,
                                                  dead_owner=(busy.origin, busy.epoch))
-        log.warning("stream %s: its origin %s refuses connections (dead); taking over at epoch %d",
-                    busy.stream_id, busy.origin, claim.epoch)
+        log.warning("stream %s: its origin %s refuses connections (dead); taking over at epoch %d "
+                    "(owner probed in %.0f ms, claim written %.0f ms later)", busy.stream_id, busy.origin,
+                    claim.epoch, (probed - started) * 1000, (time.monotonic() - probed) * 1000)
         return claim
 
     async def _watch_registry(self) -> None:
