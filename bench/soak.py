@@ -47,12 +47,14 @@ def say(msg: str) -> None:
     click.echo(f"soak: {msg}", err=True)
 
 
-def rss_mb(pid: int) -> float | None:
-    """Resident memory of ``pid`` in MB (None once it is gone)."""
+def rss_mb(pid: int, field: str = "VmRSS") -> float | None:
+    """Resident memory of ``pid`` in MB (None once it is gone): ``VmRSS`` in all, or one of its
+    parts, ``RssAnon`` (the heap: what a leak grows) or ``RssShmem`` (an edge's memory files
+    of segments for sendfile, a cache bounded at 256 files and 128 MB)."""
     try:
         with open(f"/proc/{pid}/status") as fh:
             for line in fh:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         return None
@@ -179,6 +181,8 @@ def run(minutes: float = 10.0, interval_s: float = 10.0, abr: str = DEFAULT_LADD
                        "size": "1280x720", "clip_kbps": clip["kbps"], "window_s": window_s},
             "origin": window_summary(samples, "origin_mb", window_s),
             "edge": window_summary(samples, "edge_mb", window_s),
+            "edge heap": window_summary(samples, "edge_anon_mb", window_s),
+            "edge files": window_summary(samples, "edge_shmem_mb", window_s),
             "lag_s": {"median": round(statistics.median(lags), 3) if lags else None,
                       "max": round(max(lags), 3) if lags else None},
             "dropped": samples[-1].get("dropped") if samples else None,
@@ -188,7 +192,9 @@ def run(minutes: float = 10.0, interval_s: float = 10.0, abr: str = DEFAULT_LADD
 
 def sample(pair: Any, t_s: float) -> dict[str, Any]:
     row: dict[str, Any] = {"t_s": round(t_s, 1), "origin_mb": rss_mb(pair.origin.pid),
-                           "edge_mb": rss_mb(pair.edge.pid)}
+                           "edge_mb": rss_mb(pair.edge.pid),
+                           "edge_anon_mb": rss_mb(pair.edge.pid, "RssAnon"),
+                           "edge_shmem_mb": rss_mb(pair.edge.pid, "RssShmem")}
     metrics = _get(f"{pair.origin.http}/metrics")
     m = _LAG_RE.search(metrics.decode()) if metrics else None
     row["lag_s"] = float(m.group(1)) if m else None
@@ -205,16 +211,20 @@ def format_table(r: dict[str, Any]) -> str:
     lines = [f"1280x720 publish looped in real time, ladder {p['abr']} (preset {p['preset']}), "
              f"{p['minutes']:g} min, RSS every {p['interval_s']:g} s, windows of {p['window_s']:g} s; "
              f"nproc {r['nproc']}, load average {r['loadavg_before']} -> {r['loadavg_after']}",
-             f"{'node':<8}{'first MB':>10}{'last MB':>10}{'growth':>9}{'allowed':>9}{'MB/min':>9}{'max MB':>9}"
+             f"{'node':<11}{'first MB':>10}{'last MB':>10}{'growth':>9}{'allowed':>9}{'MB/min':>9}{'max MB':>9}"
              f"{'samples':>9}  verdict"]
-    for name in ("origin", "edge"):
-        x = r[name]
-        if "first_window_mb" not in x:
-            lines.append(f"{name:<8}{x['verdict']}")
+    for name in ("origin", "edge", "edge heap", "edge files"):
+        x = r.get(name)
+        if x is None:
             continue
-        lines.append(f"{name:<8}{x['first_window_mb']:>10.1f}{x['last_window_mb']:>10.1f}{x['growth_mb']:>9.1f}"
+        if "first_window_mb" not in x:
+            lines.append(f"{name:<11}{x['verdict']}")
+            continue
+        lines.append(f"{name:<11}{x['first_window_mb']:>10.1f}{x['last_window_mb']:>10.1f}{x['growth_mb']:>9.1f}"
                      f"{x['allowed_growth_mb']:>9.1f}{x['slope_mb_per_min']:>9.2f}{x['max_mb']:>9.1f}"
                      f"{x['samples']:>9}  {x['verdict']}")
+    lines.append("(edge = edge heap + edge files + code: the files are the segments it serves with sendfile, "
+                 "a cache bounded at 256 files and 128 MB that fills as a viewer fetches every rendition)")
     lag = r["lag_s"]
     lines.append(f"ladder lag median {lag['median']} s, max {lag['max']} s; rungs dropped: "
                  f"{', '.join(r['dropped'] or []) or 'none'}; viewer fetched {r['viewer']['segments']} "
