@@ -14,7 +14,8 @@ with B-frames is decoded in display order, a little after its audio, so each run
 Codec work runs on the worker thread (PyAV releases the GIL while it decodes, scales and
 encodes); results go back to the event loop through ``emit``, which the owner makes thread-safe.
 The input queue is bounded. The worker measures how far behind real time it is: a ladder that
-falls more than ``drop_after_s`` (one segment) behind drops its most expensive rung, and so on.
+is more than ``drop_after_s`` (one segment) behind and not catching up (:class:`Pace`) drops its
+most expensive rung, and so on.
 """
 from __future__ import annotations
 
@@ -152,6 +153,43 @@ class _RungEncoder:
         return list(self.ctx.encode(frame))
 
 
+class Pace:
+    """Is the ladder keeping real time? Pure: the worker passes its clock and its lag.
+
+    Behind means more than ``drop_after_s`` (one segment) behind real time *and not catching up*:
+    over the last ``drop_after_s`` the lag did not shrink by at least ``CATCH_UP`` of that time.
+    A ladder that starts with a backlog (the frames queued while its encoders opened, the frame
+    rate sample) and works it off faster than real time keeps its rungs; one whose lag holds or
+    grows loses its most expensive rung, and the lighter ladder gets the same chance again."""
+
+    CATCH_UP = 0.1  # the lag must shrink by 10 % of the elapsed time: 1.1x real time at least
+
+    def __init__(self, drop_after_s: float, now: float):
+        self.drop_after_s = drop_after_s
+        self.grace_until = now + drop_after_s  # opening the encoders took a while
+        self._mark: tuple[float, float] | None = None  # (when, lag) the ladder was first seen behind
+
+    def behind(self, now: float, lag_s: float) -> bool:
+        if lag_s <= self.drop_after_s or now < self.grace_until:
+            self._mark = None
+            return False
+        if self._mark is None:
+            self._mark = (now, lag_s)
+            return False
+        since, lag_then = self._mark
+        if now - since < self.drop_after_s:
+            return False
+        if lag_s < lag_then - self.CATCH_UP * (now - since):
+            self._mark = (now, lag_s)  # catching up: judge the next stretch
+            return False
+        return True
+
+    def dropped(self, now: float) -> None:
+        """A rung went: the lighter ladder gets a fresh grace period."""
+        self.grace_until = now + self.drop_after_s
+        self._mark = None
+
+
 class Transcoder:
     def __init__(self, stream_id: str, source: VideoConfig, rungs: list[Rung], emit: Emit, *,
                  fps: float = 30.0, preset: str = "veryfast", threads: int = 1, drop_after_s: float = 2.0,
@@ -226,7 +264,7 @@ class Transcoder:
             self.emit(CONFIG, enc.rung.name, enc.config)
         stamps: dict[int, tuple[int, int, dict[str, Any] | None]] = {}  # pts -> (flags, seg, extra)
         # Opening the encoders took a while: what queued meanwhile is not a measure of speed.
-        grace_until = self.clock() + self.drop_after_s
+        pace = Pace(self.drop_after_s, self.clock())
         while not self._stopping.is_set():
             item = self._queue.get()
             if item is None:
@@ -258,12 +296,12 @@ class Transcoder:
                     self.emit(MEDIA, name, entries)
             now = self.clock()
             self.lag_s = now - arrived
-            if self.lag_s > self.drop_after_s and now >= grace_until and encoders:
+            if encoders and pace.behind(now, self.lag_s):
                 gone = encoders.pop(0)
                 lanes.pop(gone.rung.name)
                 self.dropped.append(gone.rung.name)
                 self.emit(DROPPED, gone.rung.name, round(self.lag_s, 2))
-                grace_until = now + self.drop_after_s  # let the lighter ladder catch up first
+                pace.dropped(now)  # let the lighter ladder catch up first
             if not encoders:
                 break
         for enc in encoders:
