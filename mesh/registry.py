@@ -307,7 +307,12 @@ class Registry:
                             "lost restart their segment numbers at the time floor")
             found = await self.meta.find_one_and_update({"_id": "registry"}, update, upsert=True,
                                                         return_document=ReturnDocument.AFTER)
-            self._incarnation = str(found["incarnation"])
+            if found is None:  # two nodes upserting at once: the embedded server may answer None
+                found = await self.meta.find_one({"_id": "registry"})
+            if not isinstance(found, dict) or not isinstance(found.get("incarnation"), str):
+                metrics.reject("db", "meta_doc", "the registry's meta document is missing or damaged: %r", found)
+                return 0  # asked again at the next claim
+            self._incarnation = found["incarnation"]
         return sequence_floor(time.time()) if found.get("restored") else 0
 
     @_fails_fast

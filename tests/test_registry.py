@@ -212,3 +212,19 @@ def test_bulk_sequence_writes_report_fenced_streams(mongo: str, db_name: str) ->
         await reg.close()
 
     run(go())
+
+
+def test_nodes_connecting_at_once_agree_on_the_database_incarnation(mongo: str, db_name: str) -> None:
+    """Several nodes starting together upsert the `meta` document at once; each learns the same
+    incarnation and none fails to start (the embedded server may answer a losing upsert with
+    nothing)."""
+    async def go() -> None:
+        for round_ in range(5):
+            regs = await asyncio.gather(*(open_registry(mongo, f"{db_name}_{round_}") for _ in range(3)))
+            try:
+                incarnations = {r._incarnation for r in regs}
+                assert len(incarnations) == 1 and None not in incarnations, incarnations
+            finally:
+                for r in regs:
+                    await r.close()
+    run(go())
