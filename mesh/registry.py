@@ -393,6 +393,7 @@ class Registry:
         cursor = self.nodes.find({"last_seen": {"$gte": cutoff}, "stopped": {"$ne": True}}, {"_id": 1})
         return {doc["_id"] for doc in await cursor.to_list(None)}
 
+    @_fails_fast
     async def alive_bus_keys(self) -> set[str]:
         """The bus public keys (Z85) of alive nodes: who an origin's bus admits."""
         now = await self.server_time()
@@ -510,6 +511,7 @@ class Registry:
         return reserved
 
     @_timed_write
+    @_fails_fast
     async def advance_media_sequences(self, node_id: str,
                                       updates: list[tuple[str, int, int, dict[str, Any]]]) -> set[str]:
         """Many streams' :meth:`advance_media_sequence` in one round trip: ``(stream_id, epoch,
@@ -626,6 +628,7 @@ class Registry:
                     doc["status"] = TERMINATED
         return good
 
+    @_fails_fast
     async def orphaned_pulls(self, app: str) -> list[dict[str, Any]]:
         """Pulled streams (``settings.streamUrl``) whose origin is dead: broadcasting on a node no
         longer alive, or already marked terminated_unexpectedly. Oldest first. The pulled streams
@@ -657,6 +660,7 @@ class Registry:
         return result.modified_count
 
     # -- REST queries (broadcast API, cluster list hygiene) ----------------------------------
+    @_fails_fast
     async def list_nodes_seen(self, offset: int = 0, size: int = 1000, *,
                               within_s: float | None = None) -> list[NodeView]:
         """Like :meth:`list_nodes`, leaving out nodes not seen for more than ``within_s`` seconds
@@ -669,12 +673,14 @@ class Registry:
         views = [self._judge(doc, now) for doc in await cursor.to_list(None)]
         return [v for v in views if v is not None]
 
+    @_fails_fast
     async def count_nodes_seen(self, within_s: float | None = None) -> int:
         if within_s is None:
             return await self.count_nodes()
         cutoff = await self.server_time() - dt.timedelta(seconds=within_s)
         return await self.nodes.count_documents({"last_seen": {"$gte": cutoff}})
 
+    @_fails_fast
     async def insert_stream(self, stream_id: str, app: str, fields: dict[str, Any]) -> dict[str, Any] | None:
         """Record a new stream in status ``created`` (REST create); None if the id is taken."""
         doc = {"_id": stream_id, "app": app, "status": CREATED, "epoch": 0, "media_sequence": 0,
@@ -687,6 +693,7 @@ class Registry:
                                       {"$currentDate": {"created_at": True, "updated_at": True}})
         return await self.get_stream(stream_id)
 
+    @_fails_fast
     async def update_stream_fields(self, stream_id: str, app: str, fields: dict[str, Any], *,
                                    unless_live: bool = False) -> bool:
         """Set descriptive fields (name, description, settings.*) of a stream of ``app``; with
@@ -699,6 +706,7 @@ class Registry:
             query, {"$set": fields, "$currentDate": {"updated_at": True}})
         return result.matched_count > 0
 
+    @_fails_fast
     async def delete_stream(self, stream_id: str, app: str) -> bool:
         """Remove a stream of ``app`` that no live origin broadcasts (one conditional delete)."""
         alive = sorted(await self.alive_node_ids())
@@ -706,6 +714,7 @@ class Registry:
             {"status": {"$ne": BROADCASTING}}, {"origin_node": {"$nin": alive}}]})
         return result.deleted_count > 0
 
+    @_fails_fast
     async def count_live_streams(self, app: str | None = None) -> int:
         """Streams broadcasting on a live origin."""
         query: dict[str, Any] = {"status": BROADCASTING,
@@ -719,17 +728,21 @@ class Registry:
     def vods(self) -> Any:
         return self._db["vods"]
 
+    @_fails_fast
     async def save_vod(self, vod_id: str, fields: dict[str, Any]) -> None:
         """Create or update the record of one MP4 recording."""
         await self.vods.update_one({"_id": vod_id}, {"$set": fields,
                                                      "$currentDate": {"updated_at": True}}, upsert=True)
 
+    @_fails_fast
     async def list_vods(self, app: str, offset: int = 0, size: int = 1000) -> list[dict[str, Any]]:
         cursor = self.vods.find({"app": app}).sort("_id", 1).skip(max(0, offset)).limit(max(0, size))
         return [d for d in await cursor.to_list(None) if isinstance(d.get("_id"), str)]
 
+    @_fails_fast
     async def count_vods(self, app: str) -> int:
         return await self.vods.count_documents({"app": app})
 
+    @_fails_fast
     async def get_vod(self, vod_id: str) -> dict[str, Any] | None:
         return await self.vods.find_one({"_id": vod_id})
