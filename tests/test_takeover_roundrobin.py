@@ -135,7 +135,7 @@ def test_round_robin_player_never_sees_the_sequence_go_back_across_a_takeover(no
         player.join(15)
         pub.kill()
         slow_db.close()
-    print([(e, m, d, names[-1] if names else None) for e, m, d, names in player.answers]); assert not player.errors, player.errors[:5]
+    assert not player.errors, player.errors[:5]
     msns = [m for _, m, _, _ in player.answers]
     dsns = [d for _, _, d, _ in player.answers]
     back = [(a, b) for a, b in zip(player.answers, player.answers[1:]) if b[1] < a[1] or b[2] < a[2]]
