@@ -184,6 +184,10 @@ def node(config_path: str | None, cluster_secret_argv: str | None, **flags: Any)
     setup_logging(cfg.log_level)
     from .nodes.node import run_node
 
+    if cfg.event_loop == "uvloop":
+        import uvloop
+
+        sys.exit(uvloop.run(run_node(cfg)))
     sys.exit(asyncio.run(run_node(cfg)))
 
 

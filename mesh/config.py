@@ -53,6 +53,9 @@ class NodeConfig:
     db_name: str = "mesh"
     data_dir: str = str(DEFAULT_DATA_DIR)
     log_level: str = "info"
+    # the node's event loop: "uvloop" (libuv; under half asyncio's CPU per connection event) or
+    # "asyncio" (the standard library's selector loop)
+    event_loop: str = "uvloop"
     # liveness
     heartbeat_interval_s: float = 1.0
     node_dead_after_s: float = 4.0
@@ -240,6 +243,8 @@ class NodeConfig:
                           "file, MESH_CLUSTER_SECRET or --cluster-secret-file")
         if self.bus_security not in ("curve", "none"):
             raise bad("bus_security", f"{self.bus_security!r} is not one of curve, none")
+        if self.event_loop not in ("uvloop", "asyncio"):
+            raise bad("event_loop", "use uvloop or asyncio")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise bad("log_level", "use debug, info, warning or error")
         return self

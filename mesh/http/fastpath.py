@@ -27,7 +27,7 @@ import re
 import socket
 import time
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Protocol, cast
 
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
@@ -218,7 +218,8 @@ class FastConnection(asyncio.Protocol):
 
     # -- asyncio callbacks -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # a stream transport (uvloop's are not asyncio.Transport subclasses, only alike)
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None:

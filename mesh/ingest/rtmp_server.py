@@ -55,7 +55,7 @@ import socket
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from mesh import metrics
 from mesh.protocols.rtmp import (NEED_DATA, PAUSED, AudioMessage, Connected, Metadata, PeerClosed,
@@ -190,7 +190,8 @@ class _RtmpConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # a stream transport (uvloop's are not asyncio.Transport subclasses, only alike)
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
