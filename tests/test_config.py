@@ -27,6 +27,7 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
     ({"node_dead_after_s": 1.0}, "node_dead_after_s"),
     ({"node_forget_after_s": 3.0}, "node_forget_after_s"),  # forgotten before it is dead
     ({"bus_io_threads": 0}, "bus_io_threads"),
+    ({"event_loop": "trio"}, "event_loop"),
 ])
 def test_errors_name_the_field(overrides: dict, field: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -152,3 +153,8 @@ def test_mode_config_file_is_written_0640_group_mesh_or_root(tmp_path: Path) -> 
 
 def test_bus_io_threads_from_the_environment() -> None:
     assert load_config(None, env={"MESH_BUS_IO_THREADS": "2"}).bus_io_threads == 2
+
+
+def test_event_loop_defaults_to_uvloop_and_takes_asyncio() -> None:
+    assert load_config(None, env={}).event_loop == "uvloop"
+    assert load_config(None, env={"MESH_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"

@@ -54,6 +54,21 @@ def test_origin_and_edge_register_serve_rest_and_stop_in_order(node_factory, mon
     assert {n["id"]: n["status"] for n in listed}[edge.node_id] == "dead"  # marked gone at once
 
 
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_a_node_runs_on_either_event_loop(node_factory, loop: str) -> None:
+    """uvloop by default; MESH_EVENT_LOOP=asyncio runs the standard library's loop."""
+    origin = node_factory("origin", env={"MESH_EVENT_LOOP": loop})
+    edge = node_factory("edge", env={} if loop == "uvloop" else {"MESH_EVENT_LOOP": loop})
+    for node in (origin, edge):
+        status, health = get(f"{node.http}/healthz")
+        assert status == 200 and health["node"] == node.node_id
+    status, count = get(f"{edge.http}/rest/v2/cluster/node-count")
+    assert status == 200 and count == {"number": 2}
+    assert edge.stop() == 0 and origin.stop() == 0
+    for node in (origin, edge):
+        assert f"runs on the {loop} event loop" in node.output()
+
+
 def test_cluster_nodes_table(node_factory, mongo, tmp_path: Path) -> None:
     origin = start_node("origin", tmp_path, mongo=mongo, db_name="mesh")
     try:

@@ -121,6 +121,7 @@ class Node:
             loop.add_signal_handler(sig, stop.set)
         try:
             await self.start()
+            log.info("node %s runs on the %s event loop", self.node_id, type(loop).__module__.split(".")[0])
             settle_heap()
             if on_ready:
                 on_ready(self)
