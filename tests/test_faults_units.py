@@ -169,6 +169,8 @@ def test_a_paused_database_fails_fast_with_registry_unavailable(tmp_path: Path) 
         await reg.register_node(node("o1"))
         os.kill(db.pid, signal.SIGSTOP)
         try:
+            # kill() only queues the stop: the server may still answer one request first
+            await wait_stopped(db.pid)
             started = time.monotonic()
             with pytest.raises(RegistryUnavailable) as err:
                 await reg.get_stream("cam1")
@@ -182,6 +184,22 @@ def test_a_paused_database_fails_fast_with_registry_unavailable(tmp_path: Path) 
         assert took < 10, "fails within the operation timeout, not after a long hang"
     finally:
         db.stop()
+
+
+async def wait_stopped(pid: int, timeout_s: float = 10.0) -> None:
+    """Until every thread of ``pid`` is in the stopped state ('T')."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = set()
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                states.add((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+            except OSError:
+                continue
+        if states == {"T"}:
+            return
+        assert time.monotonic() < deadline, f"process {pid} not stopped: thread states {states}"
+        await asyncio.sleep(0.01)
 
 
 class BookedStream:

@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import zmq
 import zmq.asyncio
@@ -95,23 +95,34 @@ class Node:
         self._stopping = True
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
-            await asyncio.gather(self._heartbeat_task, return_exceptions=True)
+            # bounded: a beat cancelled inside the database driver has been seen never to finish
+            await self._bounded(asyncio.wait([self._heartbeat_task]), "the heartbeat", 5)
         for part in reversed(self.parts):
             try:
                 await asyncio.wait_for(part.stop(), 10)
             except Exception:
                 log.exception("stopping %s failed", part.name)
-        await self.http.stop()
+        await self._bounded(self.http.stop(), "HTTP", 10)
         if self.registry is not None:
             try:
                 await asyncio.wait_for(self.registry.deregister(self.node_id), 5)
             except Exception as exc:
                 log.warning("could not mark %s gone in the registry: %s", self.node_id, exc)
-            await self.registry.close()
+            await self._bounded(self.registry.close(), "the registry client", 5)
         if self.zmq is not None:
             self.zmq.term()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
+
+    @staticmethod
+    async def _bounded(step: Awaitable[Any], what: str, timeout_s: float) -> None:
+        """One step of stopping, given at most ``timeout_s``: a stop must end (systemd waits 90 s)."""
+        try:
+            await asyncio.wait_for(step, timeout_s)
+        except asyncio.TimeoutError:
+            log.warning("stopping %s took over %.0f s; going on without it", what, timeout_s)
+        except Exception as exc:
+            log.warning("stopping %s failed: %s", what, exc)
 
     async def run(self, on_ready: Callable[["Node"], None] | None = None) -> None:
         """Start, report readiness, serve until SIGTERM/SIGINT, stop in order."""
@@ -155,7 +166,7 @@ class Node:
         beats = 0
         failing = False
         ok_since = time.monotonic()
-        while True:
+        while not self._stopping:
             try:
                 await self.registry.heartbeat(self.node_id, self.load(), self.info)
                 if failing:
@@ -166,6 +177,8 @@ class Node:
                 if self.role != "edge" and beats % 5 == 0 and settled:
                     await self.registry.mark_orphans()
             except Exception as exc:  # the DB being away must not stop media
+                if self._stopping:
+                    return  # a cancel the database driver turned into a connection error
                 if not failing:
                     log.warning("heartbeat to the registry failed (%s); media keeps flowing, "
                                 "retrying every %.0f s", exc, cfg.heartbeat_interval_s)
