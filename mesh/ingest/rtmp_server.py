@@ -360,7 +360,8 @@ class _RtmpConnection(asyncio.Protocol):
             return
         if self._fd >= 0:
             for type_id, _, payload in media:
-                if type_id == 9 and payload[:2] == b"\x17\x01":  # an AVC keyframe picture
+                # an AVC keyframe picture (0x17 0x01), tested without slicing a copy
+                if type_id == 9 and len(payload) > 1 and payload[0] == 0x17 and payload[1] == 1:
                     self._keyframe(len(payload))
         try:
             on_media = self._on_media
