@@ -304,3 +304,30 @@ def test_garbage_frames_are_counted_and_dropped() -> None:
         ctx.term()
 
     run(go())
+
+
+def test_a_batch_begun_by_the_caller_is_sent_by_its_flush_in_one_message() -> None:
+    """begin_batch(): the caller (the RTMP read pass) flushes before returning to the loop, so
+    no flush is scheduled for a later loop pass; the pass's entries go out as one message."""
+    async def go() -> None:
+        ctx = zmq.asyncio.Context()
+        pub = BusPublisher(ctx)
+        await pub.start()
+        ch = pub.open_channel("cam1", "src", 1)
+        try:
+            pub.begin_batch()
+            for i in range(3):
+                ch.media(0, i, i, FLAG_SEG_START if i == 0 else 0, 0, b"au")
+            for _ in range(3):
+                await asyncio.sleep(0)  # a flush scheduled with call_soon would run here
+            assert (pub.messages_sent, pub.entries_sent) == (0, 0)
+            pub.flush()
+            assert (pub.messages_sent, pub.entries_sent) == (1, 3)
+            ch.media(0, 3, 3, 0, 0, b"au")  # outside a batch: the loop flushes it by itself
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert (pub.messages_sent, pub.entries_sent) == (2, 4)
+        finally:
+            await pub.stop()
+            ctx.term()
+    asyncio.run(asyncio.wait_for(go(), 10))

@@ -427,3 +427,70 @@ def test_ffmpeg_play_gets_a_clean_error() -> None:
         finally:
             await server.stop()
     run(main)
+
+
+class LoggingSink(RecordingSink):
+    def __init__(self, name: str, log: list[str]) -> None:
+        super().__init__(name)
+        self.log = log
+
+    def on_video(self, timestamp_ms: int, payload: bytes) -> None:
+        self.log.append("media")
+        super().on_video(timestamp_ms, payload)
+
+    def on_audio(self, timestamp_ms: int, payload: bytes) -> None:
+        self.log.append("media")
+        super().on_audio(timestamp_ms, payload)
+
+
+class LoggingBatch:
+    """A MediaBatch (the bus, in an origin) that logs when a read pass begins and flushes."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def begin_batch(self) -> None:
+        self.log.append("begin")
+
+    def flush(self) -> None:
+        self.log.append("flush")
+
+
+@needs_ffmpeg
+@pytest.mark.integration
+def test_every_read_pass_delivers_its_media_between_begin_batch_and_flush() -> None:
+    """The media reader brackets each pass with the batch's begin_batch() and flush(), so the
+    bus sends a pass's media at the end of that pass, not in a later pass of the event loop."""
+    async def main() -> None:
+        log: list[str] = []
+
+        class Handler(RecordingHandler):
+            async def on_publish(self, conn: RtmpConnectionInfo, app: str, stream_name: str,
+                                 query: dict[str, str]) -> RecordingSink:
+                sink = self.sinks[stream_name] = LoggingSink(stream_name, log)
+                return sink
+
+        handler = Handler()
+        server = await started_server(handler, media_batch=LoggingBatch(log))
+        try:
+            rc, err = await ffmpeg_publish(f"rtmp://127.0.0.1:{server.port}/LiveApp/cam1", 2)
+            assert rc == 0, err
+            await asyncio.wait_for(handler.sinks["cam1"].unpublished.wait(), TIMEOUT)
+        finally:
+            await server.stop()
+        first = log.index("begin")  # media before it came through the transport, before the reader
+        inside = False
+        bracketed = 0
+        for entry in log[first:]:
+            if entry == "begin":
+                assert not inside, "a pass began inside another"
+                inside = True
+            elif entry == "flush":
+                assert inside, "a flush without its begin"
+                inside = False
+            else:
+                assert inside, "media delivered outside a read pass"
+                bracketed += 1
+        assert not inside  # the last pass flushed too
+        assert bracketed >= 2 * 30  # most of 2 s of 30 fps video and 43 fps audio came through passes
+    run(main)

@@ -15,7 +15,9 @@
   our own.
 
 Entries pushed in one event-loop tick are sent as one batch per topic at the end of the tick, so
-bursts cost one ZeroMQ send instead of many and nothing waits longer than the current tick.
+bursts cost one ZeroMQ send instead of many and nothing waits longer than the current tick. A
+caller that pushes a whole pass synchronously (the RTMP ingest's read pass) brackets it with
+:meth:`BusPublisher.begin_batch` and :meth:`BusPublisher.flush` and saves the loop that extra pass.
 One task owns each socket's receive side; sends happen in the loop thread only.
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ import zmq
 import zmq.asyncio
 
 from .. import metrics
+from ..timers import sleep_to_grid
 from . import wire
 from .keys import KeyPair
 from .snapshots import QUEUED, SnapshotQueue
@@ -279,6 +282,11 @@ class BusPublisher:
             self._flush_scheduled = True
             self._loop.call_soon(self.flush)
 
+    def begin_batch(self) -> None:
+        """The caller will :meth:`flush` before it returns to the event loop (the RTMP ingest's
+        read pass): entries pushed until then need no flush scheduled for a later loop pass."""
+        self._flush_scheduled = True
+
     def flush(self) -> None:
         self._flush_scheduled = False
         dirty, self._dirty = self._dirty, set()
@@ -418,7 +426,7 @@ class BusPublisher:
 
     async def _heartbeats(self) -> None:
         while True:
-            await asyncio.sleep(self.heartbeat_interval_s)
+            await sleep_to_grid(self.heartbeat_interval_s)  # with the node's other timers
             for channel in list(self.channels.values()):
                 channel.heartbeat()
             self.flush()

@@ -15,6 +15,7 @@ import logging
 from typing import Any, Awaitable, Callable, Protocol
 
 from ..errors import MeshError
+from ..timers import sleep_to_grid
 
 log = logging.getLogger("mesh.pull")
 
@@ -57,7 +58,7 @@ class Adopter:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval_s)
+            await sleep_to_grid(self.interval_s)  # with the node's other timers
             try:
                 await self.scan()
             except Exception as exc:  # the registry away: try again next time

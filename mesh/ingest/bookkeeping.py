@@ -18,6 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..registry import Fenced
+from ..timers import sleep_to_grid
 from .segmenter import Segmenter
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ class SequenceBook:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            await asyncio.sleep(self.interval_s)  # let the other streams' closes join this write
+            await sleep_to_grid(self.interval_s)  # let other closes join this write (at most interval_s)
             await self.flush()
 
     async def flush(self) -> None:

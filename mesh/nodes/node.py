@@ -36,6 +36,7 @@ from ..http.limits import HttpLimits
 from ..http.pages import add_page_routes
 from ..http.vods import add_vod_routes
 from ..registry import NodeInfo, Registry, RegistryError
+from ..timers import sleep_to_grid
 from ..tokens import secrets_of
 from .part import Part, Shared
 from .roles import build_parts
@@ -87,6 +88,10 @@ class Node:
         self.info.http_url = f"http://{cfg.host}:{self.http.port}"
         await self.registry.register_node(self.info)
         self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="node-heartbeat")
+        # What is built by now (modules, parts, sockets) lives as long as the node: keep it out
+        # of the collector's full passes, which otherwise walk all of it (~100k objects, tens of
+        # ms each) while the bus's snapshot windows churn (bench/results/ingest.md).
+        gc.freeze()
         self.started.set()
 
     async def stop(self) -> None:
@@ -184,7 +189,9 @@ class Node:
                                 "retrying every %.0f s", exc, cfg.heartbeat_interval_s)
                 failing = True
             beats += 1
-            await asyncio.sleep(cfg.heartbeat_interval_s)
+            # On the shared grid (mesh.timers): the bus heartbeat, the RTMP timeout checks and
+            # the media read tick fall due in the same pass of the loop.
+            await sleep_to_grid(cfg.heartbeat_interval_s)
 
     async def _origin_hint(self) -> str:
         assert self.registry is not None

@@ -44,6 +44,7 @@ from ..errors import NotFound
 from ..ingest.rtmp_server import (PublishAborted, PublishRejected, RtmpConnectionInfo, RtmpServer,
                                   server_limits)
 from ..ladder import parse_ladder
+from ..timers import sleep_to_grid
 from ..names import NAME_RULE, is_name
 from ..registry import FINISHED, Claim, NodeInfo, Registry, RegistryError, StreamBusy
 
@@ -72,7 +73,8 @@ class OriginPart:
             advertise_host=cfg.host, hwm=cfg.bus_hwm, window_segments=cfg.snapshot_segments,
             window_bytes=cfg.snapshot_max_bytes, heartbeat_interval_s=cfg.stream_heartbeat_interval_s,
             curve=keys, allowed_keys=registry.alive_bus_keys)
-        self.rtmp = RtmpServer(self, host=cfg.bind, port=cfg.rtmp_port, **server_limits(cfg))
+        self.rtmp = RtmpServer(self, host=cfg.bind, port=cfg.rtmp_port, media_batch=self.bus,
+                               **server_limits(cfg))
         self.book = SequenceBook(registry, info.node_id)
         self.live: dict[str, LiveStream] = {}
         self._publishes: dict[str, _StoppablePublish] = {}  # RTMP publishers by stream id
@@ -206,7 +208,7 @@ class OriginPart:
         """Keep a list of peers while the registry answers; ask them about our streams when not."""
         refreshed = 0.0
         while True:
-            await asyncio.sleep(1.0)
+            await sleep_to_grid(1.0)  # with the node's other timers
             now = time.monotonic()
             since = self.book.failing_since
             try:

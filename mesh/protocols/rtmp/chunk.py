@@ -154,9 +154,11 @@ class ChunkReader:
         (declared length, and payload bytes still to come: a lower bound of what the peer has
         yet to send for it, chunk headers come on top), or ``(0, 0)``. A message whose header
         itself is not whole yet is not counted. For a driver deciding how soon to read again."""
+        unparsed = len(self._buf) - self._pos
+        if not unparsed and not self._partial_count:  # every read ends here most of the time
+            return 0, 0
         length = due = 0
         streams = self._streams
-        unparsed = len(self._buf) - self._pos
         head_csid = -1
         if unparsed:  # the start of a chunk that is not whole yet
             buf, p = self._buf, self._pos
