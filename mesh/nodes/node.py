@@ -88,10 +88,7 @@ class Node:
         self.info.http_url = f"http://{cfg.host}:{self.http.port}"
         await self.registry.register_node(self.info)
         self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="node-heartbeat")
-        # What is built by now (modules, parts, sockets) lives as long as the node: keep it out
-        # of the collector's full passes, which otherwise walk all of it (~100k objects, tens of
-        # ms each) while the bus's snapshot windows churn (bench/results/ingest.md).
-        gc.freeze()
+        settle_heap()
         self.started.set()
 
     async def stop(self) -> None:
@@ -138,7 +135,6 @@ class Node:
         try:
             await self.start()
             log.info("node %s runs on the %s event loop", self.node_id, type(loop).__module__.split(".")[0])
-            settle_heap()
             if on_ready:
                 on_ready(self)
             await stop.wait()
@@ -233,10 +229,10 @@ def _rss_bytes() -> int:
 
 
 def settle_heap() -> None:
-    """Leave what start-up built (modules, Numba's compiled kernels, codec tables: some 130,000
-    objects) out of every later garbage collection: a full collection over them took 70-95 ms
-    on a 2-core machine, a stall of the event loop each time one ran; new objects are still
-    collected as usual."""
+    """Leave what start-up built (modules, Numba's compiled kernels, codec tables, parts and
+    sockets: some 130,000 objects, all living as long as the node) out of every later garbage
+    collection: a full collection over them took 65-95 ms on a 2-core machine, a stall of the
+    event loop each time one ran (bench/results/ingest.md); new objects are collected as usual."""
     gc.collect()
     gc.freeze()
 
