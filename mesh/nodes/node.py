@@ -100,10 +100,7 @@ class Node:
             # bounded: a beat cancelled inside the database driver has been seen never to finish
             await self._bounded(asyncio.wait([self._heartbeat_task]), "the heartbeat", 5)
         for part in reversed(self.parts):
-            try:
-                await asyncio.wait_for(part.stop(), 10)
-            except Exception:
-                log.exception("stopping %s failed", part.name)
+            await self._bounded(part.stop(), part.name, 10)
         await self._bounded(self.http.stop(), "HTTP", 10)
         if self.registry is not None:
             try:
@@ -123,8 +120,8 @@ class Node:
             await asyncio.wait_for(step, timeout_s)
         except asyncio.TimeoutError:
             log.warning("stopping %s took over %.0f s; going on without it", what, timeout_s)
-        except Exception as exc:
-            log.warning("stopping %s failed: %s", what, exc)
+        except Exception:
+            log.exception("stopping %s failed", what)
 
     async def run(self, on_ready: Callable[["Node"], None] | None = None) -> None:
         """Start, report readiness, serve until SIGTERM/SIGINT, stop in order."""
