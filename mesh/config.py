@@ -94,7 +94,7 @@ class NodeConfig:
     # Accepted publishers are read together, at most this far apart (0 = as each socket wakes):
     # fewer wake-ups per packet, at the price of up to this much delay on small messages; a
     # keyframe (which closes a segment) is read as soon as it has arrived.
-    rtmp_read_max_interval_s: float = 0.04
+    rtmp_read_max_interval_s: float = 0.1
     publish_token: str = field(default="", repr=False)  # when set, RTMP publishers must pass ?token=
     # stream and REST tokens (mesh/tokens.py): JWT HS256 signed with the cluster secret; during a
     # rotation tokens signed with the previous secret are accepted too

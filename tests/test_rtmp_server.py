@@ -494,3 +494,77 @@ def test_every_read_pass_delivers_its_media_between_begin_batch_and_flush() -> N
         assert not inside  # the last pass flushed too
         assert bracketed >= 2 * 30  # most of 2 s of 30 fps video and 43 fps audio came through passes
     run(main)
+
+
+class CutSink(RecordingSink):
+    """A sink that says when a keyframe would close its open segment, as the origin's does; and
+    signals each delivered video message."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.due_ms: int | None = 10 ** 9
+        self.delivered = asyncio.Event()
+
+    def cut_due_ms(self) -> int | None:
+        return self.due_ms
+
+    def on_video(self, timestamp_ms: int, payload: bytes) -> None:
+        super().on_video(timestamp_ms, payload)
+        self.delivered.set()
+
+
+def test_a_keyframe_wakes_the_reader_only_when_it_may_close_a_segment() -> None:
+    """Between ticks a publisher's socket wakes the media reader for a keyframe's worth of bytes
+    only from shortly before the sink's ``cut_due_ms``; until then its small frames and even a
+    keyframe wait for the tick (one wake-up a tick for every publisher, not one per publisher)."""
+    async def main() -> None:
+        class Handler(RecordingHandler):
+            async def on_publish(self, conn: RtmpConnectionInfo, app: str, stream_name: str,
+                                 query: dict[str, str]) -> RecordingSink:
+                sink = self.sinks[stream_name] = CutSink(stream_name)
+                self.event(stream_name).set()
+                return sink
+
+        handler = Handler()
+        server = await started_server(handler, media_read_max_interval_s=0.3)
+        pub = Publisher(chunk_size=4096)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            writer.write(pub.handshake_c0c1())
+            await reader.readexactly(1 + 1536 * 2)
+            writer.write(bytes(1536) + pub.connect() + pub.setup())
+            await asyncio.wait_for(handler.event("cam1").wait(), TIMEOUT)
+            sink = handler.sinks["cam1"]
+            media_reader = server._reader
+            ts = 0
+
+            async def send(body: bytes, frames: int = 1) -> None:
+                nonlocal ts
+                for _ in range(frames):
+                    ts += 33
+                    writer.write(pub.video(ts, body))
+                sink.delivered.clear()
+                await writer.drain()
+                while not sink.video or sink.video[-1][0] != ts:
+                    sink.delivered.clear()
+                    await asyncio.wait_for(sink.delivered.wait(), TIMEOUT)
+
+            keyframe = b"\x17\x01\x00\x00\x00" + bytes(20_000)
+            inter = b"\x27\x01\x00\x00\x00" + bytes(3_000)
+            await send(keyframe)  # the first keyframe sets the keyframe wake size (15 KB)
+            for _ in range(4):  # ~30 KB a tick: the reader learns the publisher's byte rate
+                await send(inter, frames=10)
+            assert media_reader is not None and media_reader.ticks >= 3
+            wakes = media_reader.wakes
+            await send(keyframe)
+            assert media_reader.wakes == wakes, "a keyframe that cannot close a segment woke the reader"
+
+            sink.due_ms = ts + 150  # the open segment may close with the next keyframe
+            await send(inter)  # read at a tick, after which the socket wakes for a keyframe
+            wakes = media_reader.wakes
+            await send(keyframe)
+            assert media_reader.wakes > wakes, "a keyframe that may close a segment waited for the tick"
+        finally:
+            writer.close()
+            await server.stop()
+    run(main)

@@ -39,6 +39,21 @@ def test_nothing_before_the_first_keyframe() -> None:
     assert seg.dropped_before_start == 2
 
 
+def test_cut_due_says_from_when_a_keyframe_closes_the_open_segment() -> None:
+    """What the RTMP ingest wakes by (cut_due_ms): -1 until the first keyframe opens a segment,
+    then the open segment's start plus the target, in milliseconds; None without video."""
+    assert Segmenter().cut_due_ms() is None  # no video (yet): keyframes do not cut
+    seg = Segmenter(target_s=2.0, first_target_s=1.0)
+    seg.video_present()
+    assert seg.cut_due_ms() == -1
+    seg.push(video(3, key=True))  # opens segment 0 at 100 ms; the first one may close after 1 s
+    assert seg.cut_due_ms() == 100 + 1000
+    seg.push(video(10, key=True))  # too soon: still open
+    assert seg.cut_due_ms() == 1100
+    seg.push(video(33, key=True))  # 1.1 s: closes it; the next one runs the full target
+    assert seg.cut_due_ms() == 1100 + 2000
+
+
 def test_audio_only_stream_cuts_on_audio_after_a_second_without_video() -> None:
     seg = Segmenter(target_s=2.0)
     step = 1920  # 1024 samples at 48 kHz in 90 kHz ticks

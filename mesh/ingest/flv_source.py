@@ -78,6 +78,11 @@ class FlvPublish:
             else:
                 self.on_audio(timestamp_ms, payload)
 
+    def cut_due_ms(self) -> int | None:
+        """When a keyframe would close the open segment, in RTMP milliseconds (see
+        :meth:`mesh.ingest.segmenter.Segmenter.cut_due_ms`): the RTMP server's cue to wake for one."""
+        return self.live.segmenter.cut_due_ms()
+
     def on_video(self, timestamp_ms: int, payload: bytes) -> None:
         live = self.live
         if live.fenced:

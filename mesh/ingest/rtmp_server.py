@@ -21,26 +21,34 @@ Each refusal is one counter increment and one debug line (no traceback, no warni
 Reading media in ticks. Until a publish is accepted, the asyncio transport reads each
 connection as data arrives (handshake and commands answer at once). From then on, the
 connection's socket joins the server's :class:`_MediaReader`, which reads every publisher once
-per tick (``media_read_max_interval_s``, 40 ms) into one preallocated buffer, and sooner only
-when one has something big or unfinished:
+per tick (``media_read_max_interval_s``, 100 ms) into one preallocated buffer, and sooner only
+when one has something big or unfinished. Each publisher socket's ``SO_RCVLOWAT`` says how much
+must be queued before the kernel wakes us between ticks (through one epoll set whose fd the
+event loop watches):
 
-* each publisher socket's ``SO_RCVLOWAT`` is ``media_read_wake_bytes`` (8 KiB), so the kernel
-  wakes us (through one epoll set whose fd the event loop watches) as soon as that much is
-  queued -- a keyframe -- and not for every small audio frame or inter frame;
-* when a read ends inside a message, that socket's low-water mark drops to 1 byte until the
-  message is complete, so the tail of a keyframe is read the moment it arrives, not at the
-  next tick.
+* while a keyframe could close the open segment before the next tick (from a tick and
+  ``EAGER_MARGIN_S`` before the sink's ``cut_due_ms``), a keyframe's worth: three quarters of
+  the smallest recent keyframe (``media_read_wake_bytes``, 8 KiB, until one is seen);
+* when a read ends inside a message at least that long (a keyframe whose start we read), the
+  bytes that message still needs, so its tail is read the moment it arrives;
+* otherwise (most of a segment) only a burst: four ticks' worth of this publisher's recent byte
+  rate (at least the keyframe size, at most 256 KiB). A keyframe that cannot close a segment, and
+  the small frames, wait for the tick.
 
 Why: a publisher sends a message every ~13 ms (30 fps video, 47 fps AAC), often as two writes
 (header, payload), so reading each as it arrives costs a wake-up, an event-loop pass, an
 epoll_wait, a recv and a bus send for every few hundred bytes; with few publishers each pass
 found about one message per stream, and that fixed cost, not parsing, was most of the origin's
-CPU (bench/results/ingest.md). Reading in ticks makes it one pass per 40 ms for all publishers.
+CPU (bench/results/ingest.md). On this kind of VM a wake-up of the process costs 150 us of CPU
+before any of our code runs, and everything it then touches is cold: with one publisher a pass
+cost ~400 us whatever it read. So passes are few: one per tick for all publishers, plus the
+keyframes that end segments.
 
-The price, bounded and documented: a message below the wake size (audio, inter frames,
-commands) waits at most one tick (40 ms) before it is read. The messages that make a segment
-visible -- the keyframe that closes a segment, whenever it is at least the wake size -- are read
-when their last byte arrives, as before. A smaller keyframe (a near-static picture at a low
+The price, bounded and documented: a message that does not end a segment (audio, inter frames,
+commands, a keyframe mid-segment) waits at most one tick (100 ms; an LL-HLS part of 200 ms is
+listed up to that much later) before it is read. The keyframe that closes a segment is read when
+its last byte arrives, as before, whenever it is at least the keyframe wake size and its
+timestamps run as the segmenter's do. A smaller keyframe (a near-static picture at a low
 bitrate) or an audio-only stream's cut waits up to the tick. A max interval of 0 reads every
 connection per event through the asyncio transport, as before.
 """
@@ -68,8 +76,11 @@ log = logging.getLogger("mesh.ingest.rtmp")
 _WRITE_BUFFER_LIMIT = 1 << 20  # we only write replies and acks; this much unread means a dead peer
 _CLOSE_GRACE_S = 2.0  # how long a closing socket may take to flush its last reply
 _STOP_TIMEOUT_S = 5.0  # how long stop() waits for on_unpublish callbacks
-MEDIA_READ_MAX_INTERVAL_S = 0.04  # every publisher is read at least this often (one tick) ...
+MEDIA_READ_MAX_INTERVAL_S = 0.1  # every publisher is read at least this often (one tick) ...
 MEDIA_READ_WAKE_BYTES = 8 << 10  # ... and at once when this much is queued, until keyframes are seen
+EAGER_MARGIN_S = 0.1  # wake for a keyframe from a tick and this much before a segment may close
+_CALM_TICKS = 4  # until then, wake only when this many ticks' worth of bytes is queued ...
+_CALM_MAX = 256 << 10  # ... or this much (a burst: read it now rather than at the tick)
 _WAKE_MIN, _WAKE_MAX = 2 << 10, 64 << 10  # bounds of the per-publisher wake size (_keyframe)
 _READ_BUFFER = 256 << 10  # one read per publisher per tick, usually much less
 _MAX_READ_PER_TICK = 4 << 20  # a fast sender waits in its socket buffer for the next tick
@@ -142,6 +153,9 @@ class PublishSink(Protocol):
     # (9 video, 8 audio; what on_video/on_audio would get, in order). A sink that has it gets
     # each read's media in one call instead of one call per message. It may raise
     # PublishAborted like the others; the rest of that batch is then dropped with the publish.
+    # Optional: ``cut_due_ms() -> int | None``, the RTMP timestamp from which a video keyframe
+    # would close the open segment (-1: the next one; None: keyframes do not cut). A sink that
+    # has it is read eagerly only around then (module docstring); one without, always.
 
     async def on_unpublish(self, reason: str) -> None:
         """'unpublish' | 'disconnect' | 'error' | 'server-stop'; awaited exactly once."""
@@ -194,6 +208,10 @@ class _RtmpConnection(asyncio.Protocol):
         self._lowat = 1  # the socket's SO_RCVLOWAT as we last set it
         self._wake = server.media_read_wake_bytes  # SO_RCVLOWAT between messages (see _keyframe)
         self._keyframes: list[int] = []  # sizes of the last few keyframes
+        self._cut_due: Callable[[], int | None] | None = None  # the sink's cut_due_ms, if it has one
+        self._media_ms = 0  # RTMP timestamp of the last media message read
+        self._rate = 0.0  # bytes per second read from this publisher (moving average)
+        self._read_at = 0.0  # loop time of its last media read
         self.conn_id = next(_conn_ids)
         self.peer = "?"
         self.ip = "?"
@@ -273,16 +291,34 @@ class _RtmpConnection(asyncio.Protocol):
                 break
         if total:
             self._last_rx = now
+            elapsed = now - self._read_at
+            self._read_at = now
+            if 0 < elapsed < 1:
+                self._rate += (total / elapsed - self._rate) * 0.25
             self._pump()
             if self._fd >= 0:
-                # Wake on a keyframe's worth of bytes; but inside a message at least that long
-                # (a keyframe whose start we read), on the last byte it still needs.
-                lowat = wake = self._wake
-                length, due = session.incomplete()
-                if length >= wake and due < wake:
-                    lowat = due
+                lowat = self._next_lowat(session)
                 if lowat != self._lowat:
                     self._set_lowat(lowat)
+
+    def _next_lowat(self, session: ServerSession) -> int:
+        """How much must be queued before this socket wakes us between ticks: inside a message
+        of at least a keyframe's size (one whose start we read), its last byte; while a keyframe
+        could close the open segment before the next tick, a keyframe's worth; until then
+        (``cut_due_ms`` of the sink says when), only a burst of several ticks' worth, so the
+        small frames between keyframes cost no wake-up of their own."""
+        wake = self._wake
+        length, due = session.incomplete()
+        if length >= wake and due < wake:
+            return due
+        cut_due = self._cut_due
+        if cut_due is not None:
+            due_ms = cut_due()
+            if due_ms is None or self._media_ms + self._server.eager_ms < due_ms:
+                calm = int(self._rate * self._server.media_read_max_interval_s * _CALM_TICKS)
+                # in powers of two, so a wavering rate does not cost a setsockopt every read
+                return min(max(wake, 1 << calm.bit_length()), _CALM_MAX)
+        return wake
 
     def _set_lowat(self, lowat: int) -> None:
         try:
@@ -364,6 +400,8 @@ class _RtmpConnection(asyncio.Protocol):
                 # an AVC keyframe picture (0x17 0x01), tested without slicing a copy
                 if type_id == 9 and len(payload) > 1 and payload[0] == 0x17 and payload[1] == 1:
                     self._keyframe(len(payload))
+            if media:
+                self._media_ms = media[-1][1]
         try:
             on_media = self._on_media
             if on_media is not None:
@@ -426,6 +464,7 @@ class _RtmpConnection(asyncio.Protocol):
             return
         self._sink = sink
         self._on_media = getattr(sink, "on_media", None)
+        self._cut_due = getattr(sink, "cut_due_ms", None)
         self._counts = [-self._session.video_messages, -self._session.audio_messages]
         if self._closed:  # the peer left (or we stopped) while the handler decided
             self._end_publish(self._close_reason)
@@ -557,6 +596,8 @@ class RtmpServer:
         self.max_message_size = max_message_size
         self.media_read_max_interval_s = media_read_max_interval_s
         self.media_read_wake_bytes = media_read_wake_bytes
+        # how far ahead of a possible segment close a publisher is read eagerly, in RTMP ms
+        self.eager_ms = int((media_read_max_interval_s + EAGER_MARGIN_S) * 1000)
         self.media_batch = media_batch
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[_RtmpConnection] = set()

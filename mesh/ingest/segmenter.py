@@ -74,6 +74,16 @@ class Segmenter:
         """The stream carries video (its config arrived): cut on video keyframes."""
         self.has_video = True
 
+    def cut_due_ms(self) -> int | None:
+        """The millisecond (the publisher's clock: DTS / 90) from which a video keyframe closes
+        the open segment; -1 while no segment is open (the next keyframe starts one); None when
+        keyframes do not cut (no video). The RTMP ingest reads eagerly from a little before it."""
+        if not self.has_video:
+            return None
+        if self.current is None:
+            return -1
+        return (self._start_dts + self._cut_ticks) // (CLOCK_HZ // 1000)
+
     def push(self, au: AccessUnit) -> Stamp | None:
         """Stamp one access unit (mutating its timestamps if they were unsafe), or None to drop it."""
         au.pts, au.dts, seg, flags, closed = self.stamp(au.track, au.pts, au.dts, au.key)
