@@ -5,7 +5,7 @@ Waking an idle process costs about 0.1-0.2 ms of CPU on a small VM before any of
 bus heartbeat, the registry watch, every RTMP connection's timeout check, the media read tick --
 each used to fire at its own phase (whenever it was started), so each woke the process on its
 own. Scheduled at multiples of their period on ``loop.time()`` instead, timers whose periods
-divide one another (40 ms, 0.5 s, 1 s, 2 s) fall due at the same instants and run in the same
+divide one another (100 ms, 0.5 s, 1 s, 5 s) fall due at the same instants and run in the same
 pass of the loop: one wake-up instead of one each.
 
 The period keeps its meaning: a timer on the grid runs at most one period after the previous
