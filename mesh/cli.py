@@ -259,16 +259,25 @@ def db(host: str, port: int, data_dir: str, user: str | None, password_file: str
         click.echo("  use it   mesh node --role origin --mongo " + uri)
     sys.stdout.flush()
 
-    def stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
+    _interrupt_on_stop_signals()
     try:
         code = server.wait()
         fail(f"the database exited on its own with code {code}; see {server.log_path}", 1)
     except KeyboardInterrupt:
         click.echo("mesh db stopping", err=True)
         server.stop()
+
+
+def _interrupt_on_stop_signals() -> None:
+    """SIGTERM and SIGINT raise KeyboardInterrupt in the main thread, so a foreground command
+    stops the way Ctrl-C stops it. SIGINT is set explicitly: a process started in the background
+    by a shell without job control inherits SIGINT ignored, and Python then leaves it ignored
+    (``kill -INT`` did nothing to `mesh db` started that way)."""
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
 
 
 # -- cluster ------------------------------------------------------------------------------------
@@ -365,10 +374,7 @@ def cluster_up(origins: int, edges: int, http_port: int, rtmp_port: int, mongo: 
                       node_env={"MESH_ABR": abr} if abr else {})
     publisher = None
 
-    def stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
+    _interrupt_on_stop_signals()
     try:
         cl.start()
         click.echo(f"mesh cluster up: {origins} origin(s), {edges} edge(s), "

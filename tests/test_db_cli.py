@@ -17,9 +17,17 @@ from mesh.embedded_db import free_port
 from .procs import node_env
 
 
+def _background_signals() -> None:
+    # What `mesh db &` gets from a shell without job control (a CI script): SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def start_db(*args: str) -> subprocess.Popen[str]:
+    """`mesh db` as a background job would run it: every test here stops it with SIGINT, which
+    must work even though the process inherited SIGINT ignored."""
     return subprocess.Popen([sys.executable, "-m", "mesh", "db", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=node_env())
+                            stderr=subprocess.PIPE, text=True, env=node_env(),
+                            preexec_fn=_background_signals)
 
 
 def read_uri(proc: subprocess.Popen[str]) -> str:
