@@ -41,7 +41,7 @@ epoll_wait, a recv and a bus send for every few hundred bytes; with few publishe
 found about one message per stream, and that fixed cost, not parsing, was most of the origin's
 CPU (bench/results/ingest.md). On this kind of VM a wake-up of the process costs 150 us of CPU
 before any of our code runs, and everything it then touches is cold: with one publisher a pass
-cost ~400 us whatever it read. So passes are few: one per tick for all publishers, plus the
+cost 400-600 us whatever it read. So passes are few: one per tick for all publishers, plus the
 keyframes that end segments.
 
 The price, bounded and documented: a message that does not end a segment (audio, inter frames,
