@@ -211,7 +211,6 @@ class _RtmpConnection(asyncio.Protocol):
         self._cut_due: Callable[[], int | None] | None = None  # the sink's cut_due_ms, if it has one
         self._media_ms = 0  # RTMP timestamp of the last media message read
         self._rate = 0.0  # bytes per second read from this publisher (moving average)
-        self._read_at = 0.0  # loop time of its last media read
         self.conn_id = next(_conn_ids)
         self.peer = "?"
         self.ip = "?"
@@ -290,9 +289,8 @@ class _RtmpConnection(asyncio.Protocol):
             if n < size or total >= _MAX_READ_PER_TICK:
                 break
         if total:
+            elapsed = now - self._last_rx  # since this publisher's previous read
             self._last_rx = now
-            elapsed = now - self._read_at
-            self._read_at = now
             if 0 < elapsed < 1:
                 self._rate += (total / elapsed - self._rate) * 0.25
             self._pump()
