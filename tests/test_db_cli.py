@@ -88,7 +88,12 @@ def test_db_reports_port_taken_and_locked_data_dir(tmp_path: Path) -> None:
         assert "Traceback" not in out.stderr
     finally:
         first.send_signal(signal.SIGINT)
-        first.wait(15)
+        try:
+            first.wait(15)
+        except subprocess.TimeoutExpired:
+            first.terminate()  # fail without leaving a database server behind
+            first.wait(15)
+            raise
 
 
 def password_file(tmp_path: Path, password: str) -> Path:
