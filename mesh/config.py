@@ -91,10 +91,10 @@ class NodeConfig:
     rtmp_handshake_timeout_s: float = 10.0  # handshake + connect + publish must finish within this
     rtmp_idle_timeout_s: float = 30.0  # a connection that sends nothing for this long is closed
     rtmp_max_setup_bytes: int = 64 << 10  # input a connection may hold before its publish is accepted
-    # Accepted publishers are read together, at most this far apart (0 = as each socket wakes):
-    # fewer wake-ups per packet, at the price of up to this much delay on small messages; a
-    # keyframe (which closes a segment) is read as soon as it has arrived.
-    rtmp_read_max_interval_s: float = 0.1
+    # Accepted publishers are read when their LL part's last frame should have come, at least
+    # this often (0 = as each socket wakes): fewer wake-ups per packet, at the price of up to this
+    # much delay on messages inside a part; a keyframe that closes a segment is read as it arrives.
+    rtmp_read_max_interval_s: float = 0.25
     publish_token: str = field(default="", repr=False)  # when set, RTMP publishers must pass ?token=
     # stream and REST tokens (mesh/tokens.py): JWT HS256 signed with the cluster secret; during a
     # rotation tokens signed with the previous secret are accepted too

@@ -2,11 +2,12 @@
 
 Waking an idle process costs about 0.1-0.2 ms of CPU on a small VM before any of our code runs
 (bench/results/ingest.md, "Few publishers"). A node's periodic timers -- the node heartbeat, the
-bus heartbeat, the registry watch, every RTMP connection's timeout check, the media read tick --
-each used to fire at its own phase (whenever it was started), so each woke the process on its
-own. Scheduled at multiples of their period on ``loop.time()`` instead, timers whose periods
-divide one another (100 ms, 0.5 s, 1 s, 5 s) fall due at the same instants and run in the same
-pass of the loop: one wake-up instead of one each.
+bus heartbeat, the registry watch, every RTMP connection's timeout check -- each used to fire at
+its own phase (whenever it was started), so each woke the process on its own. Scheduled at
+multiples of their period on ``loop.time()`` instead, timers whose periods divide one another
+(0.5 s, 1 s, 5 s) fall due at the same instants and run in the same pass of the loop: one
+wake-up instead of one each. (The RTMP media reads follow each publisher's LL parts instead:
+mesh.ingest.rtmp_server.)
 
 The period keeps its meaning: a timer on the grid runs at most one period after the previous
 run (its first run comes sooner, at the next grid point).

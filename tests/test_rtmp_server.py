@@ -554,7 +554,7 @@ def test_a_keyframe_wakes_the_reader_only_when_it_may_close_a_segment() -> None:
             await send(keyframe)  # the first keyframe sets the keyframe wake size (15 KB)
             for _ in range(4):  # ~30 KB a tick: the reader learns the publisher's byte rate
                 await send(inter, frames=10)
-            assert media_reader is not None and media_reader.ticks >= 3
+            assert media_reader is not None and media_reader.passes >= 3
             wakes = media_reader.wakes
             await send(keyframe)
             assert media_reader.wakes == wakes, "a keyframe that cannot close a segment woke the reader"
@@ -564,6 +564,74 @@ def test_a_keyframe_wakes_the_reader_only_when_it_may_close_a_segment() -> None:
             wakes = media_reader.wakes
             await send(keyframe)
             assert media_reader.wakes > wakes, "a keyframe that may close a segment waited for the tick"
+        finally:
+            writer.close()
+            await server.stop()
+    run(main)
+
+
+class PartSink(RecordingSink):
+    """A sink that names the frame closing its open LL part, as the origin's does (parts of
+    200 ms on the publisher's clock), and notes when each video message reached it."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.reached: dict[int, float] = {}
+
+    def part_due_ms(self) -> int | None:
+        return (self.video[-1][0] // 200 + 1) * 200 if self.video else None
+
+    def on_video(self, timestamp_ms: int, payload: bytes) -> None:
+        super().on_video(timestamp_ms, payload)
+        self.reached[timestamp_ms] = asyncio.get_running_loop().time()
+
+
+def test_a_publisher_is_read_when_its_part_can_close() -> None:
+    """A live publisher (25 fps, paced in real time) is read about once per LL part, soon after
+    the frame that closes the part arrives: fewer passes than a 100 ms tick would make (30 in
+    3 s), and the part-closing frames reach the sink promptly (a fixed 250 ms grid would hand
+    them over 125 ms late on average)."""
+    async def main() -> None:
+        class Handler(RecordingHandler):
+            async def on_publish(self, conn: RtmpConnectionInfo, app: str, stream_name: str,
+                                 query: dict[str, str]) -> RecordingSink:
+                sink = self.sinks[stream_name] = PartSink(stream_name)
+                self.event(stream_name).set()
+                return sink
+
+        handler = Handler()
+        server = await started_server(handler)
+        pub = Publisher(chunk_size=4096)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        loop = asyncio.get_running_loop()
+        try:
+            writer.write(pub.handshake_c0c1())
+            await reader.readexactly(1 + 1536 * 2)
+            writer.write(bytes(1536) + pub.connect() + pub.setup())
+            await asyncio.wait_for(handler.event("cam1").wait(), TIMEOUT)
+            sink = handler.sinks["cam1"]
+            assert isinstance(sink, PartSink)
+            frame = b"\x27\x01\x00\x00\x00" + bytes(1_500)
+            sent: dict[int, float] = {}
+            start = loop.time()
+            passes = 0
+            for i in range(150):  # 6 s: the first half teaches the reader the publisher's clock
+                await asyncio.sleep(max(0.0, start + i * 0.04 - loop.time()))
+                if i == 75:
+                    assert server._reader is not None
+                    passes = server._reader.passes
+                writer.write(pub.video(i * 40, frame))
+                sent[i * 40] = loop.time()
+            last = 149 * 40
+            while last not in sink.reached:
+                sink.got_video.clear()
+                await asyncio.wait_for(sink.got_video.wait(), TIMEOUT)
+            assert server._reader is not None
+            passes = server._reader.passes - passes
+            assert passes < 24, f"{passes} read passes in 3 s of 200 ms parts"
+            closing = [ts for ts in sent if ts % 200 == 0 and ts >= 75 * 40 and ts != last]
+            delays = sorted(sink.reached[ts] - sent[ts] for ts in closing)
+            assert delays[len(delays) // 2] < 0.06, f"part-closing frames waited {delays}"
         finally:
             writer.close()
             await server.stop()

@@ -1,6 +1,7 @@
 """The origin segmenter: boundaries at keyframes after the target, numbering, timestamp safety."""
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -52,6 +53,27 @@ def test_cut_due_says_from_when_a_keyframe_closes_the_open_segment() -> None:
     assert seg.cut_due_ms() == 1100
     seg.push(video(33, key=True))  # 1.1 s: closes it; the next one runs the full target
     assert seg.cut_due_ms() == 1100 + 2000
+
+
+@pytest.mark.parametrize("step, track", [(3000, VIDEO), (3750, VIDEO), (3600, VIDEO), (1500, VIDEO),
+                                         (1920, AUDIO), (2090, AUDIO)])
+def test_part_due_names_the_frame_that_starts_the_next_part(step: int, track: int) -> None:
+    """What the RTMP ingest reads by (part_due_ms): after each frame, the millisecond of the
+    frame that will start the next LL part -- at 24, 25, 30 and 60 fps and for audio-only
+    streams, where a part may end before the target (24 fps: after 167 ms) -- exactly."""
+    seg = Segmenter(target_s=2.0, part_target_s=0.2)
+    if track == VIDEO:
+        seg.video_present()
+    assert seg.part_due_ms() is None  # no segment open
+    predicted, checked = None, 0
+    first = 0 if track == VIDEO else 60  # audio-only: the first cut comes after a second
+    for i in range(first + 200):
+        stamp = seg.push(AccessUnit(track, i * step, i * step, i % 60 == 0, b"x"))
+        if stamp is not None and stamp.flags & FLAG_PART_START and not stamp.flags & FLAG_SEG_START:
+            assert predicted == i * step // 90, f"frame {i}"
+            checked += 1
+        predicted = seg.part_due_ms()
+    assert checked >= 10
 
 
 def test_audio_only_stream_cuts_on_audio_after_a_second_without_video() -> None:

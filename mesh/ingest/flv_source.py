@@ -83,6 +83,11 @@ class FlvPublish:
         :meth:`mesh.ingest.segmenter.Segmenter.cut_due_ms`): the RTMP server's cue to wake for one."""
         return self.live.segmenter.cut_due_ms()
 
+    def part_due_ms(self) -> int | None:
+        """When the frame that closes the open LL part should come, in RTMP milliseconds (see
+        :meth:`mesh.ingest.segmenter.Segmenter.part_due_ms`): the RTMP server reads us then."""
+        return self.live.segmenter.part_due_ms()
+
     def on_video(self, timestamp_ms: int, payload: bytes) -> None:
         live = self.live
         if live.fenced:

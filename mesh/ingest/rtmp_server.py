@@ -18,22 +18,29 @@ after ``idle_timeout_s`` without a byte; until its publish is accepted it may ho
 ``max_setup_bytes`` of input (the session enforces that, and ``max_message_size`` after).
 Each refusal is one counter increment and one debug line (no traceback, no warning flood).
 
-Reading media in ticks. Until a publish is accepted, the asyncio transport reads each
+Reading media in passes. Until a publish is accepted, the asyncio transport reads each
 connection as data arrives (handshake and commands answer at once). From then on, the
-connection's socket joins the server's :class:`_MediaReader`, which reads every publisher once
-per tick (``media_read_max_interval_s``, 100 ms) into one preallocated buffer, and sooner only
-when one has something big or unfinished. Each publisher socket's ``SO_RCVLOWAT`` says how much
-must be queued before the kernel wakes us between ticks (through one epoll set whose fd the
-event loop watches):
+connection's socket joins the server's :class:`_MediaReader`, which reads a publisher when the
+frame that closes its open LL-HLS part should have arrived, and at least every
+``media_read_max_interval_s`` (250 ms). The sink says which frame that is (``part_due_ms``, the
+segmenter's prediction on the publisher's clock); the publisher's clock maps to ours through the
+smallest recent lag between a message's timestamp and our clock when we read it (an upper bound
+of its arrival, so the smallest is the closest), plus a margin for the publisher's own jitter,
+learnt from whether the frame was there (from ``READ_MARGIN_S``, 20 ms). Timed passes are at
+least ``PASS_GAP_S`` (100 ms) apart and read every publisher due by then into one preallocated
+buffer. Each publisher socket's ``SO_RCVLOWAT`` says how much must be queued before the kernel
+wakes us sooner (through one epoll set whose fd the event loop watches):
 
-* while a keyframe could close the open segment before the next tick (from a tick and
-  ``EAGER_MARGIN_S`` before the sink's ``cut_due_ms``), a keyframe's worth: three quarters of
-  the smallest recent keyframe (``media_read_wake_bytes``, 8 KiB, until one is seen);
+* while a keyframe could close the open segment before the frame this publisher's next read
+  comes for (by the sink's ``cut_due_ms``; when the read comes for no frame, from
+  ``EAGER_MARGIN_S`` before it), a keyframe's worth: three quarters of the smallest recent
+  keyframe (``media_read_wake_bytes``, 8 KiB, until one is seen). A keyframe that is itself the
+  part-closing frame is read by the part's read, or on arrival once that read found it missing;
 * when a read ends inside a message at least that long (a keyframe whose start we read), the
   bytes that message still needs, so its tail is read the moment it arrives;
-* otherwise (most of a segment) only a burst: four ticks' worth of this publisher's recent byte
-  rate (at least the keyframe size, at most 256 KiB). A keyframe that cannot close a segment, and
-  the small frames, wait for the tick.
+* otherwise (most of a segment) only a burst: four pass gaps' worth of this publisher's recent
+  byte rate (at least the keyframe size, at most 256 KiB). A keyframe that cannot close a
+  segment, and the small frames, wait for the part's read.
 
 Why: a publisher sends a message every ~13 ms (30 fps video, 47 fps AAC), often as two writes
 (header, payload), so reading each as it arrives costs a wake-up, an event-loop pass, an
@@ -41,25 +48,30 @@ epoll_wait, a recv and a bus send for every few hundred bytes; with few publishe
 found about one message per stream, and that fixed cost, not parsing, was most of the origin's
 CPU (bench/results/ingest.md). On this kind of VM a wake-up of the process costs 150 us of CPU
 before any of our code runs, and everything it then touches is cold: with one publisher a pass
-cost 400-600 us whatever it read. So passes are few: one per tick for all publishers, plus the
-keyframes that end segments.
+cost 400-600 us whatever it read. So passes are few, and each is worth its cost: a part (200 ms)
+that can be listed, a segment that can close. A fixed 100 ms tick read one publisher ten times a
+second and still listed a part up to 100 ms after its last frame came; read by its parts it is
+read five times a second and a part is listed about a margin after it.
 
-The price, bounded and documented: a message that does not end a segment (audio, inter frames,
-commands, a keyframe mid-segment) waits at most one tick (100 ms; an LL-HLS part of 200 ms is
-listed up to that much later) before it is read. The keyframe that closes a segment is read when
-its last byte arrives, as before, whenever it is at least the keyframe wake size and its
-timestamps run as the segmenter's do. A smaller keyframe (a near-static picture at a low
-bitrate) or an audio-only stream's cut waits up to the tick. A max interval of 0 reads every
-connection per event through the asyncio transport, as before.
+The price, bounded and documented: a message that closes neither a part nor a segment (audio,
+the frames inside a part, commands, a keyframe mid-segment) waits until its part's read, at most
+the max interval (250 ms). A part-closing frame that comes later than predicted is looked for
+again a pass gap later (at most 100 ms, as with the tick before), and with many publishers whose
+parts fall due within one gap, the later ones wait up to that gap. The keyframe that closes a
+segment is read when its last byte arrives, whenever it is at least the keyframe wake size. A
+sink without ``part_due_ms`` is read at the max interval's grid points. A max interval of 0
+reads every connection per event through the asyncio transport, as before.
 """
 from __future__ import annotations
 
 import asyncio
 import itertools
 import logging
+import math
 import os
 import select
 import socket
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -76,14 +88,20 @@ log = logging.getLogger("mesh.ingest.rtmp")
 _WRITE_BUFFER_LIMIT = 1 << 20  # we only write replies and acks; this much unread means a dead peer
 _CLOSE_GRACE_S = 2.0  # how long a closing socket may take to flush its last reply
 _STOP_TIMEOUT_S = 5.0  # how long stop() waits for on_unpublish callbacks
-MEDIA_READ_MAX_INTERVAL_S = 0.1  # every publisher is read at least this often (one tick) ...
+MEDIA_READ_MAX_INTERVAL_S = 0.25  # every publisher is read at least this often ...
 MEDIA_READ_WAKE_BYTES = 8 << 10  # ... and at once when this much is queued, until keyframes are seen
-EAGER_MARGIN_S = 0.1  # wake for a keyframe from a tick and this much before a segment may close
-_CALM_TICKS = 4  # until then, wake only when this many ticks' worth of bytes is queued ...
-_CALM_MAX = 256 << 10  # ... or this much (a burst: read it now rather than at the tick)
+PASS_GAP_S = 0.1  # timed read passes are at least this far apart (at most, the interval)
+READ_MARGIN_S = 0.02  # a publisher is read this long after its part-closing frame should arrive, at first;
+_MARGIN_MISS_S, _MARGIN_HIT_S = 0.01, 0.001  # then 10 ms more when it was not there, 1 ms less when it was
+_AIM_SLACK_MS = 5  # a frame this close to the predicted one is it (RTMP's whole milliseconds)
+EAGER_MARGIN_S = 0.1  # wake for a keyframe from this long before our next read may close a segment
+_LAG_WINDOW = 32  # reads per window of a publisher's smallest arrival lag (two windows are kept)
+_TIMER_SLACK_S = 0.002  # a pass reads the publishers due this soon too (timers fire early by < 1 ms)
+_CALM_TICKS = 4  # until then, wake only when this many pass gaps' worth of bytes is queued ...
+_CALM_MAX = 256 << 10  # ... or this much (a burst: read it now rather than at its pass)
 _WAKE_MIN, _WAKE_MAX = 2 << 10, 64 << 10  # bounds of the per-publisher wake size (_keyframe)
-_READ_BUFFER = 256 << 10  # one read per publisher per tick, usually much less
-_MAX_READ_PER_TICK = 4 << 20  # a fast sender waits in its socket buffer for the next tick
+_READ_BUFFER = 256 << 10  # one read per publisher per pass, usually much less
+_MAX_READ_PER_PASS = 4 << 20  # a fast sender waits in its socket buffer for the next pass
 _conn_ids = itertools.count(1)
 
 
@@ -156,6 +174,9 @@ class PublishSink(Protocol):
     # Optional: ``cut_due_ms() -> int | None``, the RTMP timestamp from which a video keyframe
     # would close the open segment (-1: the next one; None: keyframes do not cut). A sink that
     # has it is read eagerly only around then (module docstring); one without, always.
+    # Optional: ``part_due_ms() -> int | None``, the RTMP timestamp of the frame expected to
+    # close the open LL part (None: no part open). A sink that has it is read when that frame
+    # should have arrived; one without, at the max interval's grid points.
 
     async def on_unpublish(self, reason: str) -> None:
         """'unpublish' | 'disconnect' | 'error' | 'server-stop'; awaited exactly once."""
@@ -209,7 +230,18 @@ class _RtmpConnection(asyncio.Protocol):
         self._wake = server.media_read_wake_bytes  # SO_RCVLOWAT between messages (see _keyframe)
         self._keyframes: list[int] = []  # sizes of the last few keyframes
         self._cut_due: Callable[[], int | None] | None = None  # the sink's cut_due_ms, if it has one
+        self._part_due: Callable[[], int | None] | None = None  # the sink's part_due_ms, if it has one
         self._media_ms = 0  # RTMP timestamp of the last media message read
+        self._cut_ms = -1  # ... and of the last one of the track that cuts parts (video, if any)
+        self._video_seen = False
+        # smallest (clock - _cut_ms) over this window of reads and the previous one: when this
+        # publisher's messages arrive, on our clock, relative to their timestamps
+        self._lag_min = self._lag_prev = math.inf
+        self._lag_n = 0
+        self._read_at = 0.0  # when the media reader should read this publisher next (loop time)
+        self._aim_ms: int | None = None  # ... for the frame with this timestamp (None: no frame)
+        self._margin = READ_MARGIN_S  # that long after it should have arrived (learnt)
+        self.early_reads = 0  # timed reads that came before the frame they came for
         self._rate = 0.0  # bytes per second read from this publisher (moving average)
         self.conn_id = next(_conn_ids)
         self.peer = "?"
@@ -254,10 +286,11 @@ class _RtmpConnection(asyncio.Protocol):
         self._server._unregister(self)
         self._end_publish(self._close_reason)
 
-    # ------------------------------------------------------------------ media reads (in ticks)
+    # ------------------------------------------------------------------ media reads (in passes)
 
-    def _read_media(self, view: memoryview, now: float) -> None:
-        """Called by the server's :class:`_MediaReader` when this publisher's socket has data."""
+    def _read_media(self, view: memoryview, now: float, timed: bool = False) -> None:
+        """Called by the server's :class:`_MediaReader` when this publisher is due (``timed``) or
+        its socket woke it."""
         if self._closed or self._fd < 0:
             self._leave_media_reader()
             return
@@ -286,7 +319,7 @@ class _RtmpConnection(asyncio.Protocol):
                 return
             session.receive_data(view[:n])
             total += n
-            if n < size or total >= _MAX_READ_PER_TICK:
+            if n < size or total >= _MAX_READ_PER_PASS:
                 break
         if total:
             elapsed = now - self._last_rx  # since this publisher's previous read
@@ -294,16 +327,59 @@ class _RtmpConnection(asyncio.Protocol):
             if 0 < elapsed < 1:
                 self._rate += (total / elapsed - self._rate) * 0.25
             self._pump()
-            if self._fd >= 0:
-                lowat = self._next_lowat(session)
-                if lowat != self._lowat:
-                    self._set_lowat(lowat)
+            if self._cut_ms >= 0:
+                # the newest message arrived by now: an upper bound of when its kind arrive
+                lag = time.monotonic() - self._cut_ms / 1000
+                if lag < self._lag_min:
+                    self._lag_min = lag
+                self._lag_n += 1
+                if self._lag_n >= _LAG_WINDOW:
+                    self._lag_prev, self._lag_min, self._lag_n = self._lag_min, math.inf, 0
+        aim = self._aim_ms
+        if timed and aim is not None:
+            # Was the frame we came for here? Publishers send late by a jitter of their own
+            # (ffmpeg holds a frame until the other track catches up: up to an audio frame): the
+            # margin settles where about one read in eleven comes too early.
+            if self._cut_ms >= aim - _AIM_SLACK_MS:
+                self._margin = max(self._margin - _MARGIN_HIT_S, 0.0)
+            else:
+                self.early_reads += 1
+                self._margin = min(self._margin + _MARGIN_MISS_S, self._server.read_gap_s)
+        if self._fd >= 0:
+            self._read_at = self._next_read(now)
+            lowat = self._next_lowat(session, now)
+            if lowat != self._lowat:
+                self._set_lowat(lowat)
 
-    def _next_lowat(self, session: ServerSession) -> int:
-        """How much must be queued before this socket wakes us between ticks: inside a message
-        of at least a keyframe's size (one whose start we read), its last byte; while a keyframe
-        could close the open segment before the next tick, a keyframe's worth; until then
-        (``cut_due_ms`` of the sink says when), only a burst of several ticks' worth, so the
+    def _next_read(self, now: float) -> float:
+        """When the media reader should read this publisher next: when the frame that closes
+        its open LL part should have arrived (the sink's ``part_due_ms`` on this publisher's
+        clock, mapped to ours by the smallest recent arrival lag, plus a learnt margin), and
+        no later than the max interval; a frame that is late is looked for again a pass gap
+        later. A sink that cannot say is read at the interval's grid points (mesh.timers)."""
+        srv = self._server
+        self._aim_ms = None
+        part_due = self._part_due
+        if part_due is None:
+            return next_tick(now, srv.media_read_max_interval_s)
+        latest = now + srv.media_read_max_interval_s
+        due_ms = part_due()
+        lag = min(self._lag_min, self._lag_prev)
+        if due_ms is None or lag == math.inf:
+            return latest
+        at = due_ms / 1000 + lag + self._margin
+        if at <= now:  # due and not here yet (late, or its clock jumped): look again soon
+            return min(now + srv.read_gap_s, latest)
+        if at >= latest:
+            return latest
+        self._aim_ms = due_ms
+        return at
+
+    def _next_lowat(self, session: ServerSession, now: float) -> int:
+        """How much must be queued before this socket wakes us before its next read: inside a
+        message of at least a keyframe's size (one whose start we read), its last byte; while a
+        keyframe could close the open segment before that read, a keyframe's worth; until then
+        (``cut_due_ms`` of the sink says when), only a burst of several pass gaps' worth, so the
         small frames between keyframes cost no wake-up of their own."""
         wake = self._wake
         length, due = session.incomplete()
@@ -312,10 +388,15 @@ class _RtmpConnection(asyncio.Protocol):
         cut_due = self._cut_due
         if cut_due is not None:
             due_ms = cut_due()
-            if due_ms is None or self._media_ms + self._server.eager_ms < due_ms:
-                calm = int(self._rate * self._server.media_read_max_interval_s * _CALM_TICKS)
+            aim = self._aim_ms
+            if aim is not None:  # the next read comes for a frame: a keyframe before it may cut
+                calm = due_ms is None or due_ms >= aim - _AIM_SLACK_MS
+            else:
+                calm = due_ms is None or self._media_ms + (self._read_at - now + EAGER_MARGIN_S) * 1000 < due_ms
+            if calm:
+                burst = int(self._rate * self._server.read_gap_s * _CALM_TICKS)
                 # in powers of two, so a wavering rate does not cost a setsockopt every read
-                return min(max(wake, 1 << calm.bit_length()), _CALM_MAX)
+                return min(max(wake, 1 << burst.bit_length()), _CALM_MAX)
         return wake
 
     def _set_lowat(self, lowat: int) -> None:
@@ -393,13 +474,20 @@ class _RtmpConnection(asyncio.Protocol):
         if sink is None:  # the publish already ended on our side
             media.clear()
             return
-        if self._fd >= 0:
-            for type_id, _, payload in media:
-                # an AVC keyframe picture (0x17 0x01), tested without slicing a copy
-                if type_id == 9 and len(payload) > 1 and payload[0] == 0x17 and payload[1] == 1:
-                    self._keyframe(len(payload))
-            if media:
-                self._media_ms = media[-1][1]
+        if self._fd >= 0 and media:
+            video_ms = -1
+            for type_id, timestamp_ms, payload in media:
+                if type_id == 9:
+                    video_ms = timestamp_ms
+                    # an AVC keyframe picture (0x17 0x01), tested without slicing a copy
+                    if len(payload) > 1 and payload[0] == 0x17 and payload[1] == 1:
+                        self._keyframe(len(payload))
+            self._media_ms = media[-1][1]
+            if video_ms >= 0:
+                self._cut_ms = video_ms
+                self._video_seen = True
+            elif not self._video_seen:
+                self._cut_ms = self._media_ms
         try:
             on_media = self._on_media
             if on_media is not None:
@@ -463,6 +551,11 @@ class _RtmpConnection(asyncio.Protocol):
         self._sink = sink
         self._on_media = getattr(sink, "on_media", None)
         self._cut_due = getattr(sink, "cut_due_ms", None)
+        self._part_due = getattr(sink, "part_due_ms", None)
+        self._cut_ms, self._video_seen = -1, False
+        self._lag_min = self._lag_prev = math.inf
+        self._lag_n = 0
+        self._aim_ms = None
         self._counts = [-self._session.video_messages, -self._session.audio_messages]
         if self._closed:  # the peer left (or we stopped) while the handler decided
             self._end_publish(self._close_reason)
@@ -546,8 +639,8 @@ class _RtmpConnection(asyncio.Protocol):
             self._transport.pause_reading()
 
     def _arm_timer(self) -> None:
-        # On the shared grid (mesh.timers): every connection's check, the read tick and the
-        # node's heartbeats fall due together and cost one wake-up, not one each.
+        # On the shared grid (mesh.timers): every connection's check and the node's heartbeats
+        # fall due together and cost one wake-up, not one each.
         srv = self._server
         interval = max(0.05, min(1.0, srv.handshake_timeout_s / 4, srv.idle_timeout_s / 4))
         self._timer = self._loop.call_at(next_tick(self._loop.time(), interval), self._check_timeouts)
@@ -593,9 +686,8 @@ class RtmpServer:
         self.idle_timeout_s = idle_timeout_s
         self.max_message_size = max_message_size
         self.media_read_max_interval_s = media_read_max_interval_s
+        self.read_gap_s = min(PASS_GAP_S, media_read_max_interval_s)
         self.media_read_wake_bytes = media_read_wake_bytes
-        # how far ahead of a possible segment close a publisher is read eagerly, in RTMP ms
-        self.eager_ms = int((media_read_max_interval_s + EAGER_MARGIN_S) * 1000)
         self.media_batch = media_batch
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[_RtmpConnection] = set()
@@ -673,8 +765,7 @@ class RtmpServer:
 
     def _join_media_reader(self, fd: int, conn: _RtmpConnection) -> None:
         if self._reader is None:
-            self._reader = _MediaReader(asyncio.get_running_loop(), self.media_read_max_interval_s,
-                                        self.media_batch)
+            self._reader = _MediaReader(asyncio.get_running_loop(), self.read_gap_s, self.media_batch)
         self._reader.add(fd, conn)
 
     def _leave_media_reader(self, fd: int) -> None:
@@ -689,34 +780,36 @@ class RtmpServer:
 
 
 class _MediaReader:
-    """Reads publishing connections in ticks: every ``tick_s`` each one is read once into one
-    shared buffer; between ticks, one epoll set (level-triggered, its fd in the event loop)
-    reports the sockets whose ``SO_RCVLOWAT`` was reached -- a keyframe, or the rest of a
-    message a read ended inside of -- and only those are read at once. The tick runs only while
-    there are publishers. A pass ends by flushing ``batch`` (the bus). See the module docstring
-    for why."""
+    """Reads publishing connections in passes: a timer runs a pass when the first publisher is
+    due (its ``_read_at``, see :meth:`_RtmpConnection._next_read`), at least ``gap_s`` after the
+    previous pass, and the pass reads every publisher due by then into one shared buffer.
+    Between passes, one epoll set (level-triggered, its fd in the event loop) reports the sockets
+    whose ``SO_RCVLOWAT`` was reached -- a keyframe, the rest of a message a read ended inside of,
+    a burst -- and only those are read at once. The timer runs only while there are publishers.
+    A pass ends by flushing ``batch`` (the bus). See the module docstring for why."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, tick_s: float,
+    def __init__(self, loop: asyncio.AbstractEventLoop, gap_s: float,
                  batch: MediaBatch | None = None) -> None:
         self._loop = loop
-        self.tick_s = tick_s
+        self.gap_s = gap_s
         self._batch = batch
         self._epoll = select.epoll()
         self._efd = self._epoll.fileno()
         self._conns: dict[int, _RtmpConnection] = {}
         self._view = memoryview(bytearray(_READ_BUFFER))
         self._timer: asyncio.TimerHandle | None = None
-        self._due = 0.0
-        self.ticks = 0
-        self.wakes = 0
+        self._timer_at = 0.0
+        self._last_pass = -math.inf
+        self.passes = 0  # timed passes
+        self.wakes = 0  # reads woken by a socket's SO_RCVLOWAT
 
     def add(self, fd: int, conn: _RtmpConnection) -> None:
         self._epoll.register(fd, select.EPOLLIN)
-        self._conns[fd] = conn
-        if self._timer is None:
+        if not self._conns:
             self._loop.add_reader(self._efd, self._ready)
-            self._due = next_tick(self._loop.time(), self.tick_s)
-            self._timer = self._loop.call_at(self._due, self._tick)
+        self._conns[fd] = conn
+        conn._read_at = 0.0  # at the next pass: its first media may be queued already
+        self._schedule()
 
     def remove(self, fd: int) -> None:
         if self._conns.pop(fd, None) is None:
@@ -732,7 +825,19 @@ class _MediaReader:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-            self._loop.remove_reader(self._efd)
+        self._loop.remove_reader(self._efd)
+
+    def _schedule(self) -> None:
+        """(Re)arm the timer for the first publisher due, not sooner than a gap after the last pass."""
+        if not self._conns:
+            return
+        at = max(min(conn._read_at for conn in self._conns.values()), self._last_pass + self.gap_s)
+        if self._timer is not None:
+            if abs(at - self._timer_at) < 0.001:
+                return
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self._loop.call_at(at, self._pass)
 
     def _ready(self) -> None:
         """Some publisher has a keyframe's worth queued, or the rest of a message: read those."""
@@ -749,24 +854,28 @@ class _MediaReader:
         finally:
             if batch is not None:
                 batch.flush()
+        self._schedule()  # a read moves that publisher's next one
 
-    def _tick(self) -> None:
-        now = self._loop.time()
-        self._due = next_tick(now, self.tick_s)  # on the shared grid (mesh.timers)
-        self._timer = self._loop.call_at(self._due, self._tick)
-        self.ticks += 1
+    def _pass(self) -> None:
+        self._timer = None
+        now = self._last_pass = self._loop.time()
+        self.passes += 1
+        due = now + _TIMER_SLACK_S
         view, batch = self._view, self._batch
         if batch is not None:
             batch.begin_batch()
         try:
             for conn in list(self._conns.values()):
-                conn._read_media(view, now)
+                if conn._read_at <= due:
+                    conn._read_media(view, now, timed=True)
         finally:
             if batch is not None:
                 batch.flush()
+        self._schedule()
 
     def close(self) -> None:
-        self._stop()
+        if self._conns:
+            self._stop()
         self._conns.clear()
         self._epoll.close()
 

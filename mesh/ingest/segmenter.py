@@ -59,6 +59,7 @@ class Segmenter:
         self.part = 0  # the open part's number within its segment (0, 1, 2 ...)
         self._part_start_dts = 0
         self._last_cut_dts: int | None = None  # previous frame of the cutting track
+        self._cut_step = 0  # the cutting track's last frame interval (for part_due_ms)
         self.next_seq = first_seq  # number the next segment will take
         self.limit = limit  # first number not reserved (None: no limit)
         self.starved = False  # a boundary came and the next number was not reserved
@@ -83,6 +84,23 @@ class Segmenter:
         if self.current is None:
             return -1
         return (self._start_dts + self._cut_ticks) // (CLOCK_HZ // 1000)
+
+    def part_due_ms(self) -> int | None:
+        """The millisecond (the publisher's clock) of the frame expected to start the next
+        LL-HLS part, closing the open one: the first frame at the cutting track's last frame
+        interval that :meth:`_inside` would start a part on. None while no segment is open. The
+        RTMP ingest reads a publisher when that frame should have arrived."""
+        last = self._last_cut_dts
+        if self.current is None or last is None:
+            return None
+        start, target, step = self._part_start_dts, self.part_target_ticks, self._cut_step
+        if step <= 0:
+            return (start + target) // (CLOCK_HZ // 1000)
+        # frame last + k*step starts a part once it has reached the target (k_reach), or once
+        # one more frame would pass it by more than the jitter (k_pass); the sooner one wins
+        k_reach = -((last - start - target) // step)
+        k_pass = (start + target + PART_JITTER_TICKS - step - last) // step + 1
+        return (last + max(1, min(k_reach, k_pass)) * step) // (CLOCK_HZ // 1000)
 
     def push(self, au: AccessUnit) -> Stamp | None:
         """Stamp one access unit (mutating its timestamps if they were unsafe), or None to drop it."""
@@ -150,6 +168,8 @@ class Segmenter:
             last_cut, self._last_cut_dts = self._last_cut_dts, dts
             elapsed = dts - self._part_start_dts
             step = dts - last_cut if last_cut is not None else 0
+            if step > 0:
+                self._cut_step = step
             if elapsed >= self.part_target_ticks or elapsed + step > self.part_target_ticks + PART_JITTER_TICKS:
                 self.part += 1
                 self._part_start_dts = dts

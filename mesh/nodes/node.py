@@ -182,8 +182,8 @@ class Node:
                                 "retrying every %.0f s", exc, cfg.heartbeat_interval_s)
                 failing = True
             beats += 1
-            # On the shared grid (mesh.timers): the bus heartbeat, the RTMP timeout checks and
-            # the media read tick fall due in the same pass of the loop.
+            # On the shared grid (mesh.timers): the bus heartbeat, the registry watch and the
+            # RTMP timeout checks fall due in the same pass of the loop.
             await sleep_to_grid(cfg.heartbeat_interval_s)
 
     async def _origin_hint(self) -> str:
@@ -217,11 +217,17 @@ def _hide_password(uri: str) -> str:
     return f"{scheme}://{user}:***@{host}"
 
 
+_statm = -1  # /proc/self/statm, opened once: reread each heartbeat with one pread, no open/close
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
 def _rss_bytes() -> int:
+    global _statm
     try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
+        if _statm < 0:
+            _statm = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+        return int(os.pread(_statm, 128, 0).split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
