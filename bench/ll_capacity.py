@@ -251,7 +251,7 @@ async def _round(url: str, players: int, seconds: float) -> dict[str, Any]:
             earliest[(seq, part)] = min(first, earliest.get((seq, part), first))
             waited.append(((seq, part), first))
     # How long one part's answers take to go out, first to last: the fan-out itself, apart from
-    # when the part reached the edge (origin read tick, bus hop, packetising).
+    # when the part reached the edge (origin read, bus hop, packetising).
     spread = [(first - earliest[key]) * 1000 for key, first in waited]
     answers = sum(len(s) for s in samples)
     return {"players": players, "answers": answers, "answers_per_s": round(answers / max(elapsed, 1e-3)),

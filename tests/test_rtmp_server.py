@@ -571,8 +571,9 @@ def test_a_keyframe_wakes_the_reader_only_when_it_may_close_a_segment() -> None:
 
 
 class PartSink(RecordingSink):
-    """A sink that names the frame closing its open LL part, as the origin's does (parts of
-    200 ms on the publisher's clock), and notes when each video message reached it."""
+    """A sink that names the frame closing its open LL part and when a keyframe would close its
+    segment, as the origin's does (parts of 200 ms, segments of 1 s on the publisher's clock),
+    and notes when each video message reached it."""
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
@@ -581,16 +582,20 @@ class PartSink(RecordingSink):
     def part_due_ms(self) -> int | None:
         return (self.video[-1][0] // 200 + 1) * 200 if self.video else None
 
+    def cut_due_ms(self) -> int | None:
+        return (self.video[-1][0] // 1000 + 1) * 1000 if self.video else -1
+
     def on_video(self, timestamp_ms: int, payload: bytes) -> None:
         super().on_video(timestamp_ms, payload)
         self.reached[timestamp_ms] = asyncio.get_running_loop().time()
 
 
 def test_a_publisher_is_read_when_its_part_can_close() -> None:
-    """A live publisher (25 fps, paced in real time) is read about once per LL part, soon after
-    the frame that closes the part arrives: fewer passes than a 100 ms tick would make (30 in
-    3 s), and the part-closing frames reach the sink promptly (a fixed 250 ms grid would hand
-    them over 125 ms late on average)."""
+    """A live publisher (25 fps, paced in real time, a keyframe every second) is read about once
+    per LL part, soon after the frame that closes the part arrives: fewer passes than a 100 ms
+    tick would make (30 in 3 s), and the part-closing frames reach the sink promptly (a fixed
+    250 ms grid would hand them over 125 ms late on average). The keyframes that close segments
+    wake the reader themselves (their socket drained just before they are due)."""
     async def main() -> None:
         class Handler(RecordingHandler):
             async def on_publish(self, conn: RtmpConnectionInfo, app: str, stream_name: str,
@@ -612,15 +617,16 @@ def test_a_publisher_is_read_when_its_part_can_close() -> None:
             sink = handler.sinks["cam1"]
             assert isinstance(sink, PartSink)
             frame = b"\x27\x01\x00\x00\x00" + bytes(1_500)
+            keyframe = b"\x17\x01\x00\x00\x00" + bytes(20_000)
             sent: dict[int, float] = {}
             start = loop.time()
-            passes = 0
+            passes = wakes = 0
             for i in range(150):  # 6 s: the first half teaches the reader the publisher's clock
                 await asyncio.sleep(max(0.0, start + i * 0.04 - loop.time()))
                 if i == 75:
                     assert server._reader is not None
-                    passes = server._reader.passes
-                writer.write(pub.video(i * 40, frame))
+                    passes, wakes = server._reader.passes, server._reader.wakes
+                writer.write(pub.video(i * 40, keyframe if i % 25 == 0 else frame))
                 sent[i * 40] = loop.time()
             last = 149 * 40
             while last not in sink.reached:
@@ -628,7 +634,9 @@ def test_a_publisher_is_read_when_its_part_can_close() -> None:
                 await asyncio.wait_for(sink.got_video.wait(), TIMEOUT)
             assert server._reader is not None
             passes = server._reader.passes - passes
+            wakes = server._reader.wakes - wakes
             assert passes < 24, f"{passes} read passes in 3 s of 200 ms parts"
+            assert wakes >= 3, f"{wakes} wake-ups for the 3 segment-closing keyframes"
             closing = [ts for ts in sent if ts % 200 == 0 and ts >= 75 * 40 and ts != last]
             delays = sorted(sink.reached[ts] - sent[ts] for ts in closing)
             assert delays[len(delays) // 2] < 0.06, f"part-closing frames waited {delays}"

@@ -31,11 +31,13 @@ least ``PASS_GAP_S`` (100 ms) apart and read every publisher due by then into on
 buffer. Each publisher socket's ``SO_RCVLOWAT`` says how much must be queued before the kernel
 wakes us sooner (through one epoll set whose fd the event loop watches):
 
-* while a keyframe could close the open segment before the frame this publisher's next read
-  comes for (by the sink's ``cut_due_ms``; when the read comes for no frame, from
-  ``EAGER_MARGIN_S`` before it), a keyframe's worth: three quarters of the smallest recent
-  keyframe (``media_read_wake_bytes``, 8 KiB, until one is seen). A keyframe that is itself the
-  part-closing frame is read by the part's read, or on arrival once that read found it missing;
+* while a keyframe could close the open segment before or with the frame this publisher's
+  next read comes for (by the sink's ``cut_due_ms``; without a prediction, from
+  ``EAGER_MARGIN_S`` before that read), a keyframe's worth: three quarters of the smallest
+  recent keyframe (``media_read_wake_bytes``, 8 KiB, until one is seen). When the part-closing
+  frame may be that keyframe (a GOP of whole parts, the usual case), the publisher is read
+  ``_EARLY_S`` before the frame may come, and only from then on wakes us for it: nothing else
+  is queued by then, so its own bytes wake us and the segment closes as its keyframe arrives;
 * when a read ends inside a message at least that long (a keyframe whose start we read), the
   bytes that message still needs, so its tail is read the moment it arrives;
 * otherwise (most of a segment) only a burst: four pass gaps' worth of this publisher's recent
@@ -94,6 +96,7 @@ PASS_GAP_S = 0.1  # timed read passes are at least this far apart (at most, the 
 READ_MARGIN_S = 0.02  # a publisher is read this long after its part-closing frame should arrive, at first;
 _MARGIN_MISS_S, _MARGIN_HIT_S = 0.01, 0.001  # then 10 ms more when it was not there, 1 ms less when it was
 _AIM_SLACK_MS = 5  # a frame this close to the predicted one is it (RTMP's whole milliseconds)
+_EARLY_S = 0.005  # a segment-closing keyframe's socket is drained this long before it may come
 EAGER_MARGIN_S = 0.1  # wake for a keyframe from this long before our next read may close a segment
 _LAG_WINDOW = 32  # reads per window of a publisher's smallest arrival lag (two windows are kept)
 _TIMER_SLACK_S = 0.002  # a pass reads the publishers due this soon too (timers fire early by < 1 ms)
@@ -240,6 +243,7 @@ class _RtmpConnection(asyncio.Protocol):
         self._lag_n = 0
         self._read_at = 0.0  # when the media reader should read this publisher next (loop time)
         self._aim_ms: int | None = None  # ... for the frame with this timestamp (None: no frame)
+        self._eager: bool | None = None  # a keyframe may close the segment before then (None: guess)
         self._margin = READ_MARGIN_S  # that long after it should have arrived (learnt)
         self.early_reads = 0  # timed reads that came before the frame they came for
         self._rate = 0.0  # bytes per second read from this publisher (moving average)
@@ -358,7 +362,7 @@ class _RtmpConnection(asyncio.Protocol):
         no later than the max interval; a frame that is late is looked for again a pass gap
         later. A sink that cannot say is read at the interval's grid points (mesh.timers)."""
         srv = self._server
-        self._aim_ms = None
+        self._aim_ms = self._eager = None
         part_due = self._part_due
         if part_due is None:
             return next_tick(now, srv.media_read_max_interval_s)
@@ -367,9 +371,21 @@ class _RtmpConnection(asyncio.Protocol):
         lag = min(self._lag_min, self._lag_prev)
         if due_ms is None or lag == math.inf:
             return latest
-        at = due_ms / 1000 + lag + self._margin
-        if at <= now:  # due and not here yet (late, or its clock jumped): look again soon
+        arrives = due_ms / 1000 + lag  # the soonest the part-closing frame comes
+        if arrives + self._margin <= now:  # due and not here yet (late, or its clock jumped)
             return min(now + srv.read_gap_s, latest)
+        cut_ms = self._cut_due() if self._cut_due is not None else None
+        if cut_ms is not None and cut_ms <= due_ms + _AIM_SLACK_MS:
+            # a keyframe may close the segment before or with this part's last frame
+            if cut_ms >= due_ms - _AIM_SLACK_MS and now + 2 * _TIMER_SLACK_S < arrives - _EARLY_S:
+                # with it, most likely (a GOP of whole parts): drain the socket just before it
+                # may come, so that its own bytes wake us and its segment closes as it arrives
+                self._eager = False
+                return min(arrives - _EARLY_S, latest)
+            self._eager = True
+        else:
+            self._eager = False
+        at = arrives + self._margin
         if at >= latest:
             return latest
         self._aim_ms = due_ms
@@ -387,11 +403,9 @@ class _RtmpConnection(asyncio.Protocol):
             return due
         cut_due = self._cut_due
         if cut_due is not None:
-            due_ms = cut_due()
-            aim = self._aim_ms
-            if aim is not None:  # the next read comes for a frame: a keyframe before it may cut
-                calm = due_ms is None or due_ms >= aim - _AIM_SLACK_MS
-            else:
+            calm = not self._eager
+            if self._eager is None:  # no prediction: a keyframe may cut before the next read
+                due_ms = cut_due()
                 calm = due_ms is None or self._media_ms + (self._read_at - now + EAGER_MARGIN_S) * 1000 < due_ms
             if calm:
                 burst = int(self._rate * self._server.read_gap_s * _CALM_TICKS)
@@ -555,7 +569,7 @@ class _RtmpConnection(asyncio.Protocol):
         self._cut_ms, self._video_seen = -1, False
         self._lag_min = self._lag_prev = math.inf
         self._lag_n = 0
-        self._aim_ms = None
+        self._aim_ms = self._eager = None
         self._counts = [-self._session.video_messages, -self._session.audio_messages]
         if self._closed:  # the peer left (or we stopped) while the handler decided
             self._end_publish(self._close_reason)
