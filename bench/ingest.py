@@ -50,6 +50,7 @@ AUDIO_KBPS = 64
 CLIP_S = 10.0
 TARGET_RATIO = 1.0  # mesh origin CPU per ingested Mbit <= 1.0 x nginx-rtmp's
 SEGMENT_S = 2.0
+RETRY_S = 2.0  # a refused publisher starts again after this long (OBS's reconnect delay is 2-10 s)
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -176,6 +177,32 @@ def ffmpeg_publisher(clip: Path, url: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re",
                              "-stream_loop", "-1", "-i", str(clip), "-c", "copy", "-f", "flv", url],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def publish_until_live(server: Any, clip: Path, names: list[str], pubs: list[subprocess.Popen[bytes]],
+                       timeout_s: float, retry_s: float = RETRY_S) -> int:
+    """Start one ffmpeg publisher per name into ``pubs`` and wait until every stream is live.
+    A publisher that exits first (its publish refused: a mesh origin answers "the cluster
+    registry is unavailable; try again in 2 s" when its database cannot keep up with a burst
+    of claims) is started again ``retry_s`` later, as OBS reconnects. Returns the restarts."""
+    pubs.extend(ffmpeg_publisher(clip, server.rtmp_url(name)) for name in names)
+    deadline = time.monotonic() + timeout_s
+    exited: dict[int, float] = {}
+    restarts = 0
+    while server.live_streams(names) < len(names):
+        now = time.monotonic()
+        if now > deadline:
+            raise click.ClickException(f"timed out after {timeout_s:g} s waiting for {len(names)} streams "
+                                       f"live on {server.name} ({restarts} publishers restarted)")
+        for i, p in enumerate(pubs):
+            if p.poll() is None:
+                continue
+            if now - exited.setdefault(i, now) >= retry_s:
+                del exited[i]
+                pubs[i] = ffmpeg_publisher(clip, server.rtmp_url(names[i]))
+                restarts += 1
+        time.sleep(0.2)
+    return restarts
 
 
 def stop_all(procs: Sequence[subprocess.Popen[Any]], timeout_s: float = 5.0) -> None:
@@ -319,6 +346,7 @@ class Trial:
     cpu_source: str = "schedstat"  # how the server's CPU was read (see CpuMeter)
     cpu_ticks: int = 0  # clock ticks /proc/PID/stat saw over the trial (the coarse cross-check)
     below_resolution: bool = False  # the server's CPU was too small to read over this trial
+    restarts: int = 0  # publishers started again after their publish was refused (see publish_until_live)
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -333,10 +361,9 @@ def run_trial(server: Any, clip: Path, clip_kbps: float, n: int, duration_s: flo
               tag: str) -> Trial:
     names = [f"{tag}n{n}s{i}" for i in range(n)]
     t0 = time.monotonic()
-    pubs = [ffmpeg_publisher(clip, server.rtmp_url(name)) for name in names]
+    pubs: list[subprocess.Popen[bytes]] = []
     try:
-        wait_for(lambda: server.live_streams(names) >= n, 30 + n * 1.0,  # slow on a loaded machine
-                 f"{n} streams live on {server.name}", 0.2)
+        restarts = publish_until_live(server, clip, names, pubs, 30 + n * 1.0)  # slow on a loaded machine
         start_s = time.monotonic() - t0
         time.sleep(settle_s)
         srv_cpu = CpuMeter(server.pids)
@@ -367,6 +394,7 @@ def run_trial(server: Any, clip: Path, clip_kbps: float, n: int, duration_s: flo
         cpu_s_per_mbit_with_db=(used + db_used) / mbit if mbit else float("nan"),
         producing=sum(1 for v in advanced.values() if v >= max(expected - 1, 1)),
         segments_advanced=sum(advanced.values()), publishers_alive=alive, start_s=start_s, loadavg=load,
+        restarts=restarts,
         cpu_source=source, cpu_ticks=ticks,
         below_resolution=used <= 0 or (source == "stat" and ticks < MIN_TICKS))
 
@@ -404,7 +432,8 @@ def run(streams: Sequence[int] = (10, 50), bitrate_kbps: int = 600, duration_s: 
                     say(f"{name}: {n} streams: cpu {t.cpu_pct:.1f}% "
                         + (f"(+db {t.db_cpu_pct:.1f}%) " if name == "mesh" else "")
                         + f"{t.cpu_s_per_mbit:.5f} cpu-s/Mbit, ingest {t.ingest_mbps:.1f}/"
-                        f"{t.nominal_mbps:.1f} Mbit/s, {t.producing}/{n} producing")
+                        f"{t.nominal_mbps:.1f} Mbit/s, {t.producing}/{n} producing"
+                        + (f", {t.restarts} publishers restarted after a refusal" if t.restarts else ""))
                     _after_trial(server, f"r{rep}")
     finally:
         for server in servers_up.values():

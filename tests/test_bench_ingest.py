@@ -99,3 +99,38 @@ def test_e2e_reports_access_unit_to_listed() -> None:
     assert a["first_au_ms_median"] > a["last_au_ms_median"] >= 0  # the opener waits a whole segment
     assert r["results"]["player"]["available"] is False
     assert r["target"]["first_au_ms_limit"] == 2100
+
+
+def test_a_refused_publisher_is_started_again_until_its_stream_is_live(tmp_path: Path) -> None:
+    """A mesh origin refuses a publish ("try again in 2 s") when its database cannot keep up
+    with a burst of claims; ffmpeg then exits, and the bench starts it again, as OBS reconnects.
+    Here every first attempt finds no server (ffmpeg exits at once) and a stream counts as live
+    once its publisher was started a second time."""
+    from bench.ingest import publish_until_live, stop_all
+    from mesh.embedded_db import free_port
+
+    class Refusing:
+        name = "refusing"
+
+        def __init__(self) -> None:
+            self.port = free_port()  # nothing listens here
+            self.starts: dict[str, int] = {}
+
+        def rtmp_url(self, stream: str) -> str:
+            self.starts[stream] = self.starts.get(stream, 0) + 1
+            return f"rtmp://127.0.0.1:{self.port}/LiveApp/{stream}"
+
+        def live_streams(self, names: list[str]) -> int:
+            return sum(1 for n in names if self.starts.get(n, 0) >= 2)
+
+    clip = tmp_path / "clip.flv"
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc=size=64x64:rate=5:duration=1", "-c:v", "libx264", "-f", "flv", str(clip)],
+                   check=True, timeout=60)
+    server = Refusing()
+    pubs: list[subprocess.Popen[bytes]] = []
+    try:
+        restarts = publish_until_live(server, clip, ["a", "b", "c"], pubs, timeout_s=30, retry_s=0.2)
+    finally:
+        stop_all(pubs)
+    assert restarts == 3 and server.starts == {"a": 2, "b": 2, "c": 2}
