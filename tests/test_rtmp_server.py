@@ -496,6 +496,32 @@ def test_every_read_pass_delivers_its_media_between_begin_batch_and_flush() -> N
     run(main)
 
 
+class SinkHandler(RecordingHandler):
+    """Accepts every publish into a sink of one class."""
+
+    def __init__(self, sink_class: type[RecordingSink]) -> None:
+        super().__init__()
+        self.sink_class = sink_class
+
+    async def on_publish(self, conn: RtmpConnectionInfo, app: str, stream_name: str,
+                         query: dict[str, str]) -> RecordingSink:
+        sink = self.sinks[stream_name] = self.sink_class(stream_name)
+        self.event(stream_name).set()
+        return sink
+
+
+async def publish_cam1(server: RtmpServer, handler: RecordingHandler
+                       ) -> tuple[Publisher, asyncio.StreamWriter, RecordingSink]:
+    """A scripted publisher of LiveApp/cam1, once its publish is accepted: (client, socket, sink)."""
+    pub = Publisher(chunk_size=4096)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(pub.handshake_c0c1())
+    await reader.readexactly(1 + 1536 * 2)
+    writer.write(bytes(1536) + pub.connect() + pub.setup())
+    await asyncio.wait_for(handler.event("cam1").wait(), TIMEOUT)
+    return pub, writer, handler.sinks["cam1"]
+
+
 class CutSink(RecordingSink):
     """A sink that says when a keyframe would close its open segment, as the origin's does; and
     signals each delivered video message."""
@@ -518,23 +544,11 @@ def test_a_keyframe_wakes_the_reader_only_when_it_may_close_a_segment() -> None:
     only from shortly before the sink's ``cut_due_ms``; until then its small frames and even a
     keyframe wait for the tick (one wake-up a tick for every publisher, not one per publisher)."""
     async def main() -> None:
-        class Handler(RecordingHandler):
-            async def on_publish(self, conn: RtmpConnectionInfo, app: str, stream_name: str,
-                                 query: dict[str, str]) -> RecordingSink:
-                sink = self.sinks[stream_name] = CutSink(stream_name)
-                self.event(stream_name).set()
-                return sink
-
-        handler = Handler()
+        handler = SinkHandler(CutSink)
         server = await started_server(handler, media_read_max_interval_s=0.3)
-        pub = Publisher(chunk_size=4096)
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        pub, writer, sink = await publish_cam1(server, handler)
+        assert isinstance(sink, CutSink)
         try:
-            writer.write(pub.handshake_c0c1())
-            await reader.readexactly(1 + 1536 * 2)
-            writer.write(bytes(1536) + pub.connect() + pub.setup())
-            await asyncio.wait_for(handler.event("cam1").wait(), TIMEOUT)
-            sink = handler.sinks["cam1"]
             media_reader = server._reader
             ts = 0
 
@@ -597,25 +611,12 @@ def test_a_publisher_is_read_when_its_part_can_close() -> None:
     250 ms grid would hand them over 125 ms late on average). The keyframes that close segments
     wake the reader themselves (their socket drained just before they are due)."""
     async def main() -> None:
-        class Handler(RecordingHandler):
-            async def on_publish(self, conn: RtmpConnectionInfo, app: str, stream_name: str,
-                                 query: dict[str, str]) -> RecordingSink:
-                sink = self.sinks[stream_name] = PartSink(stream_name)
-                self.event(stream_name).set()
-                return sink
-
-        handler = Handler()
+        handler = SinkHandler(PartSink)
         server = await started_server(handler)
-        pub = Publisher(chunk_size=4096)
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        pub, writer, sink = await publish_cam1(server, handler)
+        assert isinstance(sink, PartSink)
         loop = asyncio.get_running_loop()
         try:
-            writer.write(pub.handshake_c0c1())
-            await reader.readexactly(1 + 1536 * 2)
-            writer.write(bytes(1536) + pub.connect() + pub.setup())
-            await asyncio.wait_for(handler.event("cam1").wait(), TIMEOUT)
-            sink = handler.sinks["cam1"]
-            assert isinstance(sink, PartSink)
             frame = b"\x27\x01\x00\x00\x00" + bytes(1_500)
             keyframe = b"\x17\x01\x00\x00\x00" + bytes(20_000)
             sent: dict[int, float] = {}
