@@ -645,3 +645,37 @@ def test_a_publisher_is_read_when_its_part_can_close() -> None:
             writer.close()
             await server.stop()
     run(main)
+
+
+def test_a_publisher_with_a_lying_clock_costs_no_more_than_a_pass_per_gap() -> None:
+    """Timestamps are the publisher's to choose: running far ahead of real time, jumping back,
+    or leaping by days. Its reads follow its predictions only within bounds -- a due in the past
+    is looked for again a pass gap (100 ms) later, one far ahead waits at most the max interval
+    (250 ms) -- so it gets at most one timed pass per gap and every frame is still delivered."""
+    async def main() -> None:
+        handler = SinkHandler(PartSink)
+        server = await started_server(handler)
+        pub, writer, sink = await publish_cam1(server, handler)
+        assert isinstance(sink, PartSink)
+        loop = asyncio.get_running_loop()
+        frame = b"\x27\x01\x00\x00\x00" + bytes(500)
+        stamps = [i * 400 for i in range(10)] + [5, 1, 0] + [86_400_000 * d for d in range(1, 10)] \
+            + [2 ** 31 - 1 - i for i in range(10)] + [i * 7 for i in range(15)]
+        try:
+            assert server._reader is not None
+            passes = server._reader.passes
+            start = loop.time()
+            for i, ts in enumerate(stamps):  # about 1.5 s of them, paced
+                await asyncio.sleep(max(0.0, start + i * 0.03 - loop.time()))
+                writer.write(pub.video(ts, frame))
+            while len(sink.video) < len(stamps):
+                sink.got_video.clear()
+                await asyncio.wait_for(sink.got_video.wait(), TIMEOUT)
+            elapsed = loop.time() - start
+            passes = server._reader.passes - passes
+            assert passes <= elapsed / 0.1 + 2, f"{passes} passes in {elapsed:.2f} s"
+            assert [ts for ts, _ in sink.video] == stamps
+        finally:
+            writer.close()
+            await server.stop()
+    run(main)

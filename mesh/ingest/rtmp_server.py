@@ -245,7 +245,6 @@ class _RtmpConnection(asyncio.Protocol):
         self._aim_ms: int | None = None  # ... for the frame with this timestamp (None: no frame)
         self._eager: bool | None = None  # a keyframe may close the segment before then (None: guess)
         self._margin = READ_MARGIN_S  # that long after it should have arrived (learnt)
-        self.early_reads = 0  # timed reads that came before the frame they came for
         self._rate = 0.0  # bytes per second read from this publisher (moving average)
         self.conn_id = next(_conn_ids)
         self.peer = "?"
@@ -332,7 +331,7 @@ class _RtmpConnection(asyncio.Protocol):
                 self._rate += (total / elapsed - self._rate) * 0.25
             self._pump()
             if self._cut_ms >= 0:
-                # the newest message arrived by now: an upper bound of when its kind arrive
+                # the newest message arrived by now: an upper bound of when such messages arrive
                 lag = time.monotonic() - self._cut_ms / 1000
                 if lag < self._lag_min:
                     self._lag_min = lag
@@ -347,7 +346,6 @@ class _RtmpConnection(asyncio.Protocol):
             if self._cut_ms >= aim - _AIM_SLACK_MS:
                 self._margin = max(self._margin - _MARGIN_HIT_S, 0.0)
             else:
-                self.early_reads += 1
                 self._margin = min(self._margin + _MARGIN_MISS_S, self._server.read_gap_s)
         if self._fd >= 0:
             self._read_at = self._next_read(now)
