@@ -647,6 +647,45 @@ def test_a_publisher_is_read_when_its_part_can_close() -> None:
     run(main)
 
 
+def test_a_segment_closing_keyframe_wakes_the_reader_after_a_late_part() -> None:
+    """When the last part before a segment's end comes late, its retry read is less than a pass
+    gap before the keyframe: no pass can drain the socket just before that keyframe, so the
+    socket wakes the reader for it instead of leaving it to the next pass. (25 fps, a keyframe a
+    second; the frames of 800 and 840 ms in each second come with the one of 880 ms.)"""
+    async def main() -> None:
+        handler = SinkHandler(PartSink)
+        server = await started_server(handler)
+        pub, writer, sink = await publish_cam1(server, handler)
+        assert isinstance(sink, PartSink)
+        loop = asyncio.get_running_loop()
+        try:
+            frame = b"\x27\x01\x00\x00\x00" + bytes(1_500)
+            keyframe = b"\x17\x01\x00\x00\x00" + bytes(20_000)
+            start = loop.time()
+            woken = []
+            for i in range(126):
+                ts = i * 40
+                if ts % 1000 in (800, 840):
+                    continue  # held back, sent with the next frame
+                await asyncio.sleep(max(0.0, start + i * 0.04 - loop.time()))
+                held = [t for t in (ts - 80, ts - 40) if t % 1000 in (800, 840)]
+                for t in held:
+                    writer.write(pub.video(t, frame))
+                assert server._reader is not None
+                wakes = server._reader.wakes
+                writer.write(pub.video(ts, keyframe if ts % 1000 == 0 else frame))
+                if ts % 1000 == 0 and ts >= 2000:  # the first two seconds teach the reader the clock
+                    while ts not in sink.reached:
+                        sink.got_video.clear()
+                        await asyncio.wait_for(sink.got_video.wait(), TIMEOUT)
+                    woken.append(server._reader.wakes > wakes)
+            assert woken == [True] * 4, f"keyframes at 2-5 s that woke the reader: {woken}"
+        finally:
+            writer.close()
+            await server.stop()
+    run(main)
+
+
 def test_a_publisher_with_a_lying_clock_costs_no_more_than_a_pass_per_gap() -> None:
     """Timestamps are the publisher's to choose: running far ahead of real time, jumping back,
     or leaping by days. Its reads follow its predictions only within bounds -- a due in the past

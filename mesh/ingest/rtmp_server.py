@@ -37,7 +37,9 @@ wakes us sooner (through one epoll set whose fd the event loop watches):
   recent keyframe (``media_read_wake_bytes``, 8 KiB, until one is seen). When the part-closing
   frame may be that keyframe (a GOP of whole parts, the usual case), the publisher is read
   ``_EARLY_S`` before the frame may come, and only from then on wakes us for it: nothing else
-  is queued by then, so its own bytes wake us and the segment closes as its keyframe arrives;
+  is queued by then, so its own bytes wake us and the segment closes as its keyframe arrives
+  (when no pass may come that soon -- the read before was a late part's retry -- it wakes us
+  for it from that read on);
 * when a read ends inside a message at least that long (a keyframe whose start we read), the
   bytes that message still needs, so its tail is read the moment it arrives;
 * otherwise (most of a segment) only a burst: four pass gaps' worth of this publisher's recent
@@ -375,9 +377,13 @@ class _RtmpConnection(asyncio.Protocol):
         cut_ms = self._cut_due() if self._cut_due is not None else None
         if cut_ms is not None and cut_ms <= due_ms + _AIM_SLACK_MS:
             # a keyframe may close the segment before or with this part's last frame
-            if cut_ms >= due_ms - _AIM_SLACK_MS and now + 2 * _TIMER_SLACK_S < arrives - _EARLY_S:
+            reader = srv._reader
+            soonest = now if reader is None else max(now, reader.soonest_pass)
+            if cut_ms >= due_ms - _AIM_SLACK_MS and soonest + 2 * _TIMER_SLACK_S < arrives - _EARLY_S:
                 # with it, most likely (a GOP of whole parts): drain the socket just before it
-                # may come, so that its own bytes wake us and its segment closes as it arrives
+                # may come, so that its own bytes wake us and its segment closes as it arrives.
+                # (A pass cannot come sooner than a gap after the last one: when that is too
+                # late -- this read was a retry, say -- we wake for the keyframe from now on.)
                 self._eager = False
                 return min(arrives - _EARLY_S, latest)
             self._eager = True
@@ -843,13 +849,18 @@ class _MediaReader:
         """(Re)arm the timer for the first publisher due, not sooner than a gap after the last pass."""
         if not self._conns:
             return
-        at = max(min(conn._read_at for conn in self._conns.values()), self._last_pass + self.gap_s)
+        at = max(min(conn._read_at for conn in self._conns.values()), self.soonest_pass)
         if self._timer is not None:
             if abs(at - self._timer_at) < 0.001:
                 return
             self._timer.cancel()
         self._timer_at = at
         self._timer = self._loop.call_at(at, self._pass)
+
+    @property
+    def soonest_pass(self) -> float:
+        """The soonest the next timed pass may run (a gap after the last)."""
+        return self._last_pass + self.gap_s
 
     def _ready(self) -> None:
         """Some publisher has a keyframe's worth queued, or the rest of a message: read those."""
