@@ -314,20 +314,68 @@ def test_a_batch_begun_by_the_caller_is_sent_by_its_flush_in_one_message() -> No
         pub = BusPublisher(ctx)
         await pub.start()
         ch = pub.open_channel("cam1", "src", 1)
+        sub = ctx.socket(zmq.SUB)
+        sub.connect(pub.endpoint)
+        sub.setsockopt(zmq.SUBSCRIBE, ch.topic)
         try:
+            await asyncio.wait_for(sub.recv_multipart(), 5)  # the greeting: followed from now on
+            assert (pub.messages_sent, pub.entries_sent) == (1, 1)
             pub.begin_batch()
             for i in range(3):
                 ch.media(0, i, i, FLAG_SEG_START if i == 0 else 0, 0, b"au")
             for _ in range(3):
                 await asyncio.sleep(0)  # a flush scheduled with call_soon would run here
-            assert (pub.messages_sent, pub.entries_sent) == (0, 0)
+            assert (pub.messages_sent, pub.entries_sent) == (1, 1)
             pub.flush()
-            assert (pub.messages_sent, pub.entries_sent) == (1, 3)
+            assert (pub.messages_sent, pub.entries_sent) == (2, 4)
             ch.media(0, 3, 3, 0, 0, b"au")  # outside a batch: the loop flushes it by itself
             for _ in range(3):
                 await asyncio.sleep(0)
-            assert (pub.messages_sent, pub.entries_sent) == (2, 4)
+            assert (pub.messages_sent, pub.entries_sent) == (3, 5)
         finally:
+            sub.close(linger=0)
+            await pub.stop()
+            ctx.term()
+    asyncio.run(asyncio.wait_for(go(), 10))
+
+
+def test_entries_nobody_follows_are_kept_for_the_snapshot_but_not_sent() -> None:
+    """A topic no subscriber's prefix matches costs no encoding and no send; its entries still
+    go into the window, so the snapshot a later subscriber asks for (after its greeting) has
+    them. Once the last subscriber of the topic leaves, sending stops again."""
+    async def go() -> None:
+        ctx = zmq.asyncio.Context()
+        pub = BusPublisher(ctx)
+        await pub.start()
+        ch = pub.open_channel("cam1", "src", 1)
+        other = pub.open_channel("cam2", "src", 1)
+        sub = ctx.socket(zmq.SUB)
+        try:
+            for i in range(3):
+                ch.media(0, i, i, FLAG_SEG_START if i == 0 else 0, 0, b"early")
+            pub.flush()
+            assert (pub.messages_sent, ch.followed) == (0, False)
+            sub.connect(pub.endpoint)
+            sub.setsockopt(zmq.SUBSCRIBE, ch.topic)
+            greeting = await asyncio.wait_for(sub.recv_multipart(), 5)
+            assert greeting[0] == ch.topic and (ch.followed, other.followed) == (True, False)
+            first, last, entries = ch.snapshot()
+            assert [bytes(e.payload) for e in entries] == [b"early"] * 3 and (first, last) == (0, 2)
+            ch.media(0, 3, 3, 0, 0, b"live")
+            other.media(0, 0, 0, FLAG_SEG_START, 0, b"unfollowed")
+            pub.flush()
+            frames = await asyncio.wait_for(sub.recv_multipart(), 5)
+            assert frames[0] == ch.topic and bytes(frames[2]) == b"live"
+            assert pub.messages_sent == 2  # the greeting and cam1's entry; not cam2's
+            sub.setsockopt(zmq.UNSUBSCRIBE, ch.topic)
+            async with asyncio.timeout(5):
+                while ch.followed:  # the publisher reads the unsubscribe from its XPUB
+                    await asyncio.sleep(0.01)
+            ch.media(0, 4, 4, 0, 0, b"after")
+            pub.flush()
+            assert pub.messages_sent == 2
+        finally:
+            sub.close(linger=0)
             await pub.stop()
             ctx.term()
     asyncio.run(asyncio.wait_for(go(), 10))

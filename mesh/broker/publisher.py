@@ -83,6 +83,9 @@ class Channel:
         self._pending: list[Entry] = []
         self._pending_bytes = 0
         self._marks: list[int] = []
+        # Whether some subscriber's prefix matches this topic (XPUB tells us): nobody following
+        # means the window still takes every entry, but nothing is encoded or sent.
+        self.followed = publisher.follows(self.topic)
 
     def _push(self, entry: Entry) -> Entry:
         if self.closed:
@@ -137,7 +140,8 @@ class Channel:
         pending, marks = self._pending, self._marks
         self._pending, self._marks, self._pending_bytes = [], [], 0
         self.window.extend(pending, marks)
-        self.publisher._send(wire.encode(self.topic, self.epoch, pending), pending)
+        if self.followed:
+            self.publisher._send(wire.encode(self.topic, self.epoch, pending), pending)
 
     def snapshot(self) -> tuple[int, int, list[Entry]]:
         """(first seq of the window, last seq sent, entries)."""
@@ -174,6 +178,7 @@ class BusPublisher:
         self.channels: dict[bytes, Channel] = {}
         self._seq: dict[bytes, int] = {}  # per topic, kept across epochs so seq stays contiguous
         self._dirty: set[Channel] = set()
+        self._prefixes: set[bytes] = set()  # subscribed topic prefixes, from XPUB
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -312,16 +317,34 @@ class BusPublisher:
         self.bytes_sent += len(topic) + len(header) + len(payload)
 
     # -- tasks -----------------------------------------------------------------------------
+    def follows(self, topic: bytes) -> bool:
+        """Whether some subscriber's prefix matches ``topic``."""
+        return any(topic.startswith(prefix) for prefix in self._prefixes)
+
     async def _serve_subscriptions(self) -> None:
+        """Track which prefixes are subscribed and greet each subscription. XPUB passes every
+        subscribe (verbose) and an unsubscribe only when the last subscriber of that prefix is
+        gone (by unsubscribing or disconnecting). Until a channel's topic is followed its entries
+        are not sent at all: ZeroMQ would drop them, after we paid for encoding and the send;
+        an edge subscribing later asks for the snapshot after our greeting, which has them."""
         while True:
             msg = await self._xpub.recv()
-            if not msg or msg[0] != 1:
-                continue  # unsubscribe
+            if not msg or msg[0] not in (0, 1):
+                continue
             prefix = bytes(msg[1:])
+            if msg[0] == 0:
+                self._prefixes.discard(prefix)
+                for topic, channel in self.channels.items():
+                    if topic.startswith(prefix):
+                        channel.followed = self.follows(topic)
+                continue
+            self._prefixes.add(prefix)
             for topic, channel in list(self.channels.items()):
-                if topic.startswith(prefix) and prefix:
-                    channel.heartbeat()
-                    channel.flush()
+                if topic.startswith(prefix):
+                    channel.followed = True
+                    if prefix:
+                        channel.heartbeat()
+                        channel.flush()
 
     async def _serve_snapshots(self) -> None:
         while True:
