@@ -359,6 +359,7 @@ def test_entries_nobody_follows_are_kept_for_the_snapshot_but_not_sent() -> None
             sub.setsockopt(zmq.SUBSCRIBE, ch.topic)
             greeting = await asyncio.wait_for(sub.recv_multipart(), 5)
             assert greeting[0] == ch.topic and (ch.followed, other.followed) == (True, False)
+            assert pub.followed_streams == {"cam1"}
             first, last, entries = ch.snapshot()
             assert [bytes(e.payload) for e in entries] == [b"early"] * 3 and (first, last) == (0, 2)
             ch.media(0, 3, 3, 0, 0, b"live")
@@ -371,9 +372,16 @@ def test_entries_nobody_follows_are_kept_for_the_snapshot_but_not_sent() -> None
             async with asyncio.timeout(5):
                 while ch.followed:  # the publisher reads the unsubscribe from its XPUB
                     await asyncio.sleep(0.01)
+            assert pub.followed_streams == set()
             ch.media(0, 4, 4, 0, 0, b"after")
             pub.flush()
             assert pub.messages_sent == 2
+            rung = pub.open_channel("cam2", "360p", 1)  # following one rendition follows the stream
+            sub.setsockopt(zmq.SUBSCRIBE, rung.topic)
+            await asyncio.wait_for(sub.recv_multipart(), 5)
+            assert pub.followed_streams == {"cam2"} and not other.followed
+            pub.close_channel(rung)
+            assert pub.followed_streams == set()
         finally:
             sub.close(linger=0)
             await pub.stop()

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh.ingest.flv_source import FlvPublish
+from mesh.ingest.segmenter import Segmenter
 from mesh.protocols.rtmp.chunk import ChunkReader, ChunkWriter
 from mesh.protocols.rtmp import (
     NEED_DATA,
@@ -200,3 +201,25 @@ def test_incomplete_never_asks_for_more_than_the_message_still_needs(msgs, chunk
             remaining = [e - at for e in ends[length] if e > at]
             assert remaining and 1 <= due <= min(remaining), (length, due, remaining)
     assert r.incomplete() == (0, 0)
+
+
+def test_an_origin_stream_is_read_by_its_parts_only_while_an_edge_follows_it() -> None:
+    """The origin's sink names the frame closing the open LL part (the RTMP server reads the
+    publisher then) only while some rendition of the stream is followed on the bus; otherwise
+    None, and the server reads it on its shared max-interval grid."""
+    class Bus:
+        followed_streams: set[str] = set()
+
+    live = _Live()
+    live.stream_id, live.bus = "cam1", Bus()  # type: ignore[attr-defined]
+    segmenter = live.segmenter = Segmenter(2.0, 0, 0.2)  # type: ignore[attr-defined]
+    segmenter.video_present()
+    sink = FlvPublish(live, None)  # type: ignore[arg-type]
+    for ts in range(0, 400, 40):  # 25 fps: the part opened at 200 ms closes with the frame of 400
+        segmenter.stamp(0, ts * 90, ts * 90, ts == 0)
+    assert segmenter.part_due_ms() == 400
+    assert sink.part_due_ms() is None
+    Bus.followed_streams = {"cam2"}
+    assert sink.part_due_ms() is None
+    Bus.followed_streams = {"cam1", "cam2"}
+    assert sink.part_due_ms() == 400

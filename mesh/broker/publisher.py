@@ -179,6 +179,7 @@ class BusPublisher:
         self._seq: dict[bytes, int] = {}  # per topic, kept across epochs so seq stays contiguous
         self._dirty: set[Channel] = set()
         self._prefixes: set[bytes] = set()  # subscribed topic prefixes, from XPUB
+        self.followed_streams: set[str] = set()  # streams with at least one followed channel
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -271,6 +272,7 @@ class BusPublisher:
         channel = Channel(self, stream_id, rendition, epoch, first_seq,
                           SnapshotWindow(self.window_segments, self.window_bytes))
         self.channels[topic] = channel
+        self._count_followed()
         return channel
 
     def close_channel(self, channel: Channel) -> None:
@@ -279,6 +281,7 @@ class BusPublisher:
         self._seq[channel.topic] = channel.next_seq
         if self.channels.get(channel.topic) is channel:
             del self.channels[channel.topic]
+            self._count_followed()
 
     # -- sending ---------------------------------------------------------------------------
     def _mark_dirty(self, channel: Channel) -> None:
@@ -337,6 +340,7 @@ class BusPublisher:
                 for topic, channel in self.channels.items():
                     if topic.startswith(prefix):
                         channel.followed = self.follows(topic)
+                self._count_followed()
                 continue
             self._prefixes.add(prefix)
             for topic, channel in list(self.channels.items()):
@@ -345,6 +349,10 @@ class BusPublisher:
                     if prefix:
                         channel.heartbeat()
                         channel.flush()
+            self._count_followed()
+
+    def _count_followed(self) -> None:
+        self.followed_streams = {ch.stream_id for ch in self.channels.values() if ch.followed}
 
     async def _serve_snapshots(self) -> None:
         while True:

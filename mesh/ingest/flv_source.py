@@ -85,8 +85,14 @@ class FlvPublish:
 
     def part_due_ms(self) -> int | None:
         """When the frame that closes the open LL part should come, in RTMP milliseconds (see
-        :meth:`mesh.ingest.segmenter.Segmenter.part_due_ms`): the RTMP server reads us then."""
-        return self.live.segmenter.part_due_ms()
+        :meth:`mesh.ingest.segmenter.Segmenter.part_due_ms`): the RTMP server reads us then.
+        None while no edge follows the stream (none of its renditions' topics is subscribed on
+        the bus): nobody waits for its parts, so it is read at the server's max interval, and
+        its segment-closing keyframes still as they arrive."""
+        live = self.live
+        if live.stream_id not in live.bus.followed_streams:
+            return None
+        return live.segmenter.part_due_ms()
 
     def on_video(self, timestamp_ms: int, payload: bytes) -> None:
         live = self.live

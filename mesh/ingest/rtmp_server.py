@@ -63,7 +63,9 @@ the max interval (250 ms). A part-closing frame that comes later than predicted 
 again a pass gap later (at most 100 ms, as with the tick before), and with many publishers whose
 parts fall due within one gap, the later ones wait up to that gap. The keyframe that closes a
 segment is read when its last byte arrives, whenever it is at least the keyframe wake size. A
-sink without ``part_due_ms`` is read at the max interval's grid points. A max interval of 0
+sink without ``part_due_ms``, or whose parts nobody waits for (the origin's sink says so while
+no edge follows the stream on the bus), is read at the max interval's grid points, shared by all
+such publishers: one pass per interval however many there are. A max interval of 0
 reads every connection per event through the asyncio transport, as before.
 """
 from __future__ import annotations
@@ -360,16 +362,20 @@ class _RtmpConnection(asyncio.Protocol):
         its open LL part should have arrived (the sink's ``part_due_ms`` on this publisher's
         clock, mapped to ours by the smallest recent arrival lag, plus a learnt margin), and
         no later than the max interval; a frame that is late is looked for again a pass gap
-        later. A sink that cannot say is read at the interval's grid points (mesh.timers)."""
+        later. A sink that cannot say -- or says None: no frame yet, or nobody waits for its
+        parts (no edge follows the stream) -- is read at the interval's grid points (mesh.timers),
+        which all such publishers share."""
         srv = self._server
         self._aim_ms = self._eager = None
         part_due = self._part_due
         if part_due is None:
             return next_tick(now, srv.media_read_max_interval_s)
-        latest = now + srv.media_read_max_interval_s
         due_ms = part_due()
+        if due_ms is None:  # nothing to aim at (or nobody waiting for parts): the grid, shared
+            return next_tick(now, srv.media_read_max_interval_s)
+        latest = now + srv.media_read_max_interval_s
         lag = min(self._lag_min, self._lag_prev)
-        if due_ms is None or lag == math.inf:
+        if lag == math.inf:
             return latest
         arrives = due_ms / 1000 + lag  # the soonest the part-closing frame comes
         if arrives + self._margin <= now:  # due and not here yet (late, or its clock jumped)
