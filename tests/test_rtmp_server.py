@@ -604,6 +604,19 @@ class PartSink(RecordingSink):
         self.reached[timestamp_ms] = asyncio.get_running_loop().time()
 
 
+FRAME = b"\x27\x01\x00\x00\x00" + bytes(1_500)  # an AVC inter frame
+KEYFRAME = b"\x17\x01\x00\x00\x00" + bytes(20_000)
+
+
+async def publish_to_part_sink() -> tuple[RtmpServer, Publisher, asyncio.StreamWriter, PartSink]:
+    """A server whose publishes go to :class:`PartSink`, and LiveApp/cam1 published on it."""
+    handler = SinkHandler(PartSink)
+    server = await started_server(handler)
+    pub, writer, sink = await publish_cam1(server, handler)
+    assert isinstance(sink, PartSink)
+    return server, pub, writer, sink
+
+
 def test_a_publisher_is_read_when_its_part_can_close() -> None:
     """A live publisher (25 fps, paced in real time, a keyframe every second) is read about once
     per LL part, soon after the frame that closes the part arrives: fewer passes than a 100 ms
@@ -611,14 +624,10 @@ def test_a_publisher_is_read_when_its_part_can_close() -> None:
     250 ms grid would hand them over 125 ms late on average). The keyframes that close segments
     wake the reader themselves (their socket drained just before they are due)."""
     async def main() -> None:
-        handler = SinkHandler(PartSink)
-        server = await started_server(handler)
-        pub, writer, sink = await publish_cam1(server, handler)
-        assert isinstance(sink, PartSink)
+        server, pub, writer, sink = await publish_to_part_sink()
         loop = asyncio.get_running_loop()
         try:
-            frame = b"\x27\x01\x00\x00\x00" + bytes(1_500)
-            keyframe = b"\x17\x01\x00\x00\x00" + bytes(20_000)
+            frame, keyframe = FRAME, KEYFRAME
             sent: dict[int, float] = {}
             start = loop.time()
             passes = wakes = 0
@@ -653,14 +662,10 @@ def test_a_segment_closing_keyframe_wakes_the_reader_after_a_late_part() -> None
     socket wakes the reader for it instead of leaving it to the next pass. (25 fps, a keyframe a
     second; the frames of 800 and 840 ms in each second come with the one of 880 ms.)"""
     async def main() -> None:
-        handler = SinkHandler(PartSink)
-        server = await started_server(handler)
-        pub, writer, sink = await publish_cam1(server, handler)
-        assert isinstance(sink, PartSink)
+        server, pub, writer, sink = await publish_to_part_sink()
         loop = asyncio.get_running_loop()
         try:
-            frame = b"\x27\x01\x00\x00\x00" + bytes(1_500)
-            keyframe = b"\x17\x01\x00\x00\x00" + bytes(20_000)
+            frame, keyframe = FRAME, KEYFRAME
             start = loop.time()
             woken = []
             for i in range(126):
@@ -692,10 +697,7 @@ def test_a_publisher_with_a_lying_clock_costs_no_more_than_a_pass_per_gap() -> N
     is looked for again a pass gap (100 ms) later, one far ahead waits at most the max interval
     (250 ms) -- so it gets at most one timed pass per gap and every frame is still delivered."""
     async def main() -> None:
-        handler = SinkHandler(PartSink)
-        server = await started_server(handler)
-        pub, writer, sink = await publish_cam1(server, handler)
-        assert isinstance(sink, PartSink)
+        server, pub, writer, sink = await publish_to_part_sink()
         loop = asyncio.get_running_loop()
         frame = b"\x27\x01\x00\x00\x00" + bytes(500)
         stamps = [i * 400 for i in range(10)] + [5, 1, 0] + [86_400_000 * d for d in range(1, 10)] \
