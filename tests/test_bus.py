@@ -387,3 +387,32 @@ def test_entries_nobody_follows_are_kept_for_the_snapshot_but_not_sent() -> None
             await pub.stop()
             ctx.term()
     asyncio.run(asyncio.wait_for(go(), 10))
+
+
+def test_garbage_from_subscribers_is_counted_and_not_remembered() -> None:
+    """What reaches XPUB from a peer is not always an (un)subscribe: an XSUB may send anything
+    upstream, and a SUB may subscribe to a prefix longer than any topic. Each is counted and
+    dropped (nothing kept for it); a real subscription after them is still greeted."""
+    async def go() -> None:
+        ctx = zmq.asyncio.Context()
+        pub = BusPublisher(ctx)
+        await pub.start()
+        ch = pub.open_channel("cam1", "src", 1)
+        xsub = ctx.socket(zmq.XSUB)  # one pipe: its messages reach the publisher in order
+        malformed = bad_input_count("bus", "subscription_malformed")
+        too_long = bad_input_count("bus", "subscription_too_long")
+        try:
+            xsub.connect(pub.endpoint)
+            await xsub.send(b"\x07not a subscription")
+            await xsub.send(b"\x01" + b"s/" + b"x" * 10_000)
+            await xsub.send(b"\x01" + ch.topic)
+            greeting = await asyncio.wait_for(xsub.recv_multipart(), 5)
+            assert greeting[0] == ch.topic
+            assert bad_input_count("bus", "subscription_malformed") == malformed + 1
+            assert bad_input_count("bus", "subscription_too_long") == too_long + 1
+            assert pub._prefixes == {ch.topic} and pub.followed_streams == {"cam1"}
+        finally:
+            xsub.close(linger=0)
+            await pub.stop()
+            ctx.term()
+    asyncio.run(asyncio.wait_for(go(), 10))

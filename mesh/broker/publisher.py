@@ -332,9 +332,15 @@ class BusPublisher:
         an edge subscribing later asks for the snapshot after our greeting, which has them."""
         while True:
             msg = await self._xpub.recv()
-            if not msg or msg[0] not in (0, 1):
+            if not msg or msg[0] not in (0, 1):  # an XSUB peer may send anything upstream
+                metrics.reject("bus", "subscription_malformed", "XPUB message %r is no (un)subscribe",
+                               bytes(msg[:16]))
                 continue
             prefix = bytes(msg[1:])
+            if len(prefix) > wire.MAX_TOPIC_BYTES:  # can match no topic: not worth remembering
+                if msg[0] == 1:
+                    metrics.reject("bus", "subscription_too_long", "subscription of %d bytes", len(prefix))
+                continue
             if msg[0] == 0:
                 self._prefixes.discard(prefix)
                 for topic, channel in self.channels.items():

@@ -367,10 +367,7 @@ class _RtmpConnection(asyncio.Protocol):
         which all such publishers share."""
         srv = self._server
         self._aim_ms = self._eager = None
-        part_due = self._part_due
-        if part_due is None:
-            return next_tick(now, srv.media_read_max_interval_s)
-        due_ms = part_due()
+        due_ms = self._part_due() if self._part_due is not None else None
         if due_ms is None:  # nothing to aim at (or nobody waiting for parts): the grid, shared
             return next_tick(now, srv.media_read_max_interval_s)
         latest = now + srv.media_read_max_interval_s
