@@ -587,10 +587,13 @@ class Registry:
 
     @_fails_fast
     async def get_stream(self, stream_id: str) -> dict[str, Any] | None:
-        doc = await self.streams.find_one({"_id": stream_id})
+        # Both questions at once: an edge catching up with a takeover over a slow link waits
+        # one round trip, not two (the nodes are asked about even for a stream not live: cheap).
+        doc, alive = await asyncio.gather(self.streams.find_one({"_id": stream_id}), self.alive_node_ids())
         if doc is None:
             return None
-        return (await self._present([doc]))[0]
+        found = await self._present([doc], alive)
+        return found[0] if found else None
 
     @_fails_fast
     async def get_streams(self, stream_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -612,8 +615,10 @@ class Registry:
     async def count_streams(self, app: str | None = None) -> int:
         return await self.streams.count_documents({"app": app} if app else {})
 
-    async def _present(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Validate stream documents and show a dead origin's streams as terminated_unexpectedly."""
+    async def _present(self, docs: list[dict[str, Any]], alive: set[str] | None = None,
+                       ) -> list[dict[str, Any]]:
+        """Validate stream documents and show a dead origin's streams as terminated_unexpectedly
+        (``alive``: the alive nodes' ids, if already known)."""
         good = []
         for doc in docs:
             if not isinstance(doc.get("_id"), str) or doc.get("status") not in STREAM_STATUSES \
@@ -622,7 +627,8 @@ class Registry:
                 continue
             good.append(doc)
         if any(d["status"] == BROADCASTING for d in good):
-            alive = await self.alive_node_ids()
+            if alive is None:
+                alive = await self.alive_node_ids()
             for doc in good:
                 if doc["status"] == BROADCASTING and doc.get("origin_node") not in alive:
                     doc["status"] = TERMINATED

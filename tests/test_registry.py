@@ -130,7 +130,8 @@ def test_malformed_node_document_is_skipped_and_counted(mongo: str, db_name: str
         before = bad_input_count("db")
         assert [v.node_id for v in await reg.list_nodes()] == ["good"]
         assert await reg.list_streams() == []
-        assert bad_input_count("db") == before + 2
+        assert await reg.get_stream("junk") is None
+        assert bad_input_count("db") == before + 3
         await reg.close()
 
     run(go())

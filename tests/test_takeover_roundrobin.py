@@ -9,14 +9,17 @@ the new origin's first one is listed (an empty playlist would read as media sequ
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import threading
 import time
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import pytest
 
+from mesh.hls.stream import EdgeStream
 from mesh.hls.window import RenditionWindow
 
 from .faults_kit import TcpProxy, fetch, monotonic
@@ -40,6 +43,67 @@ def test_a_takeover_keeps_the_old_window_until_the_new_epoch_lists_a_segment() -
     text = w.playlist()
     assert "#EXT-X-MEDIA-SEQUENCE:20" in text and "#EXT-X-DISCONTINUITY-SEQUENCE:1" in text
     assert re.findall(r"cam1\d{9}\.ts", text) == ["cam1000000020.ts"] and w.resets == 1
+
+
+class SlowDirectory:
+    """A registry over a slow link: an answer tells the document as it was when asked."""
+
+    def __init__(self, doc: dict, delay_s: float):
+        self.doc = doc
+        self.delay_s = delay_s
+        self.asked = 0
+
+    async def get_stream(self, stream_id: str) -> dict:
+        self.asked += 1
+        doc = dict(self.doc)
+        await asyncio.sleep(self.delay_s)
+        return doc
+
+
+class RecordingBus:
+    def __init__(self) -> None:
+        self.endpoints: list[str] = []
+
+    def subscribe(self, bus_endpoint, snapshot_endpoint, stream_id, rendition, sink, server_key=None):
+        self.endpoints.append(bus_endpoint)
+        sub = SimpleNamespace(snapshot_ready=asyncio.Event(), last_rx=time.monotonic() - 5, silent_s=5.0)
+        sub.snapshot_ready.set()
+        return sub
+
+    async def unsubscribe(self, sub) -> None:
+        pass
+
+
+def owner(epoch: int, bus: str) -> dict:
+    return {"_id": "rr", "app": "LiveApp", "status": "broadcasting", "epoch": epoch, "origin_node": bus,
+            "bus_endpoint": bus, "snapshot_endpoint": bus + "-snap"}
+
+
+def test_a_quiet_origin_is_checked_again_when_the_answer_held_was_asked_before_the_takeover() -> None:
+    """A question asked just before the new owner's claim is answered (over a slow link) just
+    after it, with the old owner. A playlist request that comes right after that answer must
+    not take it as fresh: another edge may already list the new owner's segments."""
+    async def go() -> None:
+        directory = SlowDirectory(owner(1, "tcp://old"), delay_s=0.6)
+        bus = RecordingBus()
+        stream = EdgeStream("rr", bus, directory,  # type: ignore[arg-type]
+                            lambda n: RenditionWindow("rr", fake_packetise), origin_silence_s=3.0)
+        stream.follow(directory.doc)
+        r = await stream.open("src", snapshot_wait_s=0.1, first_segment_wait_s=0.05)
+        asked = time.monotonic()
+        question = asyncio.create_task(directory.get_stream("rr"))
+        await asyncio.sleep(0)  # asked: the old owner ...
+        directory.doc = owner(2, "tcp://new")  # ... and the new owner claims while the answer travels
+        stream.apply(await question, asked)
+        assert stream.epoch == 1 and directory.asked == 1
+        await stream.catch_up(r, 2.0)  # a playlist request right after that answer
+        assert directory.asked == 2, "asked the registry again"
+        assert stream.epoch == 2 and bus.endpoints == ["tcp://old", "tcp://new"]
+        # requests while a question is in flight share it
+        await asyncio.gather(*(stream.catch_up(r, 2.0) for _ in range(5)))
+        assert directory.asked == 3
+
+    asyncio.run(go())
 
 
 class Alternating(threading.Thread):

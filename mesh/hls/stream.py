@@ -116,7 +116,11 @@ class EdgeStream:
         self.server_key: str | None = None
         self.epoch = 0
         self._checked = time.monotonic()  # when the registry was last asked about a silence
+        # When the registry answer we hold was asked for (its question's start, not its answer:
+        # over a slow link an answer can be older than a takeover that happened while it came).
+        self._asked = time.monotonic()
         self._catching: asyncio.Task[None] | None = None
+        self._catching_since = 0.0  # when the catch-up question in flight was asked
         self._followed = 0.0  # when a new origin was last followed
 
     # -- renditions ------------------------------------------------------------------------
@@ -255,36 +259,44 @@ class EdgeStream:
         edges (round-robin) would otherwise get the new numbering from one and the old window,
         with a lower media sequence, from the other. The new owner's first segment can only be
         listed anywhere after its claim is in the registry and a whole segment has passed, while
-        this edge's old origin has been silent since it died; so an edge that checks on a quiet
-        origin before answering already lists that segment too. One question in flight per
-        stream (concurrent requests share it), at most every :data:`CATCH_UP_EVERY_S`."""
-        task = self._catching
-        if task is None or task.done():
-            if time.monotonic() - self._checked < CATCH_UP_EVERY_S and \
-                    time.monotonic() - self._followed > wait_s:
-                return
-            task = self._catching = asyncio.create_task(self._catch_up())
+        this edge's old origin has been silent since it died; so an answer to a question *asked*
+        in the last :data:`CATCH_UP_EVERY_S` already knows the new owner whenever another edge
+        could list its first segment. An older answer does not, however recently it arrived
+        (over a slow link a question asked before the claim is answered well after it), so the
+        registry is asked again. One question in flight per stream (concurrent requests share
+        it), at most one asked every :data:`CATCH_UP_EVERY_S`."""
+        deadline = time.monotonic() + wait_s
+        fresh = time.monotonic() - CATCH_UP_EVERY_S
+        if self._asked < fresh:
+            task = self._catching
+            if task is None or task.done() or self._catching_since < fresh:
+                self._catching_since = time.monotonic()
+                task = self._catching = asyncio.create_task(self._catch_up(self._catching_since))
+            try:
+                await asyncio.wait_for(asyncio.shield(task), wait_s)
+            except asyncio.TimeoutError:
+                return  # answer what we have
         try:
-            await asyncio.wait_for(asyncio.shield(task), wait_s)
-            await self._settled(r, wait_s)
+            await self._settled(r, wait_s, deadline)
         except asyncio.TimeoutError:
             pass  # answer what we have
 
-    async def _catch_up(self) -> None:
-        if time.monotonic() - self._checked >= CATCH_UP_EVERY_S:
-            self._checked = time.monotonic()
-            try:
-                self.apply(await self._directory.get_stream(self.stream_id))
-            except Exception as exc:  # the registry is away: answer what we follow
-                log.debug("cannot look %s up in the registry: %s", self.stream_id, exc)
-
-    async def _settled(self, r: Rendition, wait_s: float) -> None:
-        """Just after following a new origin: wait (up to ``wait_s``) for its snapshot and for
-        the segments it brought to be listed."""
-        if time.monotonic() - self._followed > wait_s or r.sub is None:
+    async def _catch_up(self, asked: float) -> None:
+        self._checked = asked
+        try:
+            doc = await self._directory.get_stream(self.stream_id)
+        except Exception as exc:  # the registry is away: answer what we follow
+            log.debug("cannot look %s up in the registry: %s", self.stream_id, exc)
             return
-        deadline = time.monotonic() + wait_s
-        await asyncio.wait_for(r.sub.snapshot_ready.wait(), wait_s)
+        self.apply(doc, asked)
+
+    async def _settled(self, r: Rendition, wait_s: float, deadline: float) -> None:
+        """Within ``wait_s`` of following a new origin: wait (until ``deadline``) for its
+        snapshot and for the segments it brought to be listed."""
+        left = deadline - time.monotonic()
+        if time.monotonic() - self._followed > wait_s or r.sub is None or left <= 0:
+            return
+        await asyncio.wait_for(r.sub.snapshot_ready.wait(), left)
         while r.window.pending and time.monotonic() < deadline:
             r.listed.clear()
             try:  # listed is set when a segment lists; a short bound covers other outcomes
@@ -292,21 +304,15 @@ class EdgeStream:
             except asyncio.TimeoutError:
                 pass
 
-    async def recheck(self) -> None:
-        """The origin went quiet: ask the registry whether the stream moved or ended."""
+    def apply(self, doc: dict[str, Any] | None, asked: float) -> None:
+        """What the registry said to a question asked at ``asked`` (monotonic): follow a higher
+        epoch, end a finished stream. An answer to an older question than the one last applied
+        changes nothing (answers can arrive out of order). ``None``: no answer, or the stream is
+        gone from the registry (restored empty?): keep what we follow."""
         self._checked = time.monotonic()
-        try:
-            doc = await self._directory.get_stream(self.stream_id)
-        except Exception as exc:
-            log.warning("cannot look %s up in the registry: %s", self.stream_id, exc)
+        if doc is None or asked < self._asked:
             return
-        self.apply(doc)
-
-    def apply(self, doc: dict[str, Any] | None) -> None:
-        """What the registry says now: follow a higher epoch, end a finished stream."""
-        self._checked = time.monotonic()
-        if doc is None:
-            return  # gone from the registry (restored empty?): keep what we follow
+        self._asked = asked
         epoch = int(doc.get("epoch", 0))
         if doc.get("status") == BROADCASTING and epoch > self.epoch:
             if doc.get("bus_endpoint") == self.bus_endpoint:

@@ -198,6 +198,7 @@ class EdgeStreams:
                     due.append(stream)
             if not due:
                 continue
+            asked = time.monotonic()
             try:
                 docs = await self._lookup([s.stream_id for s in due])
             except Exception as exc:  # the registry is away: keep serving what we follow
@@ -205,14 +206,14 @@ class EdgeStreams:
                     log.warning("cannot recheck %d streams in the registry (%s); serving on", len(due), exc)
                 failing = True
                 for stream in due:
-                    stream.apply(None)
+                    stream.apply(None, asked)
                 continue
             failing = False
             for stream in due:
                 doc = docs.get(stream.stream_id)
                 if doc is not None:
                     self._remember(stream.stream_id, doc)
-                stream.apply(doc)
+                stream.apply(doc, asked)
 
     async def _lookup(self, stream_ids: list[str]) -> dict[str, dict]:
         many = getattr(self._directory, "get_streams", None)
