@@ -340,6 +340,11 @@ def test_cold_edge_answers_a_blocking_request_by_joining(ll: LlCluster) -> None:
 def test_hlsjs_low_latency_plays_through_nginx_over_two_edges(ll: LlCluster, tmp_path: Path) -> None:
     require_chromium()
     base = ll.start_balancer(tmp_path / "nginx")
+    # A delta update skips segments once the window is longer than the 12 s Skip Boundary (7
+    # segments of 2 s): wait for that on both edges, or the 4 s of playing may end before any
+    # segment is old enough to skip (CI saw it when the tests before this one ran quickly).
+    wait_until(lambda: all("#EXT-X-SKIP:SKIPPED-SEGMENTS=" in ll.playlist(e, "?_HLS_skip=YES") for e in ll.edges),
+               timeout_s=60, interval_s=0.3, message="both edges skip a segment in a delta update")
     report = play_hls(f"{base}/LiveApp/streams/cam1_ll.m3u8", min_advance_s=4.0, timeout_s=60, low_latency=True)
     assert report.fatal_error is None, "\n".join(report.log[-40:])
     assert report.advanced_s >= 4.0 and report.latency_s is not None and report.latency_s > 0, report
