@@ -88,10 +88,11 @@ def test_each_edge_serves_h264_aac_that_ffmpeg_decodes_cleanly(cluster: Cluster)
 
 def test_edges_agree_on_names_sequence_and_bytes(cluster: Cluster) -> None:
     a, b = cluster.edges[:2]
-    for _ in range(10):  # a segment may close between two fetches; compare a stable pair
+    for _ in range(10):  # a segment may close between fetches, on each edge at its own moment
         first, other, again = playlist(a), playlist(b), playlist(a)
-        if first == again:
+        if first == other == again:
             break
+        time.sleep(0.1)
     assert first == other, "two edges must serve the same playlist text"
     names = SEGMENT_NAME.findall(first)
     assert len(names) >= 3
@@ -118,10 +119,11 @@ def test_cold_edge_answers_at_once_with_a_full_window_and_one_subscription(clust
     assert len(SEGMENT_NAME.findall(first)) >= 2, first
     assert sum("serving cam1 from" in line for line in cold.output().splitlines()) == 1
     # the cold edge's window is the warm edge's window
-    for _ in range(10):
+    for _ in range(10):  # each edge lists a closing segment at its own moment
         warm, mine, warm2 = playlist(cluster.edges[0]), playlist(cold), playlist(cluster.edges[0])
-        if warm == warm2:
+        if warm == mine == warm2:
             break
+        time.sleep(0.1)
     assert mine == warm
 
 
@@ -175,6 +177,7 @@ def test_operators_see_streams_bus_traffic_and_egress_move(cluster: Cluster) -> 
 
     def edge_row() -> dict | None:
         import json
+        fetch(f"{edge.http}/LiveApp/streams/{name}")  # egress is a rate over the last beat: keep it flowing
         rows = json.loads(fetch(f"{edge.http}/rest/v2/cluster/nodes/0/50")[1])
         return next((r for r in rows if r["httpUrl"] == edge.http and r["egressKbps"]), None)
     row = wait_until(edge_row, timeout_s=10, interval_s=0.5, message="egressKbps in the node JSON")
