@@ -285,7 +285,10 @@ def test_fmp4_segment_with_its_init_decodes_with_the_source_timestamps_and_frame
     seq = int(re.findall(r"^cam1_ll(\d{9})\.m4s$", text, re.M)[-1])
     status, mp4 = fetch(ll.url(ll.edges[1], init))
     status2, seg = fetch(ll.url(ll.edges[1], f"cam1_ll{seq:09d}.m4s"))
-    status3, ts = fetch(ll.url(ll.edges[1], f"cam1{seq:09d}.ts"))
+    # the TS window lists a segment once a worker has packetised it: maybe a moment after the LL one
+    ts_url = ll.url(ll.edges[1], f"cam1{seq:09d}.ts")
+    status3, ts = wait_until(lambda: (got := fetch(ts_url))[0] == 200 and got, timeout_s=10, interval_s=0.1,
+                             message=f"TS segment {seq} listed too")
     assert status == status2 == status3 == 200
     (tmp_path / "seg.mp4").write_bytes(mp4 + seg)
     (tmp_path / "seg.ts").write_bytes(ts)
