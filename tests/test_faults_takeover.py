@@ -67,7 +67,9 @@ def test_kills_around_boundaries_never_reuse_a_name_and_takeover_is_immediate(no
                 s, data, _ = fetch(f"{cold.http}/LiveApp/streams/{name}")
                 if s == 200:
                     cold_hashes[name] = hashlib.sha256(data).hexdigest()
-            cold.wait_for_line(r"no viewer asked for kam", timeout_s=20)  # cold again
+            # cold again (this round's line: wait_for_line would find an earlier round's)
+            wait_until(lambda: sum("no viewer asked for kam" in line for line in list(cold.lines)) > i,
+                       timeout_s=20, interval_s=0.2, message=f"the cold edge to leave kam (round {i + 1})")
             origins = [other, replacement.wait_ready()]
         # a live owner is never robbed: a second publisher on the other origin is refused
         intruder = ffmpeg_publish(origins[1].rtmp_url("kam"), 20)

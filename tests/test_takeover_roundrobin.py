@@ -169,9 +169,11 @@ def test_round_robin_player_never_sees_the_sequence_go_back_across_a_takeover(no
     db = urlsplit(mongo)
     slow_db = TcpProxy(db.port, db.hostname or "127.0.0.1")
     origins = [node_factory("origin"), node_factory("origin")]
-    # directConnection: through the proxy only (the server's own address is not rediscovered)
-    edges = [node_factory("edge"),
-             node_factory("edge", mongo=f"mongodb://127.0.0.1:{slow_db.port}/?directConnection=true")]
+    # directConnection: through the proxy only (the server's own address is not rediscovered);
+    # minPoolSize: connections opened while the link is fast, as a node on a slow link would keep
+    # them (a new one costs a handshake round trip on top of the question)
+    slow_uri = f"mongodb://127.0.0.1:{slow_db.port}/?directConnection=true&minPoolSize=4"
+    edges = [node_factory("edge"), node_factory("edge", mongo=slow_uri)]
     slow_db.delay_s = delay_s  # slow from now on (the edge started at full speed)
     pub = ffmpeg_publish(origins[0].rtmp_url("rr"), 120)
     player = Alternating([e.http for e in edges], "rr")
