@@ -36,6 +36,8 @@ import time
 from collections import deque
 from typing import Any
 
+from mesh_bench._stats import percentile
+
 TOPIC_STREAM = "bench"
 TOPIC = b"s/bench/src/"
 END = TOPIC + b"END"  # the raw baseline's end marker (the bus sends an end-of-stream entry)
@@ -407,9 +409,7 @@ def _raw_sub(cfg: dict[str, Any]) -> None:
 def _percentiles(samples: list[int]) -> list[float]:
     if not samples:
         return [0.0, 0.0]
-    samples.sort()
-    p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
-    return [float(samples[len(samples) // 2]), float(p99)]
+    return [float(percentile(samples, 0.5)), float(percentile(samples, 0.99))]
 
 
 def _curve_keys(cfg: dict[str, Any]) -> tuple[Any, Any]:

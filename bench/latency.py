@@ -51,6 +51,7 @@ from urllib.parse import urlsplit
 
 import click
 from mesh_bench._rtmp_feed import KeyframeSent, RtmpPublisher, Tag, read_flv
+from mesh_bench._stats import percentile
 from mesh_bench.ingest import SEGMENT_S, make_clip
 
 TARGET_MS = 50.0  # segment listed on an edge <= 50 ms after its closing keyframe (median)
@@ -231,7 +232,7 @@ def summarize(rows: list[dict[str, Any]], skip_first: int = 1) -> dict[str, Any]
         return {"segments": 0, "median_ms": None, "max_ms": None, "first_ms": first}
     return {"segments": len(delays), "median_ms": round(statistics.median(delays), 2),
             "max_ms": round(max(delays), 2), "min_ms": round(min(delays), 2),
-            "p90_ms": round(sorted(delays)[int(0.9 * (len(delays) - 1))], 2), "first_ms": first}
+            "p90_ms": round(percentile(delays, 0.9), 2), "first_ms": first}
 
 
 # --------------------------------------------------------------------------- the two sides

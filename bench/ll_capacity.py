@@ -48,6 +48,7 @@ from urllib.parse import urlsplit
 
 import click
 from mesh_bench._rtmp_feed import read_flv
+from mesh_bench._stats import percentile
 from mesh_bench.ingest import make_clip
 from mesh_bench.latency import STREAM, FeedThread, MeshPair
 
@@ -67,8 +68,7 @@ def say(msg: str) -> None:
 def _pct(xs: list[float], q: float) -> float | None:
     if not xs:
         return None
-    xs = sorted(xs)
-    return round(xs[min(len(xs) - 1, int(q * len(xs)))], 1)
+    return round(percentile(xs, q), 1)
 
 
 class Timeline:

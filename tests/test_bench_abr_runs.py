@@ -52,7 +52,12 @@ def test_latency_with_the_ladder_off_and_on_in_one_run() -> None:
     off, on = row(out.stdout, "mesh edge, ladder off"), row(out.stdout, "mesh edge, ladder on")
     assert int(off[0]) >= 1 and int(on[0]) >= 1, out.stdout  # segments matched on each side
     ratio = float(re.search(r"src with the ladder on / off: median ([\d.]+)x", out.stdout).group(1))
-    assert ratio == pytest.approx(float(on[1]) / float(off[1]), abs=0.02), out.stdout
+    # The ratio is of the unrounded medians; the table shows each to 0.1 ms and the ratio to 0.01,
+    # so the ratio of the shown medians may differ from it by their rounding (2.95x from 12.8 / 4.3).
+    on_ms, off_ms = float(on[1]), float(off[1])
+    low, high = (on_ms - 0.05) / (off_ms + 0.05) - 0.005, (on_ms + 0.05) / max(off_ms - 0.05, 1e-9) + 0.005
+    assert low - 1e-9 <= ratio <= high + 1e-9, out.stdout
+    assert float(on[2]) >= on_ms - 0.05 and float(off[2]) >= off_ms - 0.05, out.stdout  # p90 >= median
     assert re.search(r"renditions live at the end src, \S+|dropped 360p600kbps", out.stdout), out.stdout
     assert "load average [" in out.stdout and "1280x720 clip" in out.stdout
     assert "nginx-rtmp" not in out.stdout
