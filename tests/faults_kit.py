@@ -51,6 +51,10 @@ class TcpProxy:
             except OSError:
                 client.close()
                 continue
+            # The 5 s bounds the connect only: left on, it dropped every connection the server
+            # was quiet on for 5 s (an idle pooled one, a monitor's awaited hello), which no link
+            # does; the client's pool was cleared every ~5 s.
+            upstream.settimeout(None)
             with self._lock:
                 self._conns.update((client, upstream))
             for a, b in ((client, upstream), (upstream, client)):
