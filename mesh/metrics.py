@@ -40,6 +40,9 @@ HLS_STREAM_VIEWERS = Gauge("mesh_hls_stream_viewers",
 INGEST_BYTES = Counter("mesh_ingest_bytes_total",
                        "Media bytes received from a stream's source on this origin (updated every segment)",
                        ["stream"])
+REGISTRY_LINK_LOST = Counter("mesh_registry_link_lost_total",
+                             "Times the database driver lost the registry server (marked it unknown and "
+                             "dropped its pooled connections); it reconnects by itself")
 REGISTRY_WRITE_SECONDS = Histogram("mesh_registry_write_seconds", "Latency of registry (MongoDB) writes",
                                    ["op"], buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
 

@@ -45,7 +45,7 @@ from urllib.parse import unquote, unquote_plus, urlsplit
 
 import pymongo
 import pymongo.errors
-from pymongo import AsyncMongoClient, ReturnDocument, UpdateOne
+from pymongo import AsyncMongoClient, ReturnDocument, UpdateOne, monitoring
 
 from . import metrics
 from .errors import Unavailable
@@ -115,6 +115,8 @@ def _timed_write(fn: _W) -> _W:
         finally:
             observe(time.perf_counter() - start)
     return timed  # type: ignore[return-value]
+
+
 class RegistryUnavailable(Unavailable):
     """The database did not answer in time (paused, restarting, cut off)."""
 
@@ -222,6 +224,37 @@ def _aware(value: Any) -> dt.datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
+class _LinkWatch(monitoring.ServerListener):
+    """Says when the driver loses the database server and when it answers again, counting each
+    loss in ``mesh_registry_link_lost_total``. Between the two, pymongo has dropped its pooled
+    connections and every question first waits for a new one; without this a flapping link shows
+    only as requests that were slow or failed now and then."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.watching = False  # set once connect() succeeded: its own failures are reported by it
+        self._lost_at: dict[Any, float] = {}
+
+    def opened(self, event: monitoring.ServerOpeningEvent) -> None:
+        pass
+
+    def closed(self, event: monitoring.ServerClosedEvent) -> None:
+        pass
+
+    def description_changed(self, event: monitoring.ServerDescriptionChangedEvent) -> None:
+        was = event.previous_description.is_server_type_known
+        now = event.new_description.is_server_type_known
+        host, port = event.server_address
+        if was and not now and self.watching:
+            self._lost_at[event.server_address] = time.monotonic()
+            metrics.REGISTRY_LINK_LOST.inc()
+            error = _scrub(str(event.new_description.error), self.uri)
+            log.warning("registry: lost the database server %s:%s (%s); reconnecting", host, port, error)
+        elif now and not was and event.server_address in self._lost_at:
+            down = time.monotonic() - self._lost_at.pop(event.server_address)
+            log.info("registry: the database server %s:%s answers again (lost for %.1f s)", host, port, down)
+
+
 class Registry:
     """Async access to the ``nodes`` and ``streams`` collections."""
 
@@ -236,10 +269,11 @@ class Registry:
         # a paused database gets a quick 503, never a hang.
         # timeoutMS bounds a whole operation, its retry included.
         op_ms = int(op_timeout_s * 1000)
+        self._watch = _LinkWatch(uri)
         try:
             self._client: AsyncMongoClient = AsyncMongoClient(
                 uri, serverSelectionTimeoutMS=op_ms, connectTimeoutMS=op_ms, socketTimeoutMS=op_ms * 2,
-                timeoutMS=op_ms * 2, tz_aware=True, appname="mesh")
+                timeoutMS=op_ms * 2, tz_aware=True, appname="mesh", event_listeners=[self._watch])
         except (pymongo.errors.PyMongoError, ValueError) as exc:
             raise RegistryError(f"MongoDB URI is not usable: {_scrub(str(exc), uri)}; fix --mongo / "
                                 f"MESH_MONGO (user and password percent-encoded)") from None
@@ -268,6 +302,7 @@ class Registry:
             await self.streams.create_index([("status", 1), ("origin_node", 1)])
             await self.streams.create_index([("app", 1), ("updated_at", -1)])
             await self._numbering_floor()
+            self._watch.watching = True  # from here a lost server is news (not a failed start)
         except pymongo.errors.OperationFailure as exc:
             if exc.code in (18, 13) or "auth" in str(exc).lower():
                 who = f"user {_user(self.uri)!r}" if _user(self.uri) else "an anonymous client"

@@ -5,13 +5,16 @@ import asyncio
 import subprocess
 import sys
 import time
+from urllib.parse import urlsplit
 
 import pytest
 
+from mesh import metrics
 from mesh.embedded_db import free_port
 from mesh.registry import (BROADCASTING, FINISHED, TERMINATED, Fenced, NodeInfo, Registry,
                            RegistryError, StreamBusy)
 
+from .faults_kit import TcpProxy
 from .procs import node_env
 
 
@@ -230,3 +233,36 @@ def test_nodes_connecting_at_once_agree_on_the_database_incarnation(mongo: str, 
                 for r in regs:
                     await r.close()
     run(go())
+
+
+def test_a_lost_database_link_is_logged_counted_and_its_return_said(mongo: str, db_name: str, caplog) -> None:
+    """Cut the link under a connected registry: one warning and one count when the driver loses
+    the server, one line when it answers again; closing the client afterwards is not a loss."""
+    db = urlsplit(mongo)
+    proxy = TcpProxy(db.port, db.hostname or "127.0.0.1")
+    uri = f"mongodb://127.0.0.1:{proxy.port}/?directConnection=true"
+
+    async def until(what: str, predicate, timeout_s: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            assert time.monotonic() < deadline, f"no {what} within {timeout_s} s: {caplog.text[-2000:]}"
+            await asyncio.sleep(0.05)
+
+    async def go() -> None:
+        reg = await open_registry(uri, db_name)
+        lost = metrics.REGISTRY_LINK_LOST._value.get()
+        proxy.cut()  # the monitor's connection drops: the driver marks the server unknown
+        await until("loss", lambda: "lost the database server" in caplog.text)
+        assert metrics.REGISTRY_LINK_LOST._value.get() == lost + 1
+        proxy.heal()
+        assert await reg.get_stream("nothing-here") is None  # a question wakes the driver's check
+        await until("return", lambda: "answers again" in caplog.text)
+        await reg.close()
+        assert caplog.text.count("lost the database server") == 1
+        assert metrics.REGISTRY_LINK_LOST._value.get() == lost + 1
+
+    caplog.set_level("INFO", logger="mesh.registry")
+    try:
+        run(go())
+    finally:
+        proxy.close()
